@@ -1,0 +1,83 @@
+"""The commands.  Each module is one thin click command; ``run`` alone turns
+exceptions into one line on stderr and the documented exit code (rds(7))."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+
+from rds.errors import RdsError, SystemError_, UsageError
+from rds.home import Home
+
+EXIT_USAGE = UsageError.exit_code
+EXIT_SYSTEM = SystemError_.exit_code
+
+
+def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
+    name = command.name or os.path.basename(sys.argv[0])
+    try:
+        rv = command.main(args=args, prog_name=name, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+        code = EXIT_USAGE
+    except click.UsageError as e:
+        hint = f" (see '{name} --help')"
+        click.echo(f"{name}: {e.format_message()}{hint}", err=True)
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        click.echo(f"{name}: aborted", err=True)
+        code = 130
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except RdsError as e:
+        click.echo(f"{name}: {e}", err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        click.echo(f"{name}: interrupted", err=True)
+        code = 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        click.echo(f"{name}: {where}{what}", err=True)
+        code = EXIT_SYSTEM
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def open_home() -> Home:
+    return Home.open()
+
+
+def require_superuser(home: Home) -> None:
+    """Root may; with RDS_HOME set, so may the home's owner."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("RDS_HOME") and home.path.stat().st_uid == os.geteuid():
+        return
+    raise UsageError("only the superuser (or the owner of RDS_HOME) may run this command")
+
+
+def multi(first: tuple[str, ...], rest: tuple[str, ...]) -> list[str]:
+    """JP1 takes several values after one option, space-separated: ``-h a b c``."""
+    return [*first, *rest]
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=1, sort_keys=False))
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
+
+
+def entry(command: click.Command) -> Callable[[], NoReturn]:
+    return lambda: run(command)

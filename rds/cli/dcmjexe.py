@@ -1,0 +1,36 @@
+"""dcmjexe: create a job at the managing server."""
+
+from __future__ import annotations
+
+import click
+
+from rds import manager, state
+from rds.cli import entry, multi, open_home
+from rds.errors import UsageError
+from rds.packages import PackageId
+
+
+@click.command(name="dcmjexe", context_settings={"help_option_names": ["--help"]})
+@click.option("-r", "package", required=True, metavar="FULL_PACKAGE_ID",
+              help="The package, C.CABINET.PACKAGE_ID.VERSION[.GENERATION].")
+@click.option("-h", "hosts", multiple=True, metavar="HOST", help="Destination host; more may follow, space-separated.")
+@click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
+def command(package: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -> int:
+    """Create an Install package job for HOSTs and print its job number.
+
+    A host that has not reported in yet is accepted: its job is held until the
+    host (through its relays) checks in, and dcmstat says so.
+    """
+    if not hosts:
+        raise UsageError("give the destinations with -h HOST [HOST...]")
+    home = open_home()
+    pid = PackageId.parse(package)
+    db = state.connect(home.db_path)
+    job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts))
+    for h in unknown:
+        click.echo(f"dcmjexe: {h} has not reported in yet; its job is held until it does", err=True)
+    click.echo(str(job_no))
+    return 0
+
+
+main = entry(command)

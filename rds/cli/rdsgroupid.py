@@ -1,0 +1,58 @@
+"""rdsgroupid: list and delete the jobs in the temporary job storehouse."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from rds import jobs, state
+from rds.cli import entry, multi, open_home, print_json, require_superuser, table
+from rds.errors import InputError
+from rds.results import now_text
+
+
+def parse_key(text: str) -> tuple[int, str | None]:
+    m = re.fullmatch(r"(\d+)(?::(\S+))?", text)
+    if not m:
+        raise InputError(f"bad job {text!r} (expected JOB or JOB:HOST)")
+    return int(m.group(1)), m.group(2)
+
+
+@click.command(name="rdsgroupid", context_settings={"help_option_names": ["--help"]})
+@click.option("-d", "delete", multiple=True, metavar="JOB[:HOST]",
+              help="Delete this job (all its destinations, or one); more may follow, space-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.argument("more", nargs=-1, metavar="[JOB[:HOST]...]")
+def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...]) -> int:
+    """List the jobs held in this host's temporary job storehouse, or delete some with -d.
+
+    \b
+    States: WAIT (held here), HANDED (taken by the lower system that leads to
+    the destination), INSTALLING, DONE, INVALID (its package left the storehouse).
+    """
+    home = open_home()
+    require_superuser(home)
+    db = state.connect(home.db_path)
+    if delete:
+        keys = [parse_key(k) for k in multi(delete, more)]
+        n = jobs.delete(db, keys)
+        click.echo(f"deleted {n} job(s)")
+        return 0 if n else 3
+    if more:
+        raise InputError("job arguments go with -d")
+    rows = jobs.listing(db)
+    if as_json:
+        print_json([{"job": r["job_no"], "dest": r["dest"], "type": r["type"], "package": r["package"],
+                     "state": r["state"], "received": now_text(r["received"]), "handed_to": r["handed_to"]}
+                    for r in rows])
+    elif rows:
+        click.echo(table([[r["job_no"], r["dest"], r["package"], r["state"], now_text(r["received"]),
+                           r["handed_to"] or ""] for r in rows],
+                         ["JOB", "DESTINATION", "PACKAGE", "STATE", "RECEIVED", "HANDED TO"]))
+    else:
+        click.echo("no jobs")
+    return 0
+
+
+main = entry(command)

@@ -1,0 +1,98 @@
+"""One exception tree: each class is its message and its exit code.
+
+The library only raises these; ``rds.cli.main`` turns them into one line on
+stderr and the exit code.  The codes are documented in rds(7).
+"""
+
+from __future__ import annotations
+
+
+class RdsError(Exception):
+    """Something went wrong that is not a bug in rds."""
+
+    exit_code = 255
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(RdsError):
+    """Bad options or arguments, or the caller may not run this command."""
+
+    exit_code = 1
+
+
+class SettingsError(RdsError):
+    """RDSSETFL is malformed, or RDS_HOME does not name a usable home."""
+
+    exit_code = 2
+
+
+class InputError(RdsError):
+    """Bad input: a source directory, package ID, host name or package."""
+
+    exit_code = 3
+
+
+class UnsafeArchive(InputError):
+    """A package archive holds members that must not be extracted."""
+
+
+class JobRecordError(InputError):
+    """A job record is not valid."""
+
+
+class JobsFailed(RdsError):
+    """Some jobs ended in error; the others were done."""
+
+    exit_code = 4
+
+
+class LockTimeout(RdsError):
+    """Another process holds a lock of this home for too long."""
+
+    exit_code = 5
+
+
+class IntegrityError(RdsError):
+    """A package's SHA-256 does not match its manifest."""
+
+    exit_code = 6
+
+
+class AlreadyRunning(RdsError):
+    """A resident process of this kind already runs for this home."""
+
+    exit_code = 7
+
+
+class NotRunning(RdsError):
+    """The resident process to stop or to use does not run."""
+
+    exit_code = 8
+
+
+class ProtocolError(RdsError):
+    """The other system sent something that is not a valid message."""
+
+    exit_code = 252
+
+
+class CommunicationError(RdsError):
+    """The upper (or lower) system could not be reached or cut the link."""
+
+    exit_code = 253
+
+
+class Refused(CommunicationError):
+    """The upper system refused the request (authority, unknown package...)."""
+
+
+class SystemError_(RdsError):
+    """The operating system refused: disk full, permissions, I/O."""
+
+    exit_code = 254

@@ -1,0 +1,183 @@
+"""Jobs, the temporary job storehouse, and routing toward destinations.
+
+A job as it travels is one destination of one job created at the managing
+server: ``(job_no, dest)`` names it everywhere in the hierarchy.  Each home
+keeps the jobs for itself and for the hosts below it in its state database;
+a job is handed to the lower system that leads to its destination, which
+learns it by the check-ins of the systems below it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rds.errors import JobRecordError
+from rds.packages import Manifest, PackageId
+from rds.settings import valid_hostname
+from rds.state import Transaction
+
+INSTALL = "INSTALL"
+TYPES = (INSTALL,)
+
+# states of a job in a home's storehouse
+WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    job_no: int
+    dest: str
+    type: str
+    package: PackageId
+    created: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_no}:{self.dest}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job_no, "dest": self.dest, "type": self.type,
+                "package": str(self.package), "created": self.created}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Job:
+        """Check a job record strictly; anything else is a JobRecordError."""
+        try:
+            job_no, dest, type_, created = d["job"], d["dest"], d["type"], d["created"]
+            if not isinstance(job_no, int) or isinstance(job_no, bool) or not 0 < job_no < 2**63:
+                raise ValueError(f"job number {job_no!r}")
+            if not isinstance(dest, str) or not valid_hostname(dest):
+                raise ValueError(f"destination {dest!r}")
+            if type_ not in TYPES:
+                raise ValueError(f"job type {type_!r}")
+            if not isinstance(created, str) or len(created) > 64:
+                raise ValueError(f"creation time {created!r}")
+            return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created)
+        except (TypeError, KeyError, ValueError) as e:
+            raise JobRecordError(f"not a valid job record: {e}") from None
+        except JobRecordError:
+            raise
+        except Exception as e:  # InputError from PackageId.parse
+            raise JobRecordError(f"not a valid job record: {e}") from None
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job.from_json(json.loads(row["record"]))
+
+
+def store(db: sqlite3.Connection, jobs: Iterable[Job], manifests: Mapping[str, Manifest],
+          now: float | None = None) -> int:
+    """Keep new jobs with their packages' manifests; a job already held (or done) is not taken twice."""
+    now = time.time() if now is None else now
+    added = 0
+    with Transaction(db):
+        for j in jobs:
+            added += insert(db, j, manifests[str(j.package)], now)
+    return added
+
+
+def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> int:
+    """Add one job unless it is known; call inside a transaction."""
+    record = {**j.to_json(), "manifest": manifest.to_json()}
+    return db.execute(
+        "INSERT OR IGNORE INTO jobs (job_no, dest, type, package, created, received, state, record)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record)),
+    ).rowcount
+
+
+def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> list[Job]:
+    if dest is None:
+        rows = db.execute("SELECT record FROM jobs WHERE state=? ORDER BY job_no, dest", (state,))
+    else:
+        rows = db.execute("SELECT record FROM jobs WHERE state=? AND dest=? ORDER BY job_no", (state, dest))
+    return [_job(r) for r in rows]
+
+
+def set_state(db: sqlite3.Connection, job: Job, state: str, handed_to: str | None = None) -> None:
+    db.execute("UPDATE jobs SET state=?, handed_to=COALESCE(?, handed_to) WHERE job_no=? AND dest=?",
+               (state, handed_to, job.job_no, job.dest))
+
+
+def begin_install(db: sqlite3.Connection, job: Job) -> int:
+    """Mark ``job`` as being installed; returns which attempt this is."""
+    with Transaction(db):
+        db.execute("UPDATE jobs SET state=?, attempts=attempts+1 WHERE job_no=? AND dest=?",
+                   (INSTALLING, job.job_no, job.dest))
+        return int(db.execute("SELECT attempts FROM jobs WHERE job_no=? AND dest=?",
+                              (job.job_no, job.dest)).fetchone()[0])
+
+
+def for_lower(db: sqlite3.Connection, lower: str) -> list[Job]:
+    """Jobs waiting here whose destination is reached through ``lower``."""
+    rows = db.execute(
+        "SELECT j.record FROM jobs j JOIN routes r ON r.host = j.dest"
+        " WHERE j.state=? AND r.via=? ORDER BY j.job_no, j.dest",
+        (WAIT, lower),
+    )
+    return [_job(r) for r in rows]
+
+
+def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> int:
+    """The lower system acknowledged these jobs: they are its now."""
+    n = 0
+    with Transaction(db):
+        for job_no, dest in keys:
+            n += db.execute(
+                "UPDATE jobs SET state=?, handed_to=? WHERE job_no=? AND dest=? AND state=?"
+                " AND dest IN (SELECT host FROM routes WHERE via=?)",
+                (HANDED, lower, job_no, dest, WAIT, lower),
+            ).rowcount
+    return n
+
+
+def listing(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    return list(db.execute(
+        "SELECT job_no, dest, type, package, created, received, state, handed_to, attempts"
+        " FROM jobs ORDER BY job_no, dest"))
+
+
+def delete(db: sqlite3.Connection, keys: Iterable[tuple[int, str | None]]) -> int:
+    n = 0
+    with Transaction(db):
+        for job_no, dest in keys:
+            if dest is None:
+                n += db.execute("DELETE FROM jobs WHERE job_no=?", (job_no,)).rowcount
+            else:
+                n += db.execute("DELETE FROM jobs WHERE job_no=? AND dest=?", (job_no, dest)).rowcount
+    return n
+
+
+# -- routing ---------------------------------------------------------------
+
+def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own_host: str,
+                   now: float | None = None) -> None:
+    """Learn from a check-in which hosts ``lower`` leads to (itself included)."""
+    now = time.time() if now is None else now
+    hosts = {lower, *below} - {own_host}
+    with Transaction(db):
+        held = {r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (lower,))}
+        for gone in held - hosts:
+            db.execute("DELETE FROM routes WHERE host=? AND via=?", (gone, lower))
+        db.executemany("INSERT INTO routes (host, via, seen) VALUES (?, ?, ?)"
+                       " ON CONFLICT(host) DO UPDATE SET via=excluded.via, seen=excluded.seen",
+                       [(h, lower, now) for h in sorted(hosts)])
+
+
+def subtree(db: sqlite3.Connection) -> list[str]:
+    """Every host known below this one."""
+    return [r[0] for r in db.execute("SELECT host FROM routes ORDER BY host")]
+
+
+def route(db: sqlite3.Connection, host: str) -> str | None:
+    row = db.execute("SELECT via FROM routes WHERE host=?", (host,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def routes(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    return list(db.execute("SELECT host, via, seen FROM routes ORDER BY via, host"))

@@ -1,0 +1,96 @@
+"""The managing server: creating jobs (``dcmjexe``) and their status (``dcmstat``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+
+from rds import jobs, states
+from rds.errors import InputError, UsageError
+from rds.home import Home
+from rds.jobs import Job
+from rds.packages import PackageId, Storehouse
+from rds.results import now_text
+from rds.settings import valid_hostname
+from rds.state import Transaction
+
+# dcmstat's exit codes, as JP1's
+ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32
+
+
+def require_managing_server(home: Home) -> None:
+    if not home.settings.is_managing_server:
+        raise UsageError(f"{home.path}: not the managing server (RDSSETFL names ManagingHost "
+                         f"{home.settings.managing_host}); create jobs there")
+
+
+def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: list[str],
+               now: float | None = None) -> tuple[int, list[str]]:
+    """Create an Install package job; returns its number and the hosts not known yet."""
+    require_managing_server(home)
+    now = time.time() if now is None else now
+    if not hosts:
+        raise InputError("no destination host given")
+    for h in hosts:
+        if not valid_hostname(h):
+            raise InputError(f"malformed host name {h!r} (1-64 letters, digits, '-' and '.'; no IP address)")
+        if h == home.host:
+            raise InputError(f"{h} is this managing server itself, not a destination")
+    manifest = Storehouse(home.packages).get(package)
+    if manifest is None:
+        raise InputError(f"unknown package {package} (register it with rdsft -c)")
+    created = now_text(now)
+    with Transaction(db):
+        job_no = int(db.execute("INSERT INTO orders (type, package, created) VALUES (?, ?, ?)",
+                                (jobs.INSTALL, str(package), created)).lastrowid or 0)
+        for h in dict.fromkeys(hosts):
+            jobs.insert(db, Job(job_no, h, jobs.INSTALL, package, created), manifest, now)
+    unknown = [h for h in dict.fromkeys(hosts) if jobs.route(db, h) is None]
+    return job_no, unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class DestinationStatus:
+    job_no: int
+    dest: str
+    package: str
+    status: str
+    updated: str
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "code": states.JOB_STATUS_CODES.get(self.status, "")}
+
+
+def status(db: sqlite3.Connection, job_no: int | None = None) -> list[DestinationStatus]:
+    query = ("SELECT j.job_no, j.dest, j.package, j.state, j.handed_to, j.received, r.status, r.message,"
+             " r.finished, rt.via FROM jobs j LEFT JOIN results r ON r.job_no = j.job_no AND r.dest = j.dest"
+             " LEFT JOIN routes rt ON rt.host = j.dest")
+    args: tuple[object, ...] = ()
+    if job_no is not None:
+        query += " WHERE j.job_no=?"
+        args = (job_no,)
+    out = []
+    for row in db.execute(query + " ORDER BY j.job_no, j.dest", args):
+        if row["status"] is not None:
+            st, updated, msg = row["status"], row["finished"], row["message"]
+        elif row["state"] == jobs.HANDED:
+            st, updated, msg = states.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
+        elif row["via"] is None:
+            st, updated, msg = states.WAIT, now_text(row["received"]), \
+                f"held: {row['dest']} has not reported in yet"
+        else:
+            st, updated, msg = states.WAIT, now_text(row["received"]), f"waiting for {row['via']} to check in"
+        out.append(DestinationStatus(row["job_no"], row["dest"], row["package"], st, updated, msg))
+    if job_no is not None and not out:
+        raise InputError(f"no job {job_no}")
+    return out
+
+
+def exit_code(rows: list[DestinationStatus]) -> int:
+    failed = any(r.status in states.FAILED for r in rows)
+    running = any(r.status in (states.WAIT, states.EXEC) for r in rows)
+    if running:
+        return RUNNING_WITH_FAILURES if failed else RUNNING
+    return SOME_FAILED if failed else ALL_COMPLETE

@@ -1,0 +1,297 @@
+"""Packages: their IDs, manifests and the package storehouse.
+
+A package is one archive (``payload.tgz``) beside a manifest.  In the
+storehouse each package is a directory named by its full ID; the directory is
+built under a temporary name and renamed into place last, so a package is
+either wholly there, verified, or not there at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tarfile
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rds import fsutil
+from rds.errors import InputError, IntegrityError, UnsafeArchive
+
+PAYLOAD = "payload.tgz"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+
+_FIELDS = {
+    "packager": (r"[CD]", "C (UNIX) or D (Windows)"),
+    "cabinet": (r"[A-Za-z0-9]{1,2}", "1-2 letters or digits"),
+    "package": (r"[A-Za-z0-9_-]{1,44}", "1-44 letters, digits, '_' or '-'"),
+    "version": (r"[A-Za-z0-9]{1,6}", "1-6 letters or digits"),
+    "generation": (r"[0-9]{1,4}", "0-9999"),
+}
+
+
+def check_field(name: str, value: str) -> str:
+    pattern, allowed = _FIELDS[name]
+    if not re.fullmatch(pattern, value):
+        raise InputError(f"bad {name} {value!r} (allowed: {allowed})")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class PackageId:
+    """A full package ID in JP1's form ``C.CABINET.PACKAGE.VERSION.GENERATION``."""
+
+    packager: str
+    cabinet: str
+    package: str
+    version: str
+    generation: str = "0000"
+
+    @classmethod
+    def make(cls, cabinet: str, package: str, version: str, generation: str | int = 0,
+             packager: str = "C") -> PackageId:
+        gen = check_field("generation", str(generation))
+        return cls(
+            check_field("packager", packager),
+            check_field("cabinet", cabinet),
+            check_field("package", package),
+            check_field("version", version),
+            f"{int(gen):04d}",
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> PackageId:
+        parts = text.split(".")
+        if len(parts) not in (4, 5):
+            raise InputError(f"bad package ID {text!r} (expected C.CABINET.PACKAGE.VERSION[.GENERATION])")
+        return cls.make(parts[1], parts[2], parts[3], parts[4] if len(parts) == 5 else 0, packager=parts[0])
+
+    def __str__(self) -> str:
+        return f"{self.packager}.{self.cabinet}.{self.package}.{self.version}.{self.generation}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    id: PackageId
+    size: int
+    sha256: str
+    install_dir: str
+    expire_days: int | None = None  # storage period in a relay's storehouse
+    script: str | None = None
+    packaged: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["id"] = str(self.id)
+        d["format"] = MANIFEST_FORMAT
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> Manifest:
+        try:
+            if d.get("format") != MANIFEST_FORMAT:
+                raise ValueError("format")
+            m = cls(
+                id=PackageId.parse(d["id"]),
+                size=int(d["size"]),
+                sha256=str(d["sha256"]),
+                install_dir=str(d["install_dir"]),
+                expire_days=None if d.get("expire_days") is None else int(d["expire_days"]),
+                script=d.get("script"),
+                packaged=str(d.get("packaged", "")),
+            )
+            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/"):
+                raise ValueError("field")
+            if m.script is not None and not isinstance(m.script, str):
+                raise ValueError("script")
+            return m
+        except (AttributeError, KeyError, TypeError, ValueError, InputError) as e:
+            raise InputError(f"not a valid package manifest ({e})") from None
+
+
+def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """Refuse what must not be extracted; stricter than tarfile's ``data`` filter."""
+    name = member.name
+    if name.startswith("/") or ".." in PurePosixPath(name).parts:
+        raise UnsafeArchive(f"member {name!r} is outside the install directory")
+    if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchive(f"member {name!r} is a device or special file")
+    if member.issym() and (member.linkname.startswith("/") or _escapes(name, member.linkname)):
+        raise UnsafeArchive(f"member {name!r} is a link pointing outside the install directory ({member.linkname})")
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError as e:
+        raise UnsafeArchive(f"member {name!r} refused: {e}") from None
+
+
+def _escapes(name: str, linkname: str) -> bool:
+    depth = len(PurePosixPath(name).parent.parts)
+    for part in PurePosixPath(linkname).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part != ".":
+            depth += 1
+    return False
+
+
+class Storehouse:
+    """The package storehouse of one home."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.partial = root / ".partial"
+
+    def dir(self, pid: PackageId) -> Path:
+        return self.root / str(pid)
+
+    def payload(self, pid: PackageId) -> Path:
+        return self.dir(pid) / PAYLOAD
+
+    def get(self, pid: PackageId) -> Manifest | None:
+        try:
+            data = json.loads((self.dir(pid) / MANIFEST).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({e})") from None
+        return Manifest.from_json(data)
+
+    def has(self, pid: PackageId) -> bool:
+        return (self.dir(pid) / MANIFEST).is_file()
+
+    def list(self) -> list[Manifest]:
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                m = self.get(PackageId.parse(d.name))
+            except InputError:
+                continue
+            if m is not None:
+                out.append(m)
+        return out
+
+    def register(
+        self,
+        pid: PackageId,
+        source: Path,
+        install_dir: str,
+        script: str | None = None,
+        expire_days: int | None = None,
+    ) -> Manifest:
+        """Pack ``source`` into a new package and add it; the rename into place comes last."""
+        if not source.is_dir():
+            raise InputError(f"{source}: no such directory")
+        if not os.access(source, os.R_OK | os.X_OK):
+            raise InputError(f"{source}: cannot read this directory")
+        if not install_dir.startswith("/"):
+            raise InputError(f"install directory {install_dir!r} must be an absolute path")
+        if self.has(pid):
+            raise InputError(f"package {pid} is already registered")
+        fsutil.remove_strays(self.root)
+        work = Path(tempfile.mkdtemp(prefix=fsutil.TMP_PREFIX, dir=self.root))
+        try:
+            payload = work / PAYLOAD
+            with fsutil.atomic_writer(payload) as raw:
+                hashing = _HashingWriter(raw)
+                with tarfile.open(fileobj=hashing, mode="w:gz", compresslevel=6) as tar:  # type: ignore[call-overload]
+                    try:
+                        tar.add(source, arcname=".", filter=_packing_filter)
+                    except PermissionError as e:
+                        raise InputError(f"{e.filename}: cannot read ({e.strerror})") from None
+            manifest = Manifest(
+                id=pid,
+                size=hashing.size,
+                sha256=hashing.sha.hexdigest(),
+                install_dir=install_dir,
+                expire_days=expire_days,
+                script=script,
+                packaged=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            self._commit(work, manifest)
+        except BaseException:
+            fsutil.remove_tree(work) if work.exists() else None
+            raise
+        return manifest
+
+    def _commit(self, work: Path, manifest: Manifest) -> None:
+        fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+        target = self.dir(manifest.id)
+        if target.exists():
+            raise InputError(f"package {manifest.id} is already in the storehouse")
+        fsutil.durable_rename(work, target)  # the commit point: the package is visible whole
+
+    def partial_path(self, pid: PackageId, sha256: str) -> Path:
+        return self.partial / f"{pid}.{sha256[:16]}.part"
+
+    def add_downloaded(self, manifest: Manifest, part: Path) -> None:
+        """Move a complete download into place after checking its SHA-256."""
+        digest = fsutil.sha256_file(part)
+        if digest != manifest.sha256:
+            part.unlink()
+            raise IntegrityError(f"package {manifest.id}: SHA-256 mismatch (got {digest[:16]}..., "
+                                 f"expected {manifest.sha256[:16]}...); the download was discarded")
+        work = Path(tempfile.mkdtemp(prefix=fsutil.TMP_PREFIX, dir=self.root))
+        try:
+            os.replace(part, work / PAYLOAD)
+            self._commit(work, manifest)
+        except BaseException:
+            fsutil.remove_tree(work)
+            raise
+
+    def verify(self, manifest: Manifest) -> None:
+        path = self.payload(manifest.id)
+        digest = fsutil.sha256_file(path)
+        if digest != manifest.sha256:
+            raise IntegrityError(f"package {manifest.id}: SHA-256 of {path} does not match its manifest; not used")
+
+    def clear(self) -> int:
+        """Delete every package and every partial download; returns how many packages went."""
+        n = 0
+        for m in self.list():
+            n += self.remove(m.id)
+        for part in self.partial.iterdir():
+            part.unlink()
+        fsutil.remove_strays(self.root)
+        return n
+
+    def remove(self, pid: PackageId) -> bool:
+        if not self.dir(pid).exists():
+            return False
+        fsutil.remove_tree(self.dir(pid))
+        return True
+
+
+def _packing_filter(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    if member.isdev() or member.isfifo():
+        raise InputError(f"{member.name}: device and special files cannot be packaged")
+    if member.issym() and (member.linkname.startswith("/") or _escapes(member.name, member.linkname)):
+        raise InputError(f"{member.name}: link points outside the source directory ({member.linkname})")
+    member.uid = member.gid = 0
+    member.uname = member.gname = "root"
+    return member
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()

@@ -1,0 +1,230 @@
+"""The messages between a lower system and its upper system.
+
+The lower system always asks; the upper system answers.  Every request is a
+JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
+
+``checkin``  ``below``: every host under the asking one.  The upper system
+             learns its routes from it and answers with the jobs waiting for
+             the asker's whole subtree and the manifests of their packages.
+``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
+             system will not hand them out again.
+``report``   ``results``: how jobs ended in the asker's subtree.
+``read``     ``package``, ``offset``, ``length``: bytes of a package's archive
+             (only a package that a job of the asker's subtree needs).
+
+An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
+"message": ...}`` where KIND is ``refused`` or ``protocol``.  A transport
+carries these messages: ``transport.local`` calls the upper home directly,
+``transport.ssh`` runs ``rds-serve`` on the upper system.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from rds import jobs, results, state
+from rds.errors import InputError, ProtocolError, RdsError, Refused
+from rds.home import Home
+from rds.jobs import Job
+from rds.packages import Manifest, PackageId, Storehouse
+from rds.results import Result
+from rds.settings import valid_hostname
+
+VERSION = 1
+MAX_BELOW = 1_000_000
+READ_MAX = 64 << 20
+
+
+class UpperService:
+    """The upper system's side, for one lower system whose name is trusted.
+
+    ``lower`` comes from the transport (the forced command of the lower
+    system's SSH key, or the lower home's own settings on this machine).  A
+    request that claims another host is refused.
+    """
+
+    def __init__(self, home: Home, lower: str) -> None:
+        self.home = home
+        self.lower = lower
+        self.store = Storehouse(home.packages)
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = state.connect(self.home.db_path)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def handle(self, msg: Any) -> dict[str, Any]:
+        """Answer one request; errors become error answers, never exceptions."""
+        try:
+            op = self._check(msg)
+            if op == "checkin":
+                return self.checkin(msg.get("below", []))
+            if op == "ack":
+                return self.ack(msg.get("jobs", []))
+            if op == "report":
+                return self.report(msg.get("results", []))
+            raise ProtocolError(f"unknown request {op!r}")
+        except Refused as e:
+            return {"ok": False, "error": "refused", "message": str(e)}
+        except (ProtocolError, InputError) as e:
+            return {"ok": False, "error": "protocol", "message": str(e)}
+
+    def _check(self, msg: Any) -> str:
+        if not isinstance(msg, dict):
+            raise ProtocolError("a request must be a JSON object")
+        if msg.get("v") != VERSION:
+            raise ProtocolError(f"protocol version {msg.get('v')!r} is not supported (this side speaks {VERSION})")
+        host = msg.get("host")
+        if host != self.lower:
+            raise Refused(f"{self.lower} may not act as {host!r}")
+        op = msg.get("op")
+        if not isinstance(op, str):
+            raise ProtocolError("a request needs an op")
+        return op
+
+    def checkin(self, below: Any) -> dict[str, Any]:
+        if not isinstance(below, list) or len(below) > MAX_BELOW:
+            raise ProtocolError("'below' must be a list of host names")
+        for h in below:
+            if not isinstance(h, str) or not valid_hostname(h):
+                raise ProtocolError(f"'below' holds a bad host name: {h!r}")
+        jobs.record_checkin(self.db, self.lower, below, self.home.host)
+        ready, manifests = [], {}
+        for job in jobs.for_lower(self.db, self.lower):
+            key = str(job.package)
+            if key not in manifests:
+                m = self.store.get(job.package)
+                if m is None:
+                    continue  # not kept here yet: handed out once the package is here
+                manifests[key] = m.to_json()
+            ready.append(job.to_json())
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests}
+
+    def ack(self, keys: Any) -> dict[str, Any]:
+        try:
+            pairs = [(int(j), str(d)) for j, d in keys]
+        except (TypeError, ValueError):
+            raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
+        return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
+
+    def report(self, items: Any) -> dict[str, Any]:
+        if not isinstance(items, list):
+            raise ProtocolError("'results' must be a list")
+        parsed = [Result.from_json(r) for r in items]
+        try:
+            n = results.accept(self.db, self.lower, parsed, self.home.host)
+        except ProtocolError as e:
+            raise Refused(str(e)) from None
+        return {"ok": True, "accepted": n}
+
+    def package_path(self, package: Any) -> tuple[Manifest, Path]:
+        """The archive of a package that a job of the lower system's subtree needs."""
+        if not isinstance(package, str):
+            raise ProtocolError("'package' must be a package ID")
+        pid = PackageId.parse(package)
+        row = self.db.execute(
+            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? LIMIT 1",
+            (self.lower, str(pid))).fetchone()
+        if row is None:
+            raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
+        m = self.store.get(pid)
+        if m is None:
+            raise Refused(f"package {pid} is not kept on {self.home.host}")
+        return m, self.store.payload(pid)
+
+    def read(self, package: Any, offset: Any, length: Any) -> Iterator[bytes]:
+        """Check the request now; the blocks come from the returned iterator."""
+        m, path = self.package_path(package)
+        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
+            raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        return _blocks(path, offset, min(length, max(0, m.size - offset)))
+
+
+def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            block = f.read(min(length, 1 << 20))
+            if not block:
+                break
+            length -= len(block)
+            yield block
+
+
+class Link(Protocol):
+    """What a transport gives the lower system: one conversation with its upper."""
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]: ...
+
+    def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class UpperClient:
+    """The lower system's side: builds requests and checks answers."""
+
+    def __init__(self, link: Link, host: str, where: str) -> None:
+        self.link = link
+        self.host = host
+        self.where = where
+
+    def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        reply = self.link.call({"op": op, "v": VERSION, "host": self.host, **fields})
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise ProtocolError(f"{self.where}: answered {op} with something that is not a reply")
+        if not reply["ok"]:
+            kind, message = reply.get("error"), str(reply.get("message", ""))[:500]
+            if kind == "refused":
+                raise Refused(f"{self.where} refused {op}: {message}")
+            raise ProtocolError(f"{self.where} rejected {op}: {message}")
+        return reply
+
+    def checkin(self, below: list[str]) -> tuple[list[Job], dict[str, Manifest]]:
+        reply = self._call("checkin", below=below)
+        try:
+            found = [Job.from_json(j) for j in reply.get("jobs", [])]
+            manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}
+        except (RdsError, AttributeError, TypeError) as e:
+            raise ProtocolError(f"{self.where}: bad check-in answer: {e}") from None
+        for job in found:
+            m = manifests.get(str(job.package))
+            if m is None or m.id != job.package:
+                raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        return found, manifests
+
+    def ack(self, taken: list[Job]) -> None:
+        if taken:
+            self._call("ack", jobs=[[j.job_no, j.dest] for j in taken])
+
+    def report(self, items: list[Result]) -> int:
+        reply = self._call("report", results=[r.to_json() for r in items])
+        return int(reply.get("accepted", 0))
+
+    def fetch(self, store: Storehouse, manifest: Manifest) -> None:
+        """Download a package into ``store``, resuming a partial download; verify it."""
+        part = store.partial_path(manifest.id, manifest.sha256)
+        have = part.stat().st_size if part.exists() else 0
+        if have > manifest.size:
+            part.unlink()
+            have = 0
+        if have < manifest.size:
+            with open(part, "ab") as out:
+                self.link.read(str(manifest.id), have, manifest.size - have, out)
+                out.flush()
+                os.fsync(out.fileno())
+        if part.stat().st_size != manifest.size:
+            raise ProtocolError(f"{self.where}: package {manifest.id} came short "
+                                f"({part.stat().st_size} of {manifest.size} bytes)")
+        store.add_downloaded(manifest, part)

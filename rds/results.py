@@ -1,0 +1,106 @@
+"""Results: how each job ended, kept on disk until the upper system has them.
+
+A result is keyed by its job like the job itself, ``(job_no, dest)``, at every
+level; a result that arrives twice is taken once.  An interim status
+(EXEC-ERROR...) may later give way to the install's outcome, never the reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rds import jobs, states
+from rds.errors import ProtocolError
+from rds.settings import valid_hostname
+from rds.state import Transaction
+
+MESSAGE_MAX = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    job_no: int
+    dest: str
+    status: str
+    message: str
+    finished: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job_no, "dest": self.dest, "status": self.status,
+                "message": self.message, "finished": self.finished}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Result:
+        try:
+            r = cls(d["job"], d["dest"], d["status"], d["message"], d["finished"])
+            if not isinstance(r.job_no, int) or isinstance(r.job_no, bool) or r.job_no <= 0:
+                raise ValueError(f"job number {r.job_no!r}")
+            if not isinstance(r.dest, str) or not valid_hostname(r.dest):
+                raise ValueError(f"destination {r.dest!r}")
+            if r.status not in states.RESULT_STATUSES:
+                raise ValueError(f"status {r.status!r}")
+            if not isinstance(r.message, str) or not isinstance(r.finished, str):
+                raise ValueError("message")
+            return dataclasses.replace(r, message=r.message[:MESSAGE_MAX], finished=r.finished[:64])
+        except (TypeError, KeyError, ValueError) as e:
+            raise ProtocolError(f"not a valid result: {e}") from None
+
+
+def now_text(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() if now is None else now))
+
+
+def _keep(db: sqlite3.Connection, r: Result) -> bool:
+    """Insert or upgrade ``r``; False when it was already known.  Call inside a transaction."""
+    old = db.execute("SELECT status FROM results WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone()
+    if old is not None and (old[0] == r.status or old[0] in states.OUTCOMES):
+        return False
+    db.execute(
+        "INSERT INTO results (job_no, dest, status, message, finished, sent) VALUES (?, ?, ?, ?, ?, NULL)"
+        " ON CONFLICT(job_no, dest) DO UPDATE SET status=excluded.status, message=excluded.message,"
+        " finished=excluded.finished, sent=NULL",
+        (r.job_no, r.dest, r.status, r.message[:MESSAGE_MAX], r.finished),
+    )
+    if r.status in states.OUTCOMES:
+        db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (jobs.DONE, r.job_no, r.dest))
+    return True
+
+
+def record(db: sqlite3.Connection, result: Result) -> bool:
+    """Keep the result of a job that ended here; the job is DONE in the same commit."""
+    with Transaction(db):
+        return _keep(db, result)
+
+
+def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_host: str) -> int:
+    """Take results reported by ``lower``; it may report only for its own subtree."""
+    results = list(results)
+    with Transaction(db):
+        for r in results:
+            if r.dest == own_host or (r.dest != lower and jobs.route(db, r.dest) != lower):
+                raise ProtocolError(f"{lower} reported a result for {r.dest}, which is not below it")
+        return sum(_keep(db, r) for r in results)
+
+
+def unsent(db: sqlite3.Connection, limit: int = 1000) -> list[Result]:
+    rows = db.execute("SELECT job_no, dest, status, message, finished FROM results WHERE sent IS NULL"
+                      " ORDER BY finished, job_no, dest LIMIT ?", (limit,))
+    return [Result(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    with Transaction(db):
+        for r in sent:
+            db.execute("UPDATE results SET sent=? WHERE job_no=? AND dest=? AND status=?",
+                       (now, r.job_no, r.dest, r.status))
+
+
+def get(db: sqlite3.Connection, job_no: int, dest: str) -> Result | None:
+    row = db.execute("SELECT job_no, dest, status, message, finished FROM results WHERE job_no=? AND dest=?",
+                     (job_no, dest)).fetchone()
+    return None if row is None else Result(*row)

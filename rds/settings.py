@@ -1,0 +1,210 @@
+"""RDSSETFL, the settings file of a home: ``Attribute<TAB>value`` a line.
+
+Attribute names are JP1's where JP1 has them.  Times take JP1's unit (minutes
+or days) when written as a bare number, and any unit when a suffix is given
+(``30s``, ``2h``, ``1d``); sizes take ``K``, ``M``, ``G`` or ``T``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rds.errors import SettingsError
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+HOSTNAME_RE = re.compile(rf"^(?=.{{1,64}}$){_LABEL}(?:\.{_LABEL})*$")
+IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def valid_hostname(name: str) -> bool:
+    """A host name as JP1 takes it: 1-64 characters, DNS labels, not an IP address."""
+    return bool(HOSTNAME_RE.match(name)) and not IPV4_RE.match(name)
+
+
+def parse_duration(text: str, base: str, low: float, high: float) -> float:
+    """Seconds from ``text``: a bare number is in ``base`` units."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip().lower())
+    if not m:
+        raise ValueError(text)
+    seconds = float(m.group(1)) * UNITS[m.group(2) or base]
+    if not low <= seconds <= high:
+        raise ValueError(text)
+    return seconds
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([kmgt]?)i?b?", text.strip().lower())
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)) * SIZE_UNITS[m.group(2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A home's settings; every field has the default that applies when absent."""
+
+    home: Path
+    managing_host: str | None = None
+    host_name: str = dataclasses.field(default_factory=lambda: socket.gethostname().split(".")[0])
+    watch_orders: float | None = 300.0  # seconds; None = MANUAL
+    watch_status: float = 60.0  # seconds; 0 = results are not sent
+    retry_count: int = 3  # 9 = forever
+    retry_interval: float = 10.0  # seconds
+    max_connect_clients: int = 10
+    life_of_resource: float = 30 * 86400.0  # seconds; 0 = no limit
+    delivery_status_file: Path | None = None
+    delivery_status_order: int = 10000
+    id_command_delete_timing: str = "RESOURCE_DELETE"
+    command_delete_with_resource: bool = True
+    caching_policy: str = "JIT"
+    checksum_lifetime: float = 3600.0
+    cache_size_limit: int = 0  # bytes; 0 = no limit
+    cache_high_water_mark: int = 90  # percent of the limit
+    cache_cleanup_interval: float = 12 * 3600.0
+    identity_file: Path | None = None
+    known_hosts_file: Path | None = None
+    connect_timeout: float = 30.0
+    install_root: Path = Path("/")
+
+    @property
+    def is_managing_server(self) -> bool:
+        return self.managing_host is None
+
+
+def _choice(*allowed: str) -> tuple[Callable[[str], Any], str]:
+    def parse(v: str) -> str:
+        if v.upper() not in allowed:
+            raise ValueError(v)
+        return v.upper()
+
+    return parse, "|".join(allowed)
+
+
+def _int_range(low: int, high: int) -> tuple[Callable[[str], Any], str]:
+    def parse(v: str) -> int:
+        n = int(v)
+        if not low <= n <= high:
+            raise ValueError(v)
+        return n
+
+    return parse, f"an integer {low}-{high}"
+
+
+def _duration(base: str, low: float, high: float, unit_name: str) -> tuple[Callable[[str], Any], str]:
+    return (lambda v: parse_duration(v, base, low, high)), (
+        f"{low / UNITS[base]:g}-{high / UNITS[base]:g} {unit_name}, or a number with a unit s/m/h/d"
+    )
+
+
+def _watch_orders(v: str) -> float | None:
+    if v.upper() == "MANUAL":
+        return None
+    return parse_duration(v, "m", 0, 1280 * 60)
+
+
+def _managing_host(v: str) -> str:
+    if v.startswith("ssh://"):
+        if not re.fullmatch(r"ssh://(?:[^@/\s]+@)?[^@/:\s]+(?::\d{1,5})?(?:/\S*)?", v):
+            raise ValueError(v)
+        return v
+    if not v.startswith("/"):
+        raise ValueError(v)
+    return v
+
+
+def _hostname(v: str) -> str:
+    if not valid_hostname(v):
+        raise ValueError(v)
+    return v
+
+
+def _yes_no(v: str) -> bool:
+    if v.upper() in ("YES", "Y", "TRUE", "ON", "1"):
+        return True
+    if v.upper() in ("NO", "N", "FALSE", "OFF", "0"):
+        return False
+    raise ValueError(v)
+
+
+def _retry_interval(v: str) -> float:
+    if re.fullmatch(r"\d+", v.strip()):
+        n = int(v)
+        if not 1 <= n <= 99:
+            raise ValueError(v)
+        return n * 10.0
+    return parse_duration(v, "s", 0, 990)
+
+
+# attribute -> (field, parser, what is allowed)
+ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "ManagingHost": ("managing_host", _managing_host, "ssh://[user@]host[:port][/home] or the absolute path of a home"),
+    "HostName": ("host_name", _hostname, "a host name of 1-64 letters, digits, '-' and '.', not an IP address"),
+    "WatchTimeofOrders": ("watch_orders", _watch_orders, "0-1280 minutes, a number with a unit s/m/h/d, or MANUAL"),
+    "WatchTimeofStatus": ("watch_status", *_duration("m", 0, 1280 * 60, "minutes")),
+    "RetryCount": ("retry_count", *_int_range(1, 9)),
+    "RetryInterval": ("retry_interval", _retry_interval, "1-99 (units of 10 seconds), or a number with a unit s/m"),
+    "MaxConnectClients": ("max_connect_clients", *_int_range(1, 1024)),
+    "LifeofResource": ("life_of_resource", *_duration("d", 0, 36500 * 86400, "days")),
+    "OutPutFileOfDeliveryStatus": ("delivery_status_file", Path, "a path"),
+    "OrderOfDeliveryStatus": ("delivery_status_order", *_int_range(1, 10_000_000)),
+    "IDCommandDeleteTiming": ("id_command_delete_timing", *_choice("RESOURCE_DELETE", "MANUAL")),
+    "CommandDeletewithResource": ("command_delete_with_resource", _yes_no, "YES or NO"),
+    "CachingPolicy": ("caching_policy", *_choice("JIT", "SNEAKERNET")),
+    "ChecksumLifetime": ("checksum_lifetime", *_duration("m", 0, 365 * 86400, "minutes")),
+    "CacheSizeLimit": ("cache_size_limit", parse_size, "a size in bytes, or with a unit K/M/G/T (0: no limit)"),
+    "CacheHighWaterMark": ("cache_high_water_mark", *_int_range(1, 100)),
+    "CacheCleanupInterval": ("cache_cleanup_interval", *_duration("m", 60, 365 * 86400, "minutes")),
+    "IdentityFile": ("identity_file", Path, "a path"),
+    "KnownHostsFile": ("known_hosts_file", Path, "a path"),
+    "ConnectTimeout": ("connect_timeout", *_duration("s", 1, 3600, "seconds")),
+    "InstallRoot": ("install_root", Path, "an absolute path prefixed to every install directory (default /)"),
+}
+
+
+def parse_settings(text: str, source: Path, home: Path) -> Settings:
+    values: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 1)
+        name = parts[0]
+        value = parts[1].strip() if len(parts) > 1 else ""
+        if name not in ATTRIBUTES:
+            raise SettingsError(
+                f"{source}:{lineno}: unknown attribute {name!r} (allowed: {', '.join(sorted(ATTRIBUTES))})"
+            )
+        field, parser, allowed = ATTRIBUTES[name]
+        if name in seen:
+            raise SettingsError(f"{source}:{lineno}: {name} is given twice (first on line {seen[name]})")
+        seen[name] = lineno
+        if not value:
+            raise SettingsError(f"{source}:{lineno}: {name} has no value (allowed: {allowed})")
+        try:
+            values[field] = parser(value)
+        except ValueError:
+            raise SettingsError(f"{source}:{lineno}: {name}: bad value {value!r} (allowed: {allowed})") from None
+    if not values.get("install_root", Path("/")).is_absolute():
+        raise SettingsError(f"{source}:{seen['InstallRoot']}: InstallRoot must be an absolute path")
+    if "delivery_status_file" in values and not values["delivery_status_file"].is_absolute():
+        values["delivery_status_file"] = home / values["delivery_status_file"]
+    return Settings(home=home, **values)
+
+
+def load_settings(home: Path) -> Settings:
+    path = home / "rdsprm" / "RDSSETFL"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings(home=home)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    return parse_settings(text, path, home)

@@ -1,0 +1,46 @@
+"""Reaching the upper system: ``ManagingHost`` picks the transport.
+
+``ssh://...`` goes through ``transport.ssh`` (the only importer of paramiko);
+a path is a home on this machine, reached by ``transport.local``.  Failures
+to connect are retried ``RetryCount`` times, ``RetryInterval`` apart (9 means
+for ever), then become one CommunicationError naming the upper system.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rds.errors import CommunicationError, UsageError
+from rds.home import Home
+from rds.protocol import Link, UpperClient
+
+
+def open_link(home: Home) -> tuple[Link, str]:
+    target = home.settings.managing_host
+    if target is None:
+        raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost)")
+    if target.startswith("ssh://"):
+        from rds.transport import ssh
+
+        return ssh.SSHLink.open(home.settings, target), target
+    from rds.transport import local
+
+    return local.LocalLink.open(home, target), target
+
+
+def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
+            log: Callable[[str], None] | None = None) -> UpperClient:
+    s = home.settings
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            link, where = open_link(home)
+            return UpperClient(link, s.host_name, where)
+        except CommunicationError as e:
+            if s.retry_count != 9 and attempt > s.retry_count:
+                raise
+            if log:
+                log(f"{e}; retry {attempt} in {s.retry_interval:g}s")
+            sleep(s.retry_interval)

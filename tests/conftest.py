@@ -1,0 +1,97 @@
+"""Hermetic homes: every test gets its own RDS_HOME and a way to build a hierarchy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from rds.home import Home
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    home = tmp_path / "default-home"
+    home.mkdir()
+    monkeypatch.setenv("RDS_HOME", str(home))
+    monkeypatch.setenv("RDS_LOCK_TIMEOUT", "5")
+    monkeypatch.delenv("RDS_CRASH_AT", raising=False)
+    yield
+
+
+class Host:
+    """One host of a test hierarchy: a home on this machine, driven through the real commands."""
+
+    def __init__(self, tree: Tree, name: str, upper: Host | None, settings: str = "") -> None:
+        self.name = name
+        self.path = tree.root / name
+        self.upper = upper
+        (self.path / "rdsprm").mkdir(parents=True)
+        lines = [f"HostName\t{name}", "RetryCount\t1", "RetryInterval\t0s",
+                 f"InstallRoot\t{self.path / 'root'}"]
+        if upper is not None:
+            lines.append(f"ManagingHost\t{upper.path}")
+        (self.path / "rdsprm" / "RDSSETFL").write_text("\n".join(lines) + "\n" + settings)
+
+    def home(self) -> Home:
+        return Home.open(self.path)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "RDS_HOME": str(self.path), **extra}
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd, *rest = args
+        proc = subprocess.run([str(BIN / cmd), *rest], env=env or self.env(), capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} on {self.name} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def installed(self, install_dir: str = "/opt/app") -> Path:
+        return self.path / "root" / install_dir.lstrip("/")
+
+
+class Tree:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hosts: dict[str, Host] = {}
+
+    def add(self, name: str, upper: str | None = None, settings: str = "") -> Host:
+        host = Host(self, name, self.hosts[upper] if upper else None, settings)
+        self.hosts[name] = host
+        return host
+
+    def __getitem__(self, name: str) -> Host:
+        return self.hosts[name]
+
+    def check_in_upward(self, names: Sequence[str]) -> None:
+        """Run ``rdsft -a`` on the named hosts in order (lowest first), so the tree assembles itself."""
+        for n in names:
+            self.hosts[n].run("rdsft", "-a")
+
+    def package(self, host: str = "mgr", name: str = "APP", version: str = "0100", install_dir: str = "/opt/app",
+                script: str | None = "#!/bin/sh\necho run >> \"$RDS_INSTALL_DIR/../installs\"\n",
+                files: dict[str, str] | None = None) -> str:
+        src = self.root / f"src-{name}-{version}"
+        src.mkdir()
+        for rel, text in (files or {"bin/app.sh": "#!/bin/sh\necho app\n"}).items():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_text(text)
+        args = ["rdsft", "-c", "-g", "AB", "-r", name, "-v", version, "-i", install_dir]
+        if script is not None:
+            (self.root / f"script-{name}-{version}").write_text(script)
+            args += ["--script", str(self.root / f"script-{name}-{version}")]
+        return self.hosts[host].run(*args, str(src)).stdout.strip()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return Tree(tmp_path / "hosts")
