@@ -85,6 +85,8 @@ def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,
             needed[str(m.id)] = m
     fetched = []
     for key, m in sorted(needed.items()):
+        part = store.partial_path(m.id, m.sha256)
+        log(f"fetching package {key} from {client.where} from byte {part.stat().st_size if part.exists() else 0}")
         try:
             client.fetch(store, m)
         except IntegrityError as e:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import jobs, results, state
+from rds import crashpoints, jobs, results, state
 from rds.errors import InputError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -162,12 +162,24 @@ def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
             yield block
 
 
+class _Progress:
+    """The file a download is written to; a crash point per block, for tests."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> int:
+        n = self.out.write(data)
+        crashpoints.reach("downloading")
+        return n
+
+
 class Link(Protocol):
     """What a transport gives the lower system: one conversation with its upper."""
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]: ...
 
-    def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None: ...
+    def read(self, package: str, offset: int, length: int, out: Any) -> None: ...
 
     def close(self) -> None: ...
 
@@ -221,7 +233,7 @@ class UpperClient:
             have = 0
         if have < manifest.size:
             with open(part, "ab") as out:
-                self.link.read(str(manifest.id), have, manifest.size - have, out)
+                self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out))
                 out.flush()
                 os.fsync(out.fileno())
         if part.stat().st_size != manifest.size:

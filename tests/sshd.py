@@ -1,0 +1,186 @@
+"""A private OpenSSH sshd on a free 127.0.0.1 port, for the SSH tests and the bench.
+
+Everything lives in one directory: the host key, the client keys, the
+``authorized_keys`` file whose lines force commands, the ``known_hosts`` file a
+client uses to trust this sshd, the config, the pid file and the log::
+
+    sshd = Sshd(tmp_path / "sshd")
+    key = sshd.add_key("relay1", command="... rds.cli.serve --lower relay1 --home ...")
+    sshd.start()
+    ...   # connect to 127.0.0.1:sshd.port with key and sshd.known_hosts
+    sshd.stop()
+
+The ``sshd`` fixture factory starts as many as a test asks for and stops them
+all at the end.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SSHD = Path("/usr/sbin/sshd")
+SSH_KEYGEN = "ssh-keygen"
+PYTHON = Path(sys.executable)
+
+
+def have_sshd() -> bool:
+    return SSHD.is_file() and os.access(SSHD, os.X_OK)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path, comment: str) -> Path:
+    """A new ed25519 key pair at ``path`` and ``path.pub``, without a passphrase."""
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def serve_command(lower: str, home: Path) -> str:
+    """The forced command for a lower system's key: this venv's rds-serve for ``home``."""
+    return f"{shlex.quote(str(PYTHON))} -m rds.cli.serve --lower {shlex.quote(lower)} --home {shlex.quote(str(home))}"
+
+
+class Sshd:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.host_key = keygen(root / "ssh_host_ed25519_key", "rds-test-host")
+        self.authorized_keys = root / "authorized_keys"
+        self.authorized_keys.touch()
+        self.known_hosts = root / "known_hosts"
+        self.config = root / "sshd_config"
+        self.pid_file = root / "sshd.pid"
+        self.log_file = root / "sshd.log"
+        self.user = getpass.getuser()
+        self.port = 0
+        self.extra_config: list[str] = []
+
+    def host_key_line(self) -> str:
+        """``type base64`` of the host key, as known_hosts and ssh-keyscan give it."""
+        kind, blob = (self.root / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        return f"{kind} {blob}"
+
+    def add_key(self, name: str, command: str | None = None, options: str = "restrict") -> Path:
+        """A new client key whose public half goes into authorized_keys, bound to ``command``."""
+        key = keygen(self.root / f"id_{name}", f"rds-{name}")
+        opts = options
+        if command is not None:
+            opts = f'{options},command="{command}"' if options else f'command="{command}"'
+        line = f"{opts} {(self.root / f'id_{name}.pub').read_text().strip()}".strip()
+        with open(self.authorized_keys, "a") as f:
+            f.write(line + "\n")
+        return key
+
+    def url(self, home: Path | None = None) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{home or ''}"
+
+    def _write_config(self) -> None:
+        lines = [
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.pid_file}",
+            f"AuthorizedKeysFile {self.authorized_keys}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "UsePAM no",
+            "StrictModes no",
+            "PrintMotd no",
+            "LogLevel VERBOSE",
+            "MaxStartups 100",
+            "Subsystem sftp internal-sftp",
+            *self.extra_config,
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10) -> Sshd:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+        for _ in range(5):  # another process may take the free port before sshd binds it
+            self.port = free_port()
+            self._write_config()
+            self.pid_file.unlink(missing_ok=True)
+            proc = subprocess.run([str(SSHD), "-f", str(self.config), "-E", str(self.log_file)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"sshd did not start: {proc.stderr.strip()}")
+            if self._wait_listening(timeout):
+                self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_key_line()}\n")
+                return self
+        raise RuntimeError(f"sshd did not start listening; its log:\n{self.log()}")
+
+    def _wait_listening(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pid() is not None:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return True
+                except OSError:
+                    pass
+            elif "Address already in use" in self.log():
+                return False
+            time.sleep(0.02)
+        return False
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """Stop the listener; sessions still open end with their connections."""
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        self.pid_file.unlink(missing_ok=True)
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def sshd_factory(tmp_path: Path) -> Iterator[Callable[[str], Sshd]]:
+    """Make private sshds (not yet started) under tmp_path; all are stopped at the end."""
+    made: list[Sshd] = []
+
+    def make(name: str = "sshd") -> Sshd:
+        s = Sshd(tmp_path / name)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
