@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, jobs, results, state
+from rds import crashpoints, daemon, jobs, results, state
 from rds.errors import InputError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -126,6 +126,8 @@ class UpperService:
             n = results.accept(self.db, self.lower, parsed, self.home.host)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        if n and not self.home.settings.is_managing_server:
+            daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
 
     def package_path(self, package: Any) -> tuple[Manifest, Path]:

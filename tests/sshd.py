@@ -10,24 +10,35 @@ client uses to trust this sshd, the config, the pid file and the log::
     ...   # connect to 127.0.0.1:sshd.port with key and sshd.known_hosts
     sshd.stop()
 
-The ``sshd`` fixture factory starts as many as a test asks for and stops them
-all at the end.
+The ``sshd_factory`` fixture makes as many as a test asks for and stops them
+all at the end.  ``CutProxy`` relays a connection and cuts it after so many
+bytes; ``make_package`` puts a large package into a home in a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import hashlib
+import io
+import json
 import os
+import select
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
+
+from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -151,10 +162,8 @@ class Sshd:
         pid = self.pid()
         if pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
@@ -184,3 +193,115 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[[str], Sshd]]:
     yield make
     for s in made:
         s.stop()
+
+
+class _Hashing:
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.sha, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _Noise(io.RawIOBase):
+    """``size`` bytes that do not compress, made fast: a random MiB, numbered."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.base = bytearray(os.urandom(1 << 20))
+        self.n = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.left, 1 << 20)
+        self.base[:8] = self.n.to_bytes(8, "big")
+        self.n += 1
+        self.left -= n
+        buf[:n] = self.base[:n]
+        return n
+
+
+def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/opt/big") -> Manifest:
+    """Register a package of about ``size`` bytes in ``home``: a real archive, stored, not compressed."""
+    pid = PackageId.make("AB", name, "0100")
+    target = home / "RDS" / str(pid)
+    target.mkdir(parents=True)
+    with open(target / PAYLOAD, "wb") as raw:
+        out = _Hashing(raw)
+        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=0) as tar:  # type: ignore[call-overload]
+            info = tarfile.TarInfo("data.bin")
+            info.size = size
+            tar.addfile(info, io.BufferedReader(_Noise(size), 1 << 20))
+    m = Manifest(id=pid, size=out.size, sha256=out.sha.hexdigest(), install_dir=install_dir)
+    (target / MANIFEST).write_text(json.dumps(m.to_json()))  # the manifest last: now it is there
+    return m
+
+
+class CutProxy:
+    """A TCP relay on 127.0.0.1 to ``port`` that counts bytes and can cut the link.
+
+    ``cut_after``: close both sides once this many bytes went from the server
+    to the client.  ``down``/``up``: bytes relayed each way, over all connections.
+    """
+
+    def __init__(self, port: int, cut_after: int | None = None) -> None:
+        self.target = port
+        self.cut_after = cut_after
+        self.down = self.up = 0
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.target))
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks = [client, server]
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select(socks, [], [], 0.2)
+                for s in ready:
+                    data = s.recv(1 << 20)
+                    if not data:
+                        return
+                    if s is server:
+                        if self.cut_after is not None and self.down + len(data) >= self.cut_after:
+                            data = data[:max(0, self.cut_after - self.down)]
+                            client.sendall(data)
+                            self.down += len(data)
+                            self.cut_after = None  # one cut; the next connection goes through
+                            self.cuts += 1
+                            return
+                        client.sendall(data)
+                        self.down += len(data)
+                    else:
+                        server.sendall(data)
+                        self.up += len(data)
+        except OSError:
+            return
+        finally:
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()

@@ -25,7 +25,6 @@ def _pending(name: str, summary: str) -> Callable[[], NoReturn]:
     return lambda: run(command)
 
 
-rdsma = _pending("rdsma", "Start (or with -q stop) polling the upper system every WatchTimeofOrders")
 rdsdlv = _pending("rdsdlv", "Display or delete distribution status entries")
 rdsdlvse = _pending("rdsdlvse", "Start (or with -p stop) the distribution status server facility")
 rdsdlvclr = _pending("rdsdlvclr", "Initialise the distribution situation file")

@@ -1,24 +1,53 @@
-"""rdssnd: send results upward."""
+"""rdssnd: send results upward, resident every WatchTimeofStatus or once."""
 
 from __future__ import annotations
 
 import click
 
-from rds import poller
+from rds import daemon, poller
 from rds.cli import entry, open_home
 from rds.errors import UsageError
 
+NAME = "rdssnd"
 
-@click.command(name="rdssnd", context_settings={"help_option_names": ["--help"]})
+
+@click.command(name=NAME, context_settings={"help_option_names": ["--help"]})
+@click.option("-a", "start", is_flag=True, help="Start the resident sender (the default).")
+@click.option("-q", "stop", is_flag=True, help="Stop the resident sender.")
 @click.option("--once", is_flag=True, help="Send every result waiting on disk now, then exit.")
-def command(once: bool) -> int:
-    """Send the results of this host's jobs and those reported from below to the upper system."""
-    if not once:
-        raise UsageError("the resident sender is not built yet; use --once")
+@click.option("--foreground", is_flag=True, help="Run the resident sender in this process (systemd).")
+def command(start: bool, stop: bool, once: bool, foreground: bool) -> int:
+    """Send the results of this host's jobs and of the hosts below it to the upper system.
+
+    Resident, it sends every WatchTimeofStatus and at once when a result
+    arrives from below; results wait on disk while the upper system is down.
+    """
+    if stop + once + (start or foreground) > 1:
+        raise UsageError("give one of -a, -q and --once")
     home = open_home()
-    n = poller.send_once(home)
-    click.echo(f"sent {n} result(s)")
+    if stop:
+        pid = daemon.stop(home, NAME)
+        click.echo(f"{NAME}: stopped (pid {pid})")
+        return 0
+    if home.settings.is_managing_server:
+        raise UsageError(f"{home.path}: this host is the managing server; it has no upper system to send to")
+    if once:
+        click.echo(f"sent {poller.send_once(home)} result(s)")
+        return 0
+    interval = home.settings.watch_status
+    if interval == 0:
+        click.echo(f"{NAME}: WatchTimeofStatus is 0: results are not sent")
+        return 0
+    if foreground:
+        daemon.Resident(home, NAME, lambda: _sent(poller.send_once(home)), interval).run()
+        return 0
+    pid = daemon.start_background(home, NAME, daemon.foreground_argv(NAME, "--foreground"))
+    click.echo(f"{NAME}: started (pid {pid})")
     return 0
+
+
+def _sent(n: int) -> str:
+    return f"sent {n} result(s)" if n else ""
 
 
 main = entry(command)

@@ -1,0 +1,50 @@
+"""rdsma: poll the upper system for jobs every WatchTimeofOrders."""
+
+from __future__ import annotations
+
+import click
+
+from rds import daemon, poller
+from rds.cli import entry, open_home
+from rds.errors import UsageError
+
+NAME = "rdsma"
+
+
+@click.command(name=NAME, context_settings={"help_option_names": ["--help"]})
+@click.option("-a", "start", is_flag=True, help="Start polling (the default).")
+@click.option("-q", "stop", is_flag=True, help="Stop polling; a pass under way finishes first.")
+@click.option("--foreground", is_flag=True, help="Poll in this process instead of detaching (systemd).")
+def command(start: bool, stop: bool, foreground: bool) -> int:
+    """Start (or with -q stop) the resident polling of this host.
+
+    Every WatchTimeofOrders it does what rdsft -a does; 0 checks once, MANUAL
+    never by itself, only when a startup request wakes it.
+    """
+    if stop and (start or foreground):
+        raise UsageError("-q stops; it takes no other option")
+    home = open_home()
+    if stop:
+        pid = daemon.stop(home, NAME)
+        click.echo(f"{NAME}: stopped (pid {pid})")
+        return 0
+    interval = home.settings.watch_orders
+    if home.settings.is_managing_server:
+        raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost); "
+                         "rdsma runs on relays and clients")
+    if foreground:
+        daemon.Resident(home, NAME, lambda: describe(poller.run_once(home)), interval).run()
+        return 0
+    pid = daemon.start_background(home, NAME, daemon.foreground_argv(NAME, "--foreground"))
+    click.echo(f"{NAME}: started (pid {pid})")
+    return 0
+
+
+def describe(report: poller.PassReport) -> str:
+    if not (report.received or report.fetched or report.installed or report.sent):
+        return ""
+    return (f"pass: {report.received} job(s) received, {len(report.fetched)} package(s) fetched, "
+            f"{len(report.installed)} installed ({len(report.failed)} failed), {report.sent} result(s) sent")
+
+
+main = entry(command)

@@ -1,0 +1,191 @@
+"""Resident processes of a home (rdsma, rdssnd): pid file, signals, the loop.
+
+One of each kind per home: a lock held for the process's life makes sure of
+it, and ``run/NAME.pid`` says which process it is.  Signal handlers only
+record the signal; the loop acts on it:
+
+- SIGTERM: finish the pass under way, then stop; a second SIGTERM stops at
+  once (every step of a pass is committed, so the next pass finishes it).
+- SIGUSR1: wake up and do a pass now (a startup request, a new result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import filelock
+
+from rds import fsutil
+from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
+from rds.home import Home
+from rds.log import logger
+
+
+def pid_path(home: Home, name: str) -> Path:
+    return home.run / f"{name}.pid"
+
+
+def running_pid(home: Home, name: str) -> int | None:
+    """The pid of this home's resident ``name``, if it runs."""
+    lock = filelock.FileLock(str(home.run / f"{name}.life"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        try:
+            return int(pid_path(home, name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    lock.release()
+    return None
+
+
+def wake(home: Home, name: str) -> bool:
+    """Ask the resident ``name`` to do a pass now; False if it does not run."""
+    pid = running_pid(home, name)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(home: Home, name: str, timeout: float = 60.0) -> int:
+    """Send SIGTERM to the resident ``name`` and wait until it has stopped; returns its pid."""
+    pid = running_pid(home, name)
+    if pid is None:
+        raise NotRunning(f"{name} is not running for {home.path}")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_pid(home, name) is not None:
+        if time.monotonic() > deadline:
+            raise RdsError(f"{name} (pid {pid}) has not stopped after {timeout:g}s; it may be finishing an install")
+        time.sleep(0.05)
+    return pid
+
+
+def start_background(home: Home, name: str, argv: list[str], wait: float = 10.0) -> int:
+    """Start ``argv`` (a command that runs in the foreground) detached; returns its pid once it runs."""
+    if (pid := running_pid(home, name)) is not None:
+        raise AlreadyRunning(f"{name} is already running for {home.path} (pid {pid})")
+    out = open(home.log_dir / f"{name}.out", "ab")  # noqa: SIM115 - handed to the child
+    with out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "RDS_HOME": str(home.path)})
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if running_pid(home, name) == proc.pid:
+            return proc.pid
+        if (rc := proc.poll()) == 0:
+            return proc.pid  # it had only one pass to do
+        if rc is not None:
+            tail = (home.log_dir / f"{name}.out").read_text(errors="replace").strip().splitlines()
+            raise RdsError(tail[-1] if tail else f"{name} exited {rc} at start")
+        time.sleep(0.02)
+    raise SystemError_(f"{name} did not start within {wait:g}s (see {home.log_dir / f'{name}.out'})")
+
+
+class Resident:
+    """The loop of a resident process; ``one_pass`` does the work."""
+
+    def __init__(self, home: Home, name: str, one_pass: Callable[[], str], interval: float | None) -> None:
+        self.home = home
+        self.name = name
+        self.one_pass = one_pass
+        self.interval = interval  # None: only when woken
+        self.log = logger(home)
+        self.terms = 0
+        self.woken = False
+        self.passes = 0
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.terms += 1
+        if self.terms >= 2:
+            self.log.warning(f"{self.name}: second SIGTERM, stopping at once")
+            os._exit(0)
+
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        self.woken = True
+
+    @contextlib.contextmanager
+    def _alive(self) -> Iterator[None]:
+        lock = filelock.FileLock(str(self.home.run / f"{self.name}.life"))
+        try:
+            lock.acquire(timeout=0.5)  # running_pid() takes it for an instant to look
+        except filelock.Timeout:
+            pid = running_pid(self.home, self.name)
+            raise AlreadyRunning(f"{self.name} is already running for {self.home.path} (pid {pid})") from None
+        try:
+            fsutil.atomic_write(pid_path(self.home, self.name), f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                pid_path(self.home, self.name).unlink()
+            lock.release()
+
+    def run(self, max_passes: int | None = None) -> int:
+        """Loop until SIGTERM (or ``max_passes``); returns the number of passes."""
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        old_fd = signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        try:
+            with self._alive():
+                self.log.info(f"{self.name}: started (pid {os.getpid()}, interval "
+                              f"{'MANUAL' if self.interval is None else f'{self.interval:g}s'})")
+                while not self.terms:
+                    self.woken = False
+                    self._pass()
+                    if max_passes is not None and self.passes >= max_passes or self.interval == 0:
+                        break
+                    self._wait(rfd)
+                self.log.info(f"{self.name}: stopped after {self.passes} pass(es)")
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.close(rfd)
+            os.close(wfd)
+        return self.passes
+
+    def _pass(self) -> None:
+        self.passes += 1
+        try:
+            what = self.one_pass()
+            if what:
+                self.log.info(f"{self.name}: {what}")
+        except RdsError as e:
+            self.log.warning(f"{self.name}: {e}")
+        except OSError as e:
+            self.log.error(f"{self.name}: {e}")
+
+    def _wait(self, rfd: int) -> None:
+        deadline = None if self.interval is None else time.monotonic() + self.interval
+        while not self.terms and not self.woken:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if timeout == 0:
+                return
+            select.select([rfd], [], [], timeout)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(rfd, 512):
+                    pass
+
+
+def foreground_argv(command: str, *args: str) -> list[str]:
+    """The command line that runs ``command`` in the foreground, from this same installation."""
+    exe = Path(sys.argv[0])
+    path = exe if exe.name == command and exe.exists() else Path(sys.executable).parent / command
+    return [str(path), *args]
