@@ -156,11 +156,13 @@ def delete(db: sqlite3.Connection, keys: Iterable[tuple[int, str | None]]) -> in
 # -- routing ---------------------------------------------------------------
 
 def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own_host: str,
-                   now: float | None = None) -> None:
+                   now: float | None = None, wake: str | None = None) -> None:
     """Learn from a check-in which hosts ``lower`` leads to (itself included)."""
     now = time.time() if now is None else now
     hosts = {lower, *below} - {own_host}
     with Transaction(db):
+        db.execute("INSERT INTO lowers (name, wake, seen) VALUES (?, ?, ?)"
+                   " ON CONFLICT(name) DO UPDATE SET wake=excluded.wake, seen=excluded.seen", (lower, wake, now))
         held = {r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (lower,))}
         for gone in held - hosts:
             db.execute("DELETE FROM routes WHERE host=? AND via=?", (gone, lower))
@@ -177,6 +179,24 @@ def subtree(db: sqlite3.Connection) -> list[str]:
 def route(db: sqlite3.Connection, host: str) -> str | None:
     row = db.execute("SELECT via FROM routes WHERE host=?", (host,)).fetchone()
     return None if row is None else str(row[0])
+
+
+def waiting_lowers(db: sqlite3.Connection, jobs_of: Iterable[int] | None = None) -> dict[str, list[Job]]:
+    """The lower systems that have jobs waiting here, with those jobs."""
+    out: dict[str, list[Job]] = {}
+    wanted = None if jobs_of is None else set(jobs_of)
+    rows = db.execute("SELECT r.via, j.record FROM jobs j JOIN routes r ON r.host = j.dest WHERE j.state=?"
+                      " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
+    for via, record in rows:
+        job = Job.from_json(json.loads(record))
+        if wanted is None or job.job_no in wanted:
+            out.setdefault(via, []).append(job)
+    return out
+
+
+def wake_address(db: sqlite3.Connection, lower: str) -> str | None:
+    row = db.execute("SELECT wake FROM lowers WHERE name=?", (lower,)).fetchone()
+    return None if row is None else row[0]
 
 
 def routes(db: sqlite3.Connection) -> list[sqlite3.Row]:

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import crashpoints, fsutil, install, jobs, results, state
+from rds import crashpoints, fsutil, install, jobs, results, startup, state
 from rds.errors import IntegrityError
 from rds.home import Home
 from rds.jobs import Job
@@ -48,7 +48,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            found, manifests = client.checkin(jobs.subtree(db))
+            local = not (home.settings.managing_host or "").startswith("ssh://")
+            found, manifests = client.checkin(jobs.subtree(db), wake=str(home.path) if local else None)
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
             crashpoints.reach("stored")
@@ -57,6 +58,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             if found:
                 log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
             report.fetched = fetch_needed(db, store, client, log.info)
+            if report.received:
+                startup.start_lowers(home, db, log.info, [j.job_no for j in found])
             report.installed = install_own(home, db, store, log.info)
             report.sent = send_results(home, db, client)
         finally:

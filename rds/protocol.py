@@ -3,7 +3,8 @@
 The lower system always asks; the upper system answers.  Every request is a
 JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
 
-``checkin``  ``below``: every host under the asking one.  The upper system
+``checkin``  ``below``: every host under the asking one; ``wake``: where a
+             startup request reaches the asker (optional).  The upper system
              learns its routes from it and answers with the jobs waiting for
              the asker's whole subtree and the manifests of their packages.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
@@ -69,7 +70,7 @@ class UpperService:
         try:
             op = self._check(msg)
             if op == "checkin":
-                return self.checkin(msg.get("below", []))
+                return self.checkin(msg.get("below", []), msg.get("wake"))
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -93,13 +94,15 @@ class UpperService:
             raise ProtocolError("a request needs an op")
         return op
 
-    def checkin(self, below: Any) -> dict[str, Any]:
+    def checkin(self, below: Any, wake: Any = None) -> dict[str, Any]:
         if not isinstance(below, list) or len(below) > MAX_BELOW:
             raise ProtocolError("'below' must be a list of host names")
         for h in below:
             if not isinstance(h, str) or not valid_hostname(h):
                 raise ProtocolError(f"'below' holds a bad host name: {h!r}")
-        jobs.record_checkin(self.db, self.lower, below, self.home.host)
+        if wake is not None and not (isinstance(wake, str) and len(wake) < 4096 and wake.startswith("/")):
+            raise ProtocolError("'wake' must be the absolute path of a home")
+        jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
         ready, manifests = [], {}
         for job in jobs.for_lower(self.db, self.lower):
             key = str(job.package)
@@ -205,8 +208,11 @@ class UpperClient:
             raise ProtocolError(f"{self.where} rejected {op}: {message}")
         return reply
 
-    def checkin(self, below: list[str]) -> tuple[list[Job], dict[str, Manifest]]:
-        reply = self._call("checkin", below=below)
+    def checkin(self, below: list[str], wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
+        fields: dict[str, Any] = {"below": below}
+        if wake is not None:
+            fields["wake"] = wake
+        reply = self._call("checkin", **fields)
         try:
             found = [Job.from_json(j) for j in reply.get("jobs", [])]
             manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rds.errors import SettingsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # version -> statements that bring the schema from version-1 to version
 MIGRATIONS: dict[int, list[str]] = {
@@ -51,6 +51,12 @@ MIGRATIONS: dict[int, list[str]] = {
             type    TEXT NOT NULL,
             package TEXT NOT NULL,
             created TEXT NOT NULL)""",
+    ],
+    2: [
+        """CREATE TABLE lowers (
+            name TEXT PRIMARY KEY,    -- a lower system that checked in directly
+            wake TEXT,                -- where to send it a startup request (a home path), if it said
+            seen REAL NOT NULL)""",
     ],
 }
 

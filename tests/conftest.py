@@ -28,11 +28,13 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 class Host:
     """One host of a test hierarchy: a home on this machine, driven through the real commands."""
 
-    def __init__(self, tree: Tree, name: str, upper: Host | None, settings: str = "") -> None:
+    def __init__(self, tree: Tree, name: str, upper: Host | None, settings: str = "", push: bool = False) -> None:
         self.name = name
         self.path = tree.root / name
         self.upper = upper
         (self.path / "rdsprm").mkdir(parents=True)
+        if not push:  # tests drive each pass themselves unless they test startup requests
+            (self.path / "rdsprm" / ".cltwup_off").touch()
         lines = [f"HostName\t{name}", "RetryCount\t1", "RetryInterval\t0s",
                  f"InstallRoot\t{self.path / 'root'}"]
         if upper is not None:
@@ -64,8 +66,8 @@ class Tree:
         self.root = root
         self.hosts: dict[str, Host] = {}
 
-    def add(self, name: str, upper: str | None = None, settings: str = "") -> Host:
-        host = Host(self, name, self.hosts[upper] if upper else None, settings)
+    def add(self, name: str, upper: str | None = None, settings: str = "", push: bool = False) -> Host:
+        host = Host(self, name, self.hosts[upper] if upper else None, settings, push)
         self.hosts[name] = host
         return host
 

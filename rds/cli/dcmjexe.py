@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from rds import manager, state
+from rds import manager, startup, state
 from rds.cli import entry, multi, open_home
 from rds.errors import UsageError
+from rds.log import logger
 from rds.packages import PackageId
 
 
@@ -29,6 +30,7 @@ def command(package: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -
     job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts))
     for h in unknown:
         click.echo(f"dcmjexe: {h} has not reported in yet; its job is held until it does", err=True)
+    startup.start_lowers(home, db, logger(home).info, [job_no])
     click.echo(str(job_no))
     return 0
 
