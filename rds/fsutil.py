@@ -31,7 +31,7 @@ def fsync_dir(path: Path) -> None:
 def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a file whose content replaces ``target`` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(), dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -66,10 +66,28 @@ def remove_tree(path: Path) -> None:
     """
     if not path.exists():
         return
-    doomed = path.with_name(f"{TMP_PREFIX}del-{path.name}-{os.getpid()}")
+    doomed = path.with_name(f"{tmp_prefix()}del-{path.name}")
     os.replace(path, doomed)
     fsync_dir(path.parent)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def tmp_prefix() -> str:
+    """Temporary names carry their writer's pid, so only a dead writer's leftovers are strays."""
+    return f"{TMP_PREFIX}{os.getpid()}-"
+
+
+def _writer_alive(name: str) -> bool:
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
 
 
 def remove_strays(directory: Path) -> int:
@@ -78,7 +96,7 @@ def remove_strays(directory: Path) -> int:
     if not directory.is_dir():
         return 0
     for entry in directory.iterdir():
-        if entry.name.startswith(TMP_PREFIX):
+        if entry.name.startswith(TMP_PREFIX) and not _writer_alive(entry.name):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -42,8 +42,15 @@ def extract(archive: Path, dest: Path) -> int:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
+            names = {m.name.removeprefix("./") for m in members}
+            links = {m.name.rstrip("/").removeprefix("./") for m in members if m.issym() or m.islnk()}
             for m in members:
                 check_member(m, str(dest))
+                parents = Path(m.name.removeprefix("./")).parents
+                if any(str(p) in links for p in parents if str(p) != "."):
+                    raise UnsafeArchive(f"member {m.name!r} lies under a link of the archive")
+                if m.islnk() and m.linkname.removeprefix("./") not in names:
+                    raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, not in the archive")
             dest.mkdir(parents=True, exist_ok=True)
             tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:

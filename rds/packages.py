@@ -105,7 +105,8 @@ class Manifest:
                 script=d.get("script"),
                 packaged=str(d.get("packaged", "")),
             )
-            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/"):
+            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/") \
+                    or ".." in PurePosixPath(m.install_dir).parts:
                 raise ValueError("field")
             if m.script is not None and not isinstance(m.script, str):
                 raise ValueError("script")
@@ -192,12 +193,12 @@ class Storehouse:
             raise InputError(f"{source}: no such directory")
         if not os.access(source, os.R_OK | os.X_OK):
             raise InputError(f"{source}: cannot read this directory")
-        if not install_dir.startswith("/"):
-            raise InputError(f"install directory {install_dir!r} must be an absolute path")
+        if not install_dir.startswith("/") or ".." in PurePosixPath(install_dir).parts:
+            raise InputError(f"install directory {install_dir!r} must be an absolute path without '..'")
         if self.has(pid):
             raise InputError(f"package {pid} is already registered")
         fsutil.remove_strays(self.root)
-        work = Path(tempfile.mkdtemp(prefix=fsutil.TMP_PREFIX, dir=self.root))
+        work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
         try:
             payload = work / PAYLOAD
             with fsutil.atomic_writer(payload) as raw:
@@ -239,7 +240,7 @@ class Storehouse:
             part.unlink()
             raise IntegrityError(f"package {manifest.id}: SHA-256 mismatch (got {digest[:16]}..., "
                                  f"expected {manifest.sha256[:16]}...); the download was discarded")
-        work = Path(tempfile.mkdtemp(prefix=fsutil.TMP_PREFIX, dir=self.root))
+        work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
         try:
             os.replace(part, work / PAYLOAD)
             self._commit(work, manifest)

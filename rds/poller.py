@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from rds import crashpoints, fsutil, install, jobs, results, startup, state
-from rds.errors import IntegrityError
+from rds.errors import IntegrityError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
@@ -92,7 +92,7 @@ def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,
         log(f"fetching package {key} from {client.where} from byte {part.stat().st_size if part.exists() else 0}")
         try:
             client.fetch(store, m)
-        except IntegrityError as e:
+        except (IntegrityError, Refused) as e:
             log(str(e))  # the jobs stay; the next pass fetches again
             continue
         crashpoints.reach("fetched")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from rds import crashpoints, daemon, jobs, results, state
-from rds.errors import InputError, ProtocolError, RdsError, Refused
+from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId, Storehouse
@@ -117,6 +117,8 @@ class UpperService:
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
             pairs = [(int(j), str(d)) for j, d in keys]
+            if any(not 0 < j < 2**63 for j, _ in pairs):
+                raise ValueError("job number")
         except (TypeError, ValueError):
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
@@ -153,6 +155,12 @@ class UpperService:
         m, path = self.package_path(package)
         if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
             raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        if offset == 0:  # a download begins: never serve a copy that does not match its manifest
+            try:
+                self.store.verify(m)
+            except IntegrityError as e:
+                self.store.remove(m.id)
+                raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
 
 
@@ -240,10 +248,14 @@ class UpperClient:
             part.unlink()
             have = 0
         if have < manifest.size:
-            with open(part, "ab") as out:
-                self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out))
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                with open(part, "ab") as out:
+                    self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out))
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                if part.exists() and part.stat().st_size == 0:
+                    part.unlink()  # nothing came: leave no empty partial download
         if part.stat().st_size != manifest.size:
             raise ProtocolError(f"{self.where}: package {manifest.id} came short "
                                 f"({part.stat().st_size} of {manifest.size} bytes)")

@@ -37,7 +37,7 @@ class Result:
     def from_json(cls, d: Any) -> Result:
         try:
             r = cls(d["job"], d["dest"], d["status"], d["message"], d["finished"])
-            if not isinstance(r.job_no, int) or isinstance(r.job_no, bool) or r.job_no <= 0:
+            if not isinstance(r.job_no, int) or isinstance(r.job_no, bool) or not 0 < r.job_no < 2**63:
                 raise ValueError(f"job number {r.job_no!r}")
             if not isinstance(r.dest, str) or not valid_hostname(r.dest):
                 raise ValueError(f"destination {r.dest!r}")

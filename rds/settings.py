@@ -25,7 +25,7 @@ IPV4_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 def valid_hostname(name: str) -> bool:
     """A host name as JP1 takes it: 1-64 characters, DNS labels, not an IP address."""
-    return bool(HOSTNAME_RE.match(name)) and not IPV4_RE.match(name)
+    return bool(HOSTNAME_RE.fullmatch(name)) and not IPV4_RE.fullmatch(name)
 
 
 def parse_duration(text: str, base: str, low: float, high: float) -> float:
@@ -89,6 +89,8 @@ def _choice(*allowed: str) -> tuple[Callable[[str], Any], str]:
 
 def _int_range(low: int, high: int) -> tuple[Callable[[str], Any], str]:
     def parse(v: str) -> int:
+        if not re.fullmatch(r"\d+", v):
+            raise ValueError(v)
         n = int(v)
         if not low <= n <= high:
             raise ValueError(v)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Host, Tree
 
+from rds import fsutil
 from rds.errors import UnsafeArchive
 from rds.install import extract, last_line
 from rds.packages import check_member
@@ -95,9 +96,6 @@ def test_hostile_archive_into_an_existing_install_dir_leaves_it_as_it_was(case: 
     assert (dest / "README").read_text() == "the installed version\n"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: install.extract checks members before the destination exists, so a "
-                   "link through an earlier symlink ('d -> .', then 'd/e -> ..') passes the check and is refused "
-                   "only during extractall, after earlier members were written")
 def test_link_through_an_earlier_symlink_writes_nothing(place: Path) -> None:
     """Regression: ``d -> .`` then ``d/e -> ..`` was refused only mid-extraction, leaving ``d`` and earlier
     members in the install directory although the archive as a whole was refused."""
@@ -109,6 +107,14 @@ def test_link_through_an_earlier_symlink_writes_nothing(place: Path) -> None:
         extract(arc, dest)
     assert not (place / "root" / "opt" / "pwn").exists()
     assert snapshot(place) == before
+
+
+def test_hard_link_to_a_missing_member_is_refused(place: Path) -> None:
+    """Regression: a hard link member naming a target that is not in the archive raised KeyError from extract()
+    instead of UnsafeArchive."""
+    arc = archive(place / "payload.tgz", GOOD_FIRST, entry("h", tarfile.LNKTYPE, linkname="missing"))
+    with pytest.raises(UnsafeArchive):
+        extract(arc, place / "root" / "opt" / "app")
 
 
 def test_preexisting_symlink_in_the_install_dir_is_not_followed(place: Path, tmp_path: Path) -> None:
@@ -229,6 +235,7 @@ def test_corrupt_copy_on_the_client_is_never_installed(tree: Tree) -> None:
 
 
 def assert_discarded(client: Host, pid: str) -> None:
+    """The upper system checks a copy before serving it, refuses a corrupt one and removes it."""
     proc = client.run("rdsft", "-a", check=False)
     assert proc.returncode == 0, proc.stderr
     assert "packages fetched: 0" in proc.stdout
@@ -236,8 +243,8 @@ def assert_discarded(client: Host, pid: str) -> None:
     assert not (client.path / "RDS" / pid).exists()
     assert list((client.path / "RDS" / ".partial").iterdir()) == []
     log = (client.path / "log" / "rds.log").read_text()
-    assert f"package {pid}: SHA-256 mismatch" in log
-    assert "the download was discarded" in log
+    assert f"refused read: package {pid}: SHA-256 of" in log or "is not kept on" in log
+    assert "does not match its manifest" in log or "is not kept on" in log
 
 
 def test_corrupt_payload_on_the_managing_server_is_discarded_on_download(tree: Tree) -> None:
@@ -286,7 +293,7 @@ def test_script_failure_is_error_with_its_last_line(tree: Tree) -> None:
     assert proc.returncode == 4
     assert proc.stderr == "rdsft: 1 of 1 install(s) ended in error\n"
     log = (client.path / "log" / "install" / f"{job}.c1.log").read_text()
-    assert log.startswith(f"--- ")
+    assert log.startswith("--- ")
     assert f"job {job} {pid} in {client.installed()}\n" in log
     assert log.endswith("step one\ncannot create /opt/app/var: quota exceeded\n")
     [row] = job_status(mgr, job)
@@ -323,3 +330,42 @@ def test_package_without_script_is_complete_once_extracted(tree: Tree) -> None:
     assert (client.installed() / "share" / "doc.txt").read_text() == "doc\n"
     [row] = job_status(mgr, job)
     assert (row["status"], row["message"]) == ("COMPLETE", f"installed in {client.installed()}")
+
+
+def forge(mgr: Host, pid: str, *entries: tuple[tarfile.TarInfo, bytes]) -> None:
+    """Replace a registered package by a hostile archive with a matching manifest, as a hostile upper would."""
+    d = mgr.path / "RDS" / pid
+    archive(d / "payload.tgz", *entries)
+    m = json.loads((d / "manifest.json").read_text())
+    m["sha256"], m["size"] = fsutil.sha256_file(d / "payload.tgz"), (d / "payload.tgz").stat().st_size
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("member", [
+    pytest.param(entry("../../pwn", data=b"x"), id="dotdot"),
+    pytest.param(entry("passwd", tarfile.SYMTYPE, linkname="/etc/passwd"), id="symlink"),
+    pytest.param(entry("h", tarfile.LNKTYPE, linkname="missing"), id="hardlink-to-missing"),
+])
+def test_hostile_package_ends_its_job_only_in_error(tree: Tree, member: tuple[tarfile.TarInfo, bytes]) -> None:
+    """A hostile package is refused whole: its job ends ERROR, its script never runs, the other job is done."""
+    mgr = tree.add("mgr")
+    client = tree.add("c1", upper="mgr")
+    tree.check_in_upward(["c1"])
+    bad = tree.package(name="BAD", install_dir="/opt/bad", script="touch \"$RDS_INSTALL_DIR/../bad-ran\"\n")
+    good = tree.package(name="GOOD", install_dir="/opt/good")
+    forge(mgr, bad, GOOD_FIRST, member)
+    bad_job = mgr.run("dcmjexe", "-r", bad, "-h", "c1").stdout.strip()
+    good_job = mgr.run("dcmjexe", "-r", good, "-h", "c1").stdout.strip()
+
+    proc = client.run("rdsft", "-a", check=False)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr == "rdsft: 1 of 2 install(s) ended in error\n"
+    [row] = job_status(mgr, bad_job)
+    assert row["status"] == "ERROR"
+    assert row["message"].startswith(f"{bad}: member {member[0].name!r}")
+    assert not client.installed("/opt/bad").exists()
+    assert not (client.installed("/opt/bad").parent / "bad-ran").exists()
+    assert not (tree.root / "pwn").exists() and not (client.path / "pwn").exists()
+    [row] = job_status(mgr, good_job)
+    assert row["status"] == "COMPLETE"
+    assert (client.installed("/opt/good") / "bin" / "app.sh").is_file()

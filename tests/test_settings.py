@@ -7,12 +7,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import Tree
 
 from rds.errors import LockTimeout, SettingsError
 from rds.home import FORMAT, Home, default_home
 from rds.settings import ATTRIBUTES, Settings, load_settings, parse_settings
-
-from conftest import Tree
 
 
 def parse(text: str, tmp_path: Path) -> Settings:
@@ -150,7 +149,6 @@ def test_bad_value_names_file_line_and_allowed_values(attr: str, value: str, tmp
     assert f"(allowed: {ATTRIBUTES[attr][2]})" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: settings._int_range uses int(), which reads '1_0' as 10")
 def test_integer_with_underscore_is_refused(tmp_path: Path) -> None:
     """Regression: ``MaxConnectClients<TAB>1_0`` was read as 10 instead of being refused as a bad value."""
     msg = refused("MaxConnectClients\t1_0\n", tmp_path)
@@ -275,9 +273,8 @@ def test_home_settings_and_host(tmp_path: Path) -> None:
 
 def test_lock_timeout_says_who_holds_it(tmp_path: Path) -> None:
     home = Home.open(tmp_path / "h")
-    with home.lock("rdsft"):
-        with pytest.raises(LockTimeout) as e, home.lock("rdsft", timeout=0.1):
-            pass
+    with home.lock("rdsft"), pytest.raises(LockTimeout) as e, home.lock("rdsft", timeout=0.1):
+        pass
     assert f"rdsft.lock: pid {os.getpid()} (" in str(e.value)
     assert "gave up after 0.1s" in str(e.value)
     with home.lock("rdsft", timeout=0.1):  # released

@@ -37,8 +37,10 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...]) -> in
     if delete:
         keys = [parse_key(k) for k in multi(delete, more)]
         n = jobs.delete(db, keys)
+        if not n:
+            raise InputError(f"no job matches {' '.join(multi(delete, more))}")
         click.echo(f"deleted {n} job(s)")
-        return 0 if n else 3
+        return 0
     if more:
         raise InputError("job arguments go with -d")
     rows = jobs.listing(db)

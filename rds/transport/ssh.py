@@ -49,14 +49,16 @@ FAILED = 0xFFFFFFFF
 MAX_FRAME = 256 << 20  # a JSON frame; the largest check-in answer stays far below
 BLOCK = 1 << 20  # data block of a read answer
 
-# paramiko tuning, from the loopback measurements (../shared/reference/ssh-baseline.md):
-# a window of a few MiB and 256 KiB packets; a much larger window makes paramiko's
-# receive buffer quadratic.
-WINDOW = 8 << 20
+# paramiko tuning, measured on loopback (../shared/reference/ssh-baseline.md and bench/transfer):
+# a window of some MiB, large packets, every receive taking all the channel holds (taking less
+# makes paramiko's receive buffer move its rest: quadratic), and AES-GCM first, which costs both
+# paramiko and sshd the least CPU.
+WINDOW = 16 << 20
 PACKET = 256 << 10
-RECV = 4 << 20  # take what the channel holds in one piece
+RECV = WINDOW
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 REKEY_BYTES: int | None = None  # tests lower paramiko's 512 MiB to force renegotiations
-STATS = {"connections": 0, "requests": 0}  # for bench/transfer
+STATS = {"connections": 0, "requests": 0, "rekeys": 0}  # for bench/transfer and the tests
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ class SSHLink:
         self._buf = b""
         self._pos = 0
         self._greeted = False
+        self._got = 0
 
     @classmethod
     def open(cls, settings: Settings, url: str) -> SSHLink:
@@ -270,6 +273,7 @@ class SSHLink:
         Everything received is written before a cut is reported, so the next
         run resumes from the last byte that arrived.
         """
+        self._got = 0
         while length > 0:
             n = min(length, READ_MAX)
             self._request({"op": "read", "v": VERSION, "host": self.host, "package": package, "offset": offset,
@@ -281,6 +285,7 @@ class SSHLink:
                     raise Refused(f"{self.where} refused read: {message}")
                 raise ProtocolError(f"{self.where} rejected read: {message}")
             got = self._blocks(package, out)
+            self._got += got
             offset += got
             length -= got
             if got < n:
@@ -342,14 +347,14 @@ class SSHLink:
     def _blocks(self, package: str, out: BinaryIO) -> int:
         got = 0
         while True:
-            (n,) = HEADER.unpack(self._exact(HEADER.size, f"package {package}", got))
+            (n,) = HEADER.unpack(self._exact(HEADER.size, f"package {package}", self._got + got))
             if n == END:
                 return got
             if n == FAILED:
                 self._raise(self._frame(), "read")
             if n > READ_MAX:
                 raise ProtocolError(f"{self.where}: a block of {n} bytes in package {package}")
-            got += self._copy(n, out, package, got)
+            got += self._copy(n, out, package, self._got + got)
 
     def _more(self, what: str, done: int | None) -> None:
         try:
@@ -396,7 +401,7 @@ class SSHLink:
         elif not self._greeted and self.chan.exit_status_ready():
             why = f"{why} ({SERVE} exited with status {self.chan.recv_exit_status()})"
         if done:
-            why = f"{why}; {done} bytes arrived and are kept for the next run"
+            why = f"{why}; the {done} bytes received are kept and the next run resumes after them"
         return CommunicationError(f"{self.where}: {why}")
 
     def _stderr(self) -> str:
@@ -461,7 +466,7 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
         client.connect(target.host, port=target.port, username=target.user or _login_name(), pkey=pkey,
                        sock=sock, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                        channel_timeout=timeout, allow_agent=False, look_for_keys=pkey is None,
-                       transport_factory=_transport_factory())
+                       transport_factory=transport_class())
         transport = client.get_transport()
         chan = transport.open_session(window_size=WINDOW, max_packet_size=PACKET, timeout=timeout)
         chan.exec_command(serve_command(settings.host_name, target.home))
@@ -555,7 +560,7 @@ def _changed_key(where: str, known: Path, target: Target, got: Any, expected: An
 _FACTORY: Any = None
 
 
-def _transport_factory() -> Any:
+def transport_class() -> Any:
     """paramiko's Transport with our window and packet sizes, safe across key renegotiations.
 
     paramiko's transport thread answers some messages itself (a channel close,
@@ -574,6 +579,8 @@ def _transport_factory() -> Any:
         def __init__(self, sock: Any, **kw: Any) -> None:
             super().__init__(sock, default_window_size=WINDOW, default_max_packet_size=PACKET, **kw)
             self._held: list[Any] = []
+            self._preferred_ciphers = (*[c for c in CIPHERS if c in self._preferred_ciphers],
+                                       *[c for c in self._preferred_ciphers if c not in CIPHERS])
             if REKEY_BYTES is not None:
                 self.packetizer.REKEY_BYTES = REKEY_BYTES
 
@@ -588,6 +595,8 @@ def _transport_factory() -> Any:
             super()._send_user_message(data)
 
         def _parse_newkeys(self, m: Any) -> None:
+            if self.initial_kex_done:
+                STATS["rekeys"] += 1
             super()._parse_newkeys(m)
             with self.clear_to_send_lock:
                 held, self._held = self._held, []
