@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,8 @@ class Resident:
             with self._alive():
                 self.log.info(f"{self.name}: started (pid {os.getpid()}, interval "
                               f"{'MANUAL' if self.interval is None else f'{self.interval:g}s'})")
+                if self.interval is None:  # MANUAL: never by itself, only when woken
+                    self._wait(rfd)
                 while not self.terms:
                     self.woken = False
                     self._pass()
@@ -187,5 +190,7 @@ class Resident:
 def foreground_argv(command: str, *args: str) -> list[str]:
     """The command line that runs ``command`` in the foreground, from this same installation."""
     exe = Path(sys.argv[0])
-    path = exe if exe.name == command and exe.exists() else Path(sys.executable).parent / command
-    return [str(path), *args]
+    for path in (exe.parent / command, Path(sys.executable).parent / command):
+        if path.is_file() and os.access(path, os.X_OK):
+            return [str(path), *args]
+    return [shutil.which(command) or command, *args]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,10 +34,9 @@ def request(address: str | None, lower: str) -> str:
     home = Home(path)
     if daemon.wake(home, "rdsma"):
         return "woke its rdsma"
-    exe = Path(sys.executable).parent / "rdsft"
     with open(home.log_dir / "startup.out", "ab") as out:
-        subprocess.Popen([str(exe), "-a"], env={**os.environ, "RDS_HOME": str(path)}, stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env={**os.environ, "RDS_HOME": str(path)},
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return "started rdsft -a"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -42,6 +43,9 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         click.echo(f"{name}: interrupted", err=True)
         code = 130
+    except sqlite3.Error as e:
+        click.echo(f"{name}: state database: {e}", err=True)
+        code = EXIT_SYSTEM
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))

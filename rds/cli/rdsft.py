@@ -51,7 +51,8 @@ def command(mode_a: bool, mode_c: bool, mode_init: bool, cabinet: str | None, pa
     if mode_init:
         if home.settings.is_managing_server:
             raise UsageError("this is the managing server: -init would delete the registered packages")
-        n = Storehouse(home.packages).clear()
+        with home.lock("rdsft"):  # not while a pass downloads into the storehouse
+            n = Storehouse(home.packages).clear()
         click.echo(f"deleted {n} package(s) from {home.packages}")
         return 0
     report = poller.run_once(home)

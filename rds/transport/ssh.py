@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shlex
 import socket
 import struct
@@ -332,7 +333,7 @@ class SSHLink:
         head = self._exact(HEADER.size, "an answer")
         (n,) = HEADER.unpack(head)
         if n > MAX_FRAME:
-            self._not_serve(head)
+            self._not_serve(head + self._buf[self._pos:self._pos + 76])
         data = self._exact(n, "an answer")
         msg = _decode(data)
         if not isinstance(msg, dict) or "ok" not in msg:
@@ -437,6 +438,9 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
     """Connect, check the host key, log in and start rds-serve; every failure is one line."""
     import paramiko
 
+    # paramiko logs what went wrong in its own thread; with no handler Python would print it on
+    # stderr, beside the one line the command prints for the same failure
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
     where = f"upper system {target.where}"
     known = [_local_path(settings, settings.known_hosts_file)] if settings.known_hosts_file else \
         [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
