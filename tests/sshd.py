@@ -64,7 +64,22 @@ def keygen(path: Path, comment: str) -> Path:
 
 def serve_command(lower: str, home: Path) -> str:
     """The forced command for a lower system's key: this venv's rds-serve for ``home``."""
-    return f"{shlex.quote(str(PYTHON))} -m rds.cli.serve --lower {shlex.quote(lower)} --home {shlex.quote(str(home))}"
+    script = PYTHON.parent / "rds-serve"
+    serve = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(str(PYTHON))} -m rds.cli.serve"
+    return f"{serve} --lower {shlex.quote(lower)} --home {shlex.quote(str(home))}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie that init has not reaped yet does not (containers are slow at it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 class Sshd:
@@ -165,12 +180,8 @@ class Sshd:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.pid_file.unlink(missing_ok=True)
 
     def log(self) -> str:
@@ -247,13 +258,16 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
 class CutProxy:
     """A TCP relay on 127.0.0.1 to ``port`` that counts bytes and can cut the link.
 
-    ``cut_after``: close both sides once this many bytes went from the server
-    to the client.  ``down``/``up``: bytes relayed each way, over all connections.
+    ``cut_after``: end the connection once this many bytes went from the server
+    to the client; ``freeze``: instead, stop relaying and keep it open, as a
+    line that goes silent.  ``down``/``up``: bytes relayed each way, over all
+    connections.
     """
 
-    def __init__(self, port: int, cut_after: int | None = None) -> None:
+    def __init__(self, port: int, cut_after: int | None = None, freeze: bool = False) -> None:
         self.target = port
         self.cut_after = cut_after
+        self.freeze = freeze
         self.down = self.up = 0
         self.cuts = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -288,6 +302,10 @@ class CutProxy:
                             self.down += len(data)
                             self.cut_after = None  # one cut; the next connection goes through
                             self.cuts += 1
+                            if self.freeze:
+                                self._stop.wait()
+                            else:
+                                self._hang_up(client)
                             return
                         client.sendall(data)
                         self.down += len(data)
@@ -301,6 +319,15 @@ class CutProxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+    @staticmethod
+    def _hang_up(client: socket.socket) -> None:
+        """End the stream after what was sent, as a dropped line would: FIN, then discard."""
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(2)
+        with contextlib.suppress(OSError):
+            while client.recv(1 << 16):
+                pass
 
     def close(self) -> None:
         self._stop.set()

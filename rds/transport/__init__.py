@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rds.errors import CommunicationError, UsageError
+from rds.errors import CommunicationError, Refused, UsageError
 from rds.home import Home
 from rds.protocol import Link, UpperClient
 
@@ -38,6 +38,8 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
         try:
             link, where = open_link(home)
             return UpperClient(link, s.host_name, where)
+        except Refused:
+            raise  # a refusal (host key, authority) does not change by retrying
         except CommunicationError as e:
             if s.retry_count != 9 and attempt > s.retry_count:
                 raise

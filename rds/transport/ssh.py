@@ -32,6 +32,7 @@ import logging
 import shlex
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError
+from rds.home import Home
+from rds.log import logger
 from rds.protocol import READ_MAX, VERSION, UpperService
 from rds.settings import Settings
 
@@ -48,7 +51,6 @@ HEADER = struct.Struct(">I")
 END = 0
 FAILED = 0xFFFFFFFF
 MAX_FRAME = 256 << 20  # a JSON frame; the largest check-in answer stays far below
-BLOCK = 1 << 20  # data block of a read answer
 
 # paramiko tuning, measured on loopback (../shared/reference/ssh-baseline.md and bench/transfer):
 # a window of some MiB, large packets, every receive taking all the channel holds (taking less
@@ -58,6 +60,7 @@ WINDOW = 16 << 20
 PACKET = 256 << 10
 RECV = WINDOW
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+IDLE_MIN = 120.0  # seconds without a byte before a link is taken as cut; see idle_timeout()
 REKEY_BYTES: int | None = None  # tests lower paramiko's 512 MiB to force renegotiations
 STATS = {"connections": 0, "requests": 0, "rekeys": 0}  # for bench/transfer and the tests
 
@@ -121,11 +124,8 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     ``original`` is what the lower system asked to run (SSH_ORIGINAL_COMMAND),
     which may only repeat them.
     """
-    from rds.home import Home
-    from rds.log import logger
-
     try:
-        service = UpperService(_serve_home(Home, home_path), lower)
+        service = UpperService(_serve_home(home_path), lower)
         _check_original(original, lower, service.home.path)
     except Refused as e:
         _send(out, {"ok": False, "error": "refused", "message": str(e)})
@@ -151,7 +151,9 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
                     return 1
                 _send(out, reply)
     except (BrokenPipeError, ConnectionResetError):
-        pass  # the lower system went away; what it did not acknowledge, it asks again
+        # the lower system went away; what it did not acknowledge, it asks again
+        with contextlib.suppress(OSError):
+            out.close()  # drop what is buffered, so that exiting does not try to flush it
     except ProtocolError as e:
         _send_quietly(out, {"ok": False, "error": "protocol", "message": str(e)})
         return 1
@@ -161,10 +163,10 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     return 0
 
 
-def _serve_home(home_cls: Any, path: Path | None) -> Any:
+def _serve_home(path: Path | None) -> Home:
     if path is not None and not (path / "FORMAT").is_file():
-        raise SettingsError(f"{path}: no rds home here")
-    return home_cls.open(path)
+        raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
+    return Home.open(path)
 
 
 def _check_original(original: str | None, lower: str, home: Path) -> None:
@@ -194,7 +196,10 @@ def _read_request(inp: BinaryIO) -> Any:
     data = inp.read(n)
     if len(data) < n:
         raise ProtocolError("the request ended early")
-    return _decode(data)
+    msg = _decode(data)
+    if msg is None:
+        raise ProtocolError("a request is not JSON")
+    return msg
 
 
 def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
@@ -209,6 +214,10 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> in
         return 0
     except (ProtocolError, InputError) as e:
         _send(out, {"ok": False, "error": "protocol", "message": str(e)})
+        return 0
+    except (RdsError, OSError) as e:  # the upper's own storehouse
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        _send(out, {"ok": False, "error": "upper", "message": f"reading {msg.get('package')}: {why}"})
         return 0
     out.write(encode({"ok": True}))
     sent = 0
@@ -281,10 +290,7 @@ class SSHLink:
                            "length": n})
             answer = self._answer()
             if not answer.get("ok"):
-                kind, message = answer.get("error"), str(answer.get("message", ""))[:500]
-                if kind == "refused":
-                    raise Refused(f"{self.where} refused read: {message}")
-                raise ProtocolError(f"{self.where} rejected read: {message}")
+                self._raise(answer, "read")
             got = self._blocks(package, out)
             self._got += got
             offset += got
@@ -398,9 +404,9 @@ class SSHLink:
         """The link broke: name the cause, and what rds-serve said if it ended."""
         said = self._stderr()
         if said:
-            why = f"{why} ({SERVE} said: {said})"
-        elif not self._greeted and self.chan.exit_status_ready():
-            why = f"{why} ({SERVE} exited with status {self.chan.recv_exit_status()})"
+            why = f"{why} (the command on the upper system said: {said})"
+        elif self.chan.exit_status_ready() and self.chan.recv_exit_status() >= 0:  # -1: none came
+            why = f"{why} (the command on the upper system exited with status {self.chan.recv_exit_status()})"
         if done:
             why = f"{why}; the {done} bytes received are kept and the next run resumes after them"
         return CommunicationError(f"{self.where}: {why}")
@@ -436,6 +442,9 @@ def _local_path(settings: Settings, path: Path) -> Path:
 
 def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
     """Connect, check the host key, log in and start rds-serve; every failure is one line."""
+    # paramiko imports invoke only for "Match exec" in ssh_config files, which rds does not read:
+    # without it paramiko loads in half the time, and it says it can do without.
+    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     import paramiko
 
     # paramiko logs what went wrong in its own thread; with no handler Python would print it on
@@ -494,7 +503,7 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
 
 def idle_timeout(settings: Settings) -> float:
     """A link that carries nothing for this long is taken as cut (the upper may wait on its locks)."""
-    return max(120.0, 4 * settings.connect_timeout)
+    return max(IDLE_MIN, 4 * settings.connect_timeout)
 
 
 def _login_name() -> str:
