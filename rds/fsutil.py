@@ -9,12 +9,13 @@ clears those on the next run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 TMP_PREFIX = ".tmp-"
 
@@ -106,12 +107,14 @@ def remove_strays(directory: Path) -> int:
     return count
 
 
-def sha256_file(path: Path, start: int = 0, chunk: int = 1 << 20) -> str:
-    import hashlib
-
+def sha256_of(path: Path, chunk: int = 1 << 20) -> Any:
+    """A running SHA-256 of the file's content, to go on hashing what is appended."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        f.seek(start)
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: Path) -> str:
+    return str(sha256_of(path).hexdigest())

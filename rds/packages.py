@@ -233,9 +233,9 @@ class Storehouse:
     def partial_path(self, pid: PackageId, sha256: str) -> Path:
         return self.partial / f"{pid}.{sha256[:16]}.part"
 
-    def add_downloaded(self, manifest: Manifest, part: Path) -> None:
-        """Move a complete download into place after checking its SHA-256."""
-        digest = fsutil.sha256_file(part)
+    def add_downloaded(self, manifest: Manifest, part: Path, digest: str | None = None) -> None:
+        """Move a complete download into place after checking its SHA-256 (``digest``, if hashed already)."""
+        digest = digest or fsutil.sha256_file(part)
         if digest != manifest.sha256:
             part.unlink()
             raise IntegrityError(f"package {manifest.id}: SHA-256 mismatch (got {digest[:16]}..., "
@@ -249,10 +249,20 @@ class Storehouse:
             raise
 
     def verify(self, manifest: Manifest) -> None:
+        """Check the payload against its manifest; a check is remembered until the file changes."""
         path = self.payload(manifest.id)
+        st = path.stat()
+        stamp_path = self.dir(manifest.id) / ".verified"
+        stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {manifest.sha256}"
+        try:
+            if stamp_path.read_text() == stamp:
+                return
+        except FileNotFoundError:
+            pass
         digest = fsutil.sha256_file(path)
         if digest != manifest.sha256:
             raise IntegrityError(f"package {manifest.id}: SHA-256 of {path} does not match its manifest; not used")
+        fsutil.atomic_write(stamp_path, stamp.encode())
 
     def clear(self) -> int:
         """Delete every package and every partial download; returns how many packages went."""

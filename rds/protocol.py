@@ -21,13 +21,14 @@ carries these messages: ``transport.local`` calls the upper home directly,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, daemon, jobs, results, state
+from rds import crashpoints, daemon, fsutil, jobs, results, state
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -178,11 +179,13 @@ def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
 class _Progress:
     """The file a download is written to; a crash point per block, for tests."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, sha: Any) -> None:
         self.out = out
+        self.sha = sha
 
     def write(self, data: bytes) -> int:
         n = self.out.write(data)
+        self.sha.update(data)
         crashpoints.reach("downloading")
         return n
 
@@ -247,10 +250,11 @@ class UpperClient:
         if have > manifest.size:
             part.unlink()
             have = 0
+        sha = fsutil.sha256_of(part) if have else hashlib.sha256()  # hashed as it arrives
         if have < manifest.size:
             try:
                 with open(part, "ab") as out:
-                    self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out))
+                    self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out, sha))
                     out.flush()
                     os.fsync(out.fileno())
             finally:
@@ -259,4 +263,4 @@ class UpperClient:
         if part.stat().st_size != manifest.size:
             raise ProtocolError(f"{self.where}: package {manifest.id} came short "
                                 f"({part.stat().st_size} of {manifest.size} bytes)")
-        store.add_downloaded(manifest, part)
+        store.add_downloaded(manifest, part, sha.hexdigest())
