@@ -202,7 +202,7 @@ class Storehouse:
         try:
             payload = work / PAYLOAD
             with fsutil.atomic_writer(payload) as raw:
-                hashing = _HashingWriter(raw)
+                hashing = HashingWriter(raw)
                 with tarfile.open(fileobj=hashing, mode="w:gz", compresslevel=6) as tar:  # type: ignore[call-overload]
                     try:
                         tar.add(source, arcname=".", filter=_packing_filter)
@@ -291,7 +291,7 @@ def _packing_filter(member: tarfile.TarInfo) -> tarfile.TarInfo:
     return member
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only file that hashes and counts what passes through it."""
 
     def __init__(self, raw: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,20 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("RDS_LOCK_TIMEOUT", "5")
     monkeypatch.delenv("RDS_CRASH_AT", raising=False)
     yield
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def installs(host: Host) -> int:
+    """How many times the default test package's script ran on ``host``."""
+    f = host.installed("/opt/installs")
+    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 class Host:

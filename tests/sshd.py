@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import io
 import json
 import os
@@ -34,11 +33,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
-from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId
+from rds.packages import MANIFEST, PAYLOAD, HashingWriter, Manifest, PackageId
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -206,19 +205,6 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[[str], Sshd]]:
         s.stop()
 
 
-class _Hashing:
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw, self.sha, self.size = raw, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
 class _Noise(io.RawIOBase):
     """``size`` bytes that do not compress, made fast: a random MiB, numbered."""
 
@@ -245,7 +231,7 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
     target = home / "RDS" / str(pid)
     target.mkdir(parents=True)
     with open(target / PAYLOAD, "wb") as raw:
-        out = _Hashing(raw)
+        out = HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w:gz", compresslevel=0) as tar:  # type: ignore[call-overload]
             info = tarfile.TarInfo("data.bin")
             info.size = size

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import installs
 
 from rds.home import Home
 
@@ -34,10 +35,6 @@ def statuses(mgr) -> dict[str, str]:  # type: ignore[no-untyped-def]
     rows = json.loads(mgr.run("dcmstat", "--json", check=False).stdout)
     return {r["dest"]: r["status"] for r in rows}
 
-
-def installs(c) -> int:  # type: ignore[no-untyped-def]
-    f = c.installed("/opt/installs")
-    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 def crash(host, point: str) -> None:  # type: ignore[no-untyped-def]

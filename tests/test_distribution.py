@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import installs
+
 from rds import poller
 from rds.home import Home
 from rds.transport import local
@@ -16,11 +18,6 @@ def dcmstat(host, *args):  # type: ignore[no-untyped-def]
 
 def fetch_count(host) -> int:  # type: ignore[no-untyped-def]
     return (host.path / "log" / "rds.log").read_text().count("fetched package")
-
-
-def installs(host) -> int:  # type: ignore[no-untyped-def]
-    f = host.path / "root" / "opt" / "installs"
-    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 def test_four_levels_manager_relay_relay_client(tree) -> None:  # type: ignore[no-untyped-def]

@@ -6,9 +6,8 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 
-from conftest import BIN
+from conftest import BIN, installs, wait_for
 
 from rds import daemon
 from rds.home import Home
@@ -16,21 +15,10 @@ from rds.home import Home
 SLOW_SCRIPT = "#!/bin/sh\nsleep 2\necho run >> \"$RDS_INSTALL_DIR/../installs\"\n"
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
 
 def status(mgr) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {r["dest"]: r["status"] for r in json.loads(mgr.run("dcmstat", "--json", check=False).stdout)}
 
-
-def installs(c) -> int:  # type: ignore[no-untyped-def]
-    f = c.installed("/opt/installs")
-    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 def test_polling_picks_up_a_job_and_q_stops_it(tree) -> None:  # type: ignore[no-untyped-def]
@@ -73,13 +61,19 @@ def started_script(c) -> bool:  # type: ignore[no-untyped-def]
     return any(p.suffix == ".sh" for p in (c.path / "work").iterdir())
 
 
-def test_sigterm_lets_the_install_finish(tree) -> None:  # type: ignore[no-untyped-def]
+def slow_install_under_way(tree):  # type: ignore[no-untyped-def]
+    """A client whose rdsma --foreground is running a two-second install script."""
     mgr, relay, c = tree.add("mgr"), tree.add("relay", "mgr"), tree.add("c", "relay", "WatchTimeofOrders\t1h\n")
     tree.check_in_upward(["c", "relay"])
     mgr.run("dcmjexe", "-r", tree.package(script=SLOW_SCRIPT), "-h", "c")
     relay.run("rdsft", "-a")
     proc = foreground(c)
     wait_for(lambda: started_script(c))
+    return mgr, relay, c, proc
+
+
+def test_sigterm_lets_the_install_finish(tree) -> None:  # type: ignore[no-untyped-def]
+    mgr, relay, c, proc = slow_install_under_way(tree)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert installs(c) == 1
@@ -88,12 +82,7 @@ def test_sigterm_lets_the_install_finish(tree) -> None:  # type: ignore[no-untyp
 
 
 def test_second_sigterm_stops_at_once_and_next_pass_finishes(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay, c = tree.add("mgr"), tree.add("relay", "mgr"), tree.add("c", "relay", "WatchTimeofOrders\t1h\n")
-    tree.check_in_upward(["c", "relay"])
-    mgr.run("dcmjexe", "-r", tree.package(script=SLOW_SCRIPT), "-h", "c")
-    relay.run("rdsft", "-a")
-    proc = foreground(c)
-    wait_for(lambda: started_script(c))
+    mgr, relay, c, proc = slow_install_under_way(tree)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     began = time.monotonic()

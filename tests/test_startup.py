@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+
+from conftest import installs, wait_for
 
 from rds import flags
 from rds.home import Home
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def installs(c) -> int:  # type: ignore[no-untyped-def]
-    f = c.installed("/opt/installs")
-    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 def status(mgr) -> tuple[int, dict[str, str]]:  # type: ignore[no-untyped-def]

@@ -55,6 +55,21 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     sys.exit(code)
 
 
+def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Callable[[], str],
+             interval: float | None) -> int:
+    """Stop, run in this process, or start detached the resident ``name`` of ``home``."""
+    from rds import daemon
+
+    if stop:
+        click.echo(f"{name}: stopped (pid {daemon.stop(home, name)})")
+    elif foreground:
+        daemon.Resident(home, name, one_pass, interval).run()
+    else:
+        pid = daemon.start_background(home, name, daemon.foreground_argv(name, "--foreground"))
+        click.echo(f"{name}: started (pid {pid})")
+    return 0
+
+
 def open_home() -> Home:
     return Home.open()
 

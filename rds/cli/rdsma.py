@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from rds import daemon, poller
-from rds.cli import entry, open_home
+from rds import poller
+from rds.cli import entry, open_home, resident
 from rds.errors import UsageError
 
 NAME = "rdsma"
@@ -24,20 +24,11 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
     if stop and (start or foreground):
         raise UsageError("-q stops; it takes no other option")
     home = open_home()
-    if stop:
-        pid = daemon.stop(home, NAME)
-        click.echo(f"{NAME}: stopped (pid {pid})")
-        return 0
-    interval = home.settings.watch_orders
-    if home.settings.is_managing_server:
+    if not stop and home.settings.is_managing_server:
         raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost); "
                          "rdsma runs on relays and clients")
-    if foreground:
-        daemon.Resident(home, NAME, lambda: describe(poller.run_once(home)), interval).run()
-        return 0
-    pid = daemon.start_background(home, NAME, daemon.foreground_argv(NAME, "--foreground"))
-    click.echo(f"{NAME}: started (pid {pid})")
-    return 0
+    return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
+                    home.settings.watch_orders)
 
 
 def describe(report: poller.PassReport) -> str:

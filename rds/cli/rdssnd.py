@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from rds import daemon, poller
-from rds.cli import entry, open_home
+from rds import poller
+from rds.cli import entry, open_home, resident
 from rds.errors import UsageError
 
 NAME = "rdssnd"
@@ -26,9 +26,7 @@ def command(start: bool, stop: bool, once: bool, foreground: bool) -> int:
         raise UsageError("give one of -a, -q and --once")
     home = open_home()
     if stop:
-        pid = daemon.stop(home, NAME)
-        click.echo(f"{NAME}: stopped (pid {pid})")
-        return 0
+        return resident(home, NAME, True, False, lambda: "", None)
     if home.settings.is_managing_server:
         raise UsageError(f"{home.path}: this host is the managing server; it has no upper system to send to")
     if once:
@@ -38,12 +36,7 @@ def command(start: bool, stop: bool, once: bool, foreground: bool) -> int:
     if interval == 0:
         click.echo(f"{NAME}: WatchTimeofStatus is 0: results are not sent")
         return 0
-    if foreground:
-        daemon.Resident(home, NAME, lambda: _sent(poller.send_once(home)), interval).run()
-        return 0
-    pid = daemon.start_background(home, NAME, daemon.foreground_argv(NAME, "--foreground"))
-    click.echo(f"{NAME}: started (pid {pid})")
-    return 0
+    return resident(home, NAME, False, foreground, lambda: _sent(poller.send_once(home)), interval)
 
 
 def _sent(n: int) -> str:
