@@ -208,7 +208,9 @@ def test_cut_mid_transfer_resumes_from_the_byte_it_stopped_at(pair: tuple[Tree, 
         payload = Storehouse(relay.home().packages).payload(m.id)
         assert hashlib.sha256(payload.read_bytes()).hexdigest() == m.sha256
         assert proxy.down - down_first < m.size - have + (1 << 20)  # only the rest came again
-        assert proxy.down < m.size * 1.02 + (1 << 20)
+        # the cut resets the connection: what was still in the lower system's socket buffer
+        # (up to tcp_rmem's few MiB on loopback, more when the lower is slow to read) came twice
+        assert proxy.down < m.size + (8 << 20)
     finally:
         proxy.close()
 
