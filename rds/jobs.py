@@ -22,7 +22,8 @@ from rds.settings import valid_hostname
 from rds.state import Transaction
 
 INSTALL = "INSTALL"
-TYPES = (INSTALL,)
+TRANSFER = "TRANSFER"  # JP1's "Transfer package to relay system": the relay fetches and keeps the package
+TYPES = (INSTALL, TRANSFER)
 
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
@@ -89,6 +90,18 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record)),
     ).rowcount
+
+
+def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
+    """The manifest the job record carries (a job travels with its package's manifest)."""
+    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return Manifest.from_json(json.loads(row[0])["manifest"])
+
+
+def transfer_pending(db: sqlite3.Connection, package: PackageId) -> bool:
+    """Whether a Transfer job not yet done here (for this host or passing through) wants ``package``."""
+    return db.execute("SELECT 1 FROM jobs WHERE type=? AND package=? AND state IN (?, ?, ?) LIMIT 1",
+                      (TRANSFER, str(package), WAIT, HANDED, INSTALLING)).fetchone() is not None
 
 
 def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> list[Job]:

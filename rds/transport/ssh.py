@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError
+from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
 from rds.home import Home
 from rds.log import logger
 from rds.protocol import READ_MAX, VERSION, UpperService
@@ -209,6 +209,9 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> in
         if msg.get("host") != service.lower:
             raise Refused(f"{service.lower} may not act as {msg.get('host')!r}")
         blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+    except UnableToCache as e:
+        _send(out, {"ok": False, "error": "uncacheable", "message": str(e)})
+        return 0
     except Refused as e:
         _send(out, {"ok": False, "error": "refused", "message": str(e)})
         return 0
@@ -331,6 +334,8 @@ class SSHLink:
         message = str(answer.get("message", ""))[:500]
         if answer.get("error") == "refused":
             raise Refused(f"{self.where} refused {what}: {message}")
+        if answer.get("error") == "uncacheable":
+            raise UnableToCache(message)
         if answer.get("error") == "upper":
             raise CommunicationError(f"{self.where}: {message}")
         raise ProtocolError(f"{self.where} rejected {what}: {message}")
