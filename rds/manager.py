@@ -26,8 +26,9 @@ def require_managing_server(home: Home) -> None:
 
 
 def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: list[str],
-               now: float | None = None) -> tuple[int, list[str]]:
-    """Create an Install package job; returns its number and the hosts not known yet."""
+               now: float | None = None, type_: str = jobs.INSTALL) -> tuple[int, list[str]]:
+    """Create an Install package (or Transfer package to relay system) job; returns its number and the hosts
+    not known yet."""
     require_managing_server(home)
     now = time.time() if now is None else now
     if not hosts:
@@ -43,9 +44,9 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
     created = now_text(now)
     with Transaction(db):
         job_no = int(db.execute("INSERT INTO orders (type, package, created) VALUES (?, ?, ?)",
-                                (jobs.INSTALL, str(package), created)).lastrowid or 0)
+                                (type_, str(package), created)).lastrowid or 0)
         for h in dict.fromkeys(hosts):
-            jobs.insert(db, Job(job_no, h, jobs.INSTALL, package, created), manifest, now)
+            jobs.insert(db, Job(job_no, h, type_, package, created), manifest, now)
     unknown = [h for h in dict.fromkeys(hosts) if jobs.route(db, h) is None]
     return job_no, unknown
 

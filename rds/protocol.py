@@ -181,6 +181,7 @@ class UpperService:
     def stat(self, package: Any) -> Manifest:
         pid = self.authorize(package)
         log = logger(self.home).info
+        log(f"stat of {pid} asked by {self.lower}")
         try:
             return cache.current(self.home, self.store, pid, self.upper, log,
                                  cache.may_fetch(self.home, self.db, pid))
