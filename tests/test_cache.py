@@ -13,10 +13,15 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+import sshd
 from conftest import BIN, Host, Tree, installs
+from sshd import serve_command
 
 from rds import cache
 from rds.packages import Storehouse
+
+sshd_factory = sshd.sshd_factory
 
 
 def log_of(host: Host) -> str:
@@ -318,3 +323,40 @@ def test_concurrent_needs_cause_one_upstream_transfer(tree: Tree) -> None:
     assert bytes_sent(mgr, pid) == size  # one transfer from upstream, not one each
     assert log_of(relay).count("fetching package") == 1
     assert bytes_sent(relay, pid) == len(clients) * size
+
+
+# -- over SSH: rds-serve on a relay fetches on demand with the relay's own key ---------------------
+
+@pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
+                    reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
+def test_on_demand_and_unable_to_cache_over_ssh(tree: Tree, sshd_factory) -> None:  # type: ignore[no-untyped-def]
+    from test_ssh import laid_out, ssh_settings
+
+    server = sshd_factory()
+    mgr = laid_out(tree.add("mgr"))
+    relay_home = tree.root / "relay1"
+    k_relay = server.add_key("relay1", command=serve_command("relay1", mgr.path))
+    k_client = server.add_key("client1", command=serve_command("client1", relay_home))
+    server.start()
+    relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
+    client = tree.add("client1", settings=ssh_settings(server, k_client, upper=relay))
+    tree.check_in_upward(["client1", "relay1"])
+    pid = big_package(tree, size=1 << 20)
+    mgr.run("dcmjexe", "-r", pid, "-h", "client1")
+    assert "packages fetched: 0" in relay.run("rdsft", "-a").stdout
+    assert "jobs received: 1; packages fetched: 1" in client.run("rdsft", "-a").stdout
+    assert installs(client) == 1
+    assert bytes_sent(mgr, pid) == bytes_sent(relay, pid) == size_of(mgr, pid)
+    assert f"fetched package {pid}" in log_of(relay)  # by rds-serve, on client1's behalf
+
+    with open(relay.path / "rdsprm" / "RDSSETFL", "a") as f:
+        f.write("CachingPolicy\tSNEAKERNET\n")
+    other = tree.package(name="OTHER")
+    job = mgr.run("dcmjexe", "-r", other, "-h", "client1").stdout.strip()
+    relay.run("rdsft", "-a")
+    proc = client.run("rdsft", "-a", check=False)
+    assert proc.returncode == 4
+    relay.run("rdsft", "-a")
+    _, rows = dcmstat(mgr)
+    assert rows[(int(job), "client1")]["status"] == "ERROR"
+    assert rows[(int(job), "client1")]["message"].startswith(f"unable to cache package {other} on relay1: ")
