@@ -360,3 +360,38 @@ def test_on_demand_and_unable_to_cache_over_ssh(tree: Tree, sshd_factory) -> Non
     _, rows = dcmstat(mgr)
     assert rows[(int(job), "client1")]["status"] == "ERROR"
     assert rows[(int(job), "client1")]["message"].startswith(f"unable to cache package {other} on relay1: ")
+
+
+def test_a_relay_cut_off_from_its_upper_keeps_serving_its_verified_copy(tree: Tree) -> None:
+    mgr = tree.add("mgr")
+    relay = tree.add("relay", "mgr", settings="ChecksumLifetime\t0\n")
+    c1, c2 = tree.add("c1", "relay"), tree.add("c2", "relay")
+    tree.check_in_upward(["c1", "c2", "relay"])
+    pid = tree.package()
+    mgr.run("dcmjexe", "-r", pid, "-h", "c1", "c2")
+    relay.run("rdsft", "-a")
+    c1.run("rdsft", "-a")  # the relay fetches the package
+    hidden = mgr.path.with_name("mgr-unreachable")
+    mgr.path.rename(hidden)  # the managing server cannot be reached any more
+    try:
+        c2.run("rdsft", "-a")
+    finally:
+        hidden.rename(mgr.path)
+    assert installs(c2) == 1
+    assert (f"package {pid}: cannot ask the upper system whether the copy here is current (upper system "
+            f"{mgr.path}: no such directory); using the copy here, verified against its manifest") in log_of(relay)
+
+
+def test_a_read_that_waits_too_long_for_a_fetch_is_asked_again_later(tree: Tree) -> None:
+    mgr, relay, c = tree.add("mgr"), tree.add("relay", "mgr"), tree.add("c", "relay")
+    tree.check_in_upward(["c", "relay"])
+    pid = tree.package()
+    job = mgr.run("dcmjexe", "-r", pid, "-h", "c").stdout.strip()
+    relay.run("rdsft", "-a")
+    with relay.home().lock(f"fetch-{pid}"):  # another fetch of the package that takes long
+        proc = c.run("rdsft", "-a", env=c.env(RDS_LOCK_TIMEOUT="1"))
+    assert "packages fetched: 0" in proc.stdout and installs(c) == 0
+    assert f"relay is still fetching {pid} for another system" in log_of(c)
+    assert f"{job}" in c.run("rdsgroupid").stdout  # the job waits, it did not fail
+    c.run("rdsft", "-a")
+    assert installs(c) == 1
