@@ -82,7 +82,8 @@ MIGRATIONS: dict[int, list[str]] = {
             updated    REAL NOT NULL,
             message    TEXT NOT NULL,
             seq        INTEGER NOT NULL UNIQUE,  -- order of the changes: the lowest goes first
-            PRIMARY KEY (dest, packager, package))""",
+            PRIMARY KEY (dest, packager, package)
+        ) WITHOUT ROWID""",  # kept in display order: rdsdlv reads it front to back
     ],
 }
 
@@ -225,9 +226,10 @@ class File:
                 out[k] = (int(row[0]), str(row[1]))
         return out
 
-    def select(self, f: Filter) -> list[tuple[Any, ...]]:
+    def select(self, f: Filter, columns: Sequence[str] = COLUMNS) -> list[tuple[Any, ...]]:
+        """The selected entries in display order; ``columns`` may be SQL expressions."""
         where, args = f.sql()
-        return self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries{where}"
+        return self.db.execute(f"SELECT {', '.join(columns)} FROM entries{where}"
                                " ORDER BY dest, packager, package", args).fetchall()
 
     def delete(self, f: Filter) -> int:

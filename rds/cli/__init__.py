@@ -132,12 +132,12 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """What ``table`` prints for rows of one-line strings, fast enough for 100,000 rows."""
-    widths = [len(h) + 2 for h in headers]  # tabulate pads a header by 2 at least
-    for i in range(len(headers)):
-        widths[i] = max(widths[i], max((len(r[i]) for r in rows), default=0))
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*headers).rstrip()]
-    lines += [fmt.format(*r).rstrip() for r in rows]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(headers)
+    # tabulate pads a header by 2 at least; the last column needs no padding
+    widths = [max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)]
+    fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])
+    lines = [(fmt % tuple(headers)).rstrip()]
+    lines += [(fmt % tuple(r)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
