@@ -123,7 +123,7 @@ class UpperService:
         except (TypeError, ValueError):
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        status.record_keys(self.home, self.db, pairs, "INS_WAIT", f"taken by {self.lower}")
+        status.handed(self.home, self.db, self.lower, pairs)
         return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:

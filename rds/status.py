@@ -383,12 +383,17 @@ def _jobs_by_key(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> dic
     return out
 
 
-def record_keys(home: Home, db: sqlite3.Connection, keys: Iterable[tuple[int, str]], status: str,
-                message: str = "") -> None:
-    """Record ``status`` for the jobs ``(job_no, dest)`` held in ``db``."""
+def handed(home: Home, db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> None:
+    """``lower`` acknowledged these jobs: INS_WAIT for those it now holds (no others: it may claim any)."""
+    def work(f: File) -> None:
+        held = _jobs_by_key(db, keys)
+        mine = {k for k in held if db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=? AND handed_to=?",
+                                               (*k, lower)).fetchone()}
+        f.put(entry(held[k], "INS_WAIT", f"taken by {lower}") for k in sorted(mine))
+
     keys = list(keys)
     if keys:
-        _safely(home, status, lambda f: f.put(entry(j, status, message) for j in _jobs_by_key(db, keys).values()))
+        _safely(home, "INS_WAIT", work)
 
 
 RESULT_STATUS = {states.COMPLETE: "COMPLETE", states.ERROR: "ERROR", states.SETUP_ERROR: "SETUP_ERROR",
