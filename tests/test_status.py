@@ -381,3 +381,21 @@ def test_fast_table_looks_like_tabulate() -> None:
     ]
     for headers, data in cases:
         assert fast_table(data, headers) == table(data, headers)
+
+
+def test_a_lower_system_cannot_mark_another_ones_job_taken(tree: Tree) -> None:
+    from rds.protocol import UpperService
+
+    mgr, b = tree.add("mgr"), tree.add("b", "mgr")
+    tree.add("a", "mgr")
+    tree.check_in_upward(["a", "b"])
+    with facility(mgr):
+        mgr.run("dcmjexe", "-r", tree.package(), "-h", "b")
+        service = UpperService(mgr.home(), "a")
+        try:
+            assert service.handle({"op": "ack", "v": 1, "host": "a", "jobs": [[1, "b"]]}) == {"ok": True, "taken": 0}
+        finally:
+            service.close()
+        assert seen(mgr) == {"b": "CLT_WAIT"}
+        b.run("rdsft", "-a")
+        assert seen(mgr) == {"b": "COMPLETE"}
