@@ -87,10 +87,12 @@ def short_table(f: status.File, flt: status.Filter) -> list[str]:
     Formatting 100,000 rows in Python costs more than the whole second a
     display may take on a busy host; SQLite's printf does it as it reads.
     """
-    found = f.select(flt, [f"max(length({c}))" for c in SHORT_COLUMNS])[0]
+    found = f.select(flt, ["max(length(dest))", "max(length(package))", "max(job_no)"])[0]
     if found[0] is None:
         return []
-    widths = [max(len(h) + 2, w) for h, w in zip(SHORT, found, strict=True)]  # tabulate pads headers by 2
+    longest = {"dest": found[0], "package": found[1], "job_no": len(str(found[2]))}
+    # tabulate pads headers by 2; no packager, cabinet, version or generation is longer than its header
+    widths = [max(len(h) + 2, longest.get(c, 0)) for h, c in zip(SHORT, SHORT_COLUMNS, strict=True)]
     fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])  # the last column (STATUS) is never empty
     rows = f.select(flt, [f"printf('{fmt}', {', '.join(SHORT_COLUMNS)})"])
     return [(fmt % tuple(SHORT)).rstrip(), *(r[0] for r in rows)]
