@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cache, crashpoints, daemon, fsutil, jobs, results, state
+from rds import cache, crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import (
     CommunicationError,
     InputError,
@@ -152,7 +152,9 @@ class UpperService:
                 raise ValueError("job number")
         except (TypeError, ValueError):
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
-        return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
+        taken = jobs.hand_over(self.db, self.lower, pairs)
+        status.handed(self.home, self.db, self.lower, pairs)
+        return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -162,6 +164,7 @@ class UpperService:
             n = results.accept(self.db, self.lower, parsed, self.home.host)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -219,6 +222,7 @@ class UpperService:
         m = self.store.get(pid)
         if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
             m = self.obtain(pid)
+        status.reading(self.home, self.db, self.lower, m.id)
         path = self.store.payload(pid)
         return _counted(_blocks(path, offset, min(length, max(0, m.size - offset))),
                         lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "
