@@ -137,7 +137,8 @@ class UpperService:
         if wake is not None and not (isinstance(wake, str) and len(wake) < 4096 and wake.startswith("/")):
             raise ProtocolError("'wake' must be the absolute path of a home")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
-        ready, manifests = [], {}
+        ready: list[dict[str, Any]] = []
+        manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
             # handed out whether the package is here or not: the record carries its manifest,
             # and a read of a package not here fetches it (rds.cache)

@@ -161,11 +161,11 @@ class _Medium:
                 yield f
             return
         member = self.members.get(f"{package}/{name}")
-        f = self.tar.extractfile(member) if member is not None else None
-        if f is None:
+        extracted = self.tar.extractfile(member) if member is not None else None
+        if extracted is None:
             raise InputError(f"{self.source}: {package}/{name} is missing")
-        with f:
-            yield f
+        with extracted:
+            yield extracted
 
 
 def _read_manifest(medium: _Medium, package: str) -> Manifest:
