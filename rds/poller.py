@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from rds import cache, crashpoints, fsutil, install, jobs, results, startup, state, states, status
-from rds.errors import IntegrityError, Refused, UnableToCache
+from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
@@ -90,7 +90,7 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
     for job in [j for j in own if j.type == jobs.TRANSFER]:  # the emergency push: ahead of everything
         try:
             m, got = cache.obtain(home, store, db, job.package, lambda: client, log, force=True)
-        except (IntegrityError, Refused, UnableToCache) as e:
+        except (IntegrityError, LockTimeout, Refused, UnableToCache) as e:
             log(f"job {job.job_no} (transfer of {job.package}): {e}")
             if isinstance(e, UnableToCache):  # a relay above refused it
                 end(job, states.ERROR, str(e))
@@ -110,7 +110,7 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
             for job in waiting:
                 end(job, states.ERROR, str(e))
             continue
-        except (IntegrityError, Refused) as e:
+        except (IntegrityError, LockTimeout, Refused) as e:  # LockTimeout: another process still fetches it
             log(str(e))  # the jobs stay; the next pass fetches again
             continue
         if got:
