@@ -144,6 +144,9 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
             raise unable(home, pid)
         client = upper()
         part = store.partial_path(pid, cur.sha256)
+        for stale in store.partial.glob(f"{pid}.*.part"):  # a partial download of a version no longer current
+            if stale != part:
+                stale.unlink(missing_ok=True)
         log(f"fetching package {pid} from {client.where} from byte {part.stat().st_size if part.exists() else 0}")
         client.fetch(store, cur)
         crashpoints.reach("fetched")
