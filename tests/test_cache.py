@@ -395,3 +395,25 @@ def test_a_read_that_waits_too_long_for_a_fetch_is_asked_again_later(tree: Tree)
     assert f"{job}" in c.run("rdsgroupid").stdout  # the job waits, it did not fail
     c.run("rdsft", "-a")
     assert installs(c) == 1
+
+
+def test_staging_replaces_another_copy_but_never_a_registered_package(tree: Tree) -> None:
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    other_mgr = tree.add("mgr2")  # a second managing server
+    pid = tree.package(files={"VERSION": "old\n"})
+    old_cd, new_cd = tree.root / "old.tar", tree.root / "new.tgz"
+    mgr.run("rdsstage", "-o", str(old_cd))
+    relay.run("rdsstage", "-i", str(old_cd))
+    # the same package ID with other content, made on the other managing server
+    shutil.rmtree(tree.root / "src-APP-0100")
+    os.remove(tree.root / "script-APP-0100")
+    assert tree.package(host="mgr2", files={"VERSION": "new\n"}) == pid
+    other_mgr.run("rdsstage", "-o", str(new_cd))
+    out = json.loads(relay.run("rdsstage", "-i", str(new_cd), "--json").stdout)
+    assert [(o["package"], o["action"]) for o in out] == [(pid, "replaced")]
+    assert size_of(relay, pid) == size_of(other_mgr, pid)
+    proc = mgr.run("rdsstage", "-i", str(new_cd), check=False)
+    assert proc.returncode == 6
+    assert f"package {pid} is registered here with other content; not replaced" in proc.stderr
+    payload = f"RDS/{pid}/payload.tgz"
+    assert (mgr.path / payload).read_bytes() != (other_mgr.path / payload).read_bytes()  # kept its own
