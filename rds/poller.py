@@ -52,13 +52,13 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
             crashpoints.reach("stored")
-            client.ack(found)
-            crashpoints.reach("acked")
-            if found:
-                log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
             try:
+                client.ack(found)
+                crashpoints.reach("acked")
+                if found:
+                    log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched = fetch_needed(db, store, client, log.info)
             finally:
                 if requests is not None:

@@ -81,6 +81,8 @@ GOOD = [
     ("ConnectTimeout", "30", "connect_timeout", 30.0),
     ("ConnectTimeout", "2m", "connect_timeout", 120.0),
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
+    ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
+    ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
 ]
 
 
@@ -98,6 +100,7 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 # -- bad values ---------------------------------------------------------------
 
 BAD = [
+    ("StartupAddress", "ssh://relay1/NETMRDS"),
     ("ManagingHost", "relative/home"),
     ("ManagingHost", "http://mgr"),
     ("ManagingHost", "ssh://"),
