@@ -211,3 +211,23 @@ def test_check_in_takes_only_a_strict_startup_address(tree: Tree, wake: object) 
 def test_startup_address_setting_is_strict(tmp_path: Path, value: str) -> None:
     with pytest.raises(SettingsError, match="StartupAddress: bad value"):
         parse_settings(f"StartupAddress\t{value}\n", tmp_path / "RDSSETFL", tmp_path)
+
+
+@pytest.mark.parametrize(("forced", "said"), [
+    ("{wake} --home /nonexistent/home", "/nonexistent/home: no rds home here (exit status 2)"),
+    ("/bin/echo Welcome", "the other side is not rds-wake (it sent 'Welcome', exit status 0); check the forced "
+                          "command in the lower system's authorized_keys"),
+])
+def test_wrong_forced_command_is_a_failed_request(tree: Tree, sshd_factory: Factory, forced: str,
+                                                  said: str) -> None:
+    servers = ssh_hierarchy(tree, sshd_factory, ["mgr", "relay"])
+    mgr, relay = tree["mgr"], tree["relay"]
+    relay.run("rdsft", "-a")
+    keys = servers["relay"].authorized_keys
+    wake = sshd.wake_command(relay.path).split(" --home")[0]
+    keys.write_text(keys.read_text().replace(sshd.wake_command(relay.path), forced.format(wake=wake)))
+    (mgr.path / "rdsprm" / ".cltstsud").touch()
+    mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
+    assert status(mgr) == (30, {"relay": "EXEC-ERROR"})
+    line = next(ln for ln in log_of(mgr).splitlines() if "startup request to relay failed" in ln)
+    assert line.endswith(said), line

@@ -62,7 +62,7 @@ class WakeRequest:
 
     def send(self) -> str:
         """Say "now"; returns what rds-wake did, or raises CommunicationError."""
-        if self.chan is not None and (time.monotonic() - self.opened > HOLD or self.chan.exit_status_ready()):
+        if self.chan is not None and time.monotonic() - self.opened > HOLD:
             self.close()  # it may have given up waiting (and woken the lower system already): ask again
         if self.chan is None:
             self.open()
@@ -77,8 +77,10 @@ class WakeRequest:
         timeout = self.settings.connect_timeout
         out = b""
         try:
-            self.chan.sendall(b"\n")
-            self.chan.shutdown_write()
+            if not self.chan.exit_status_ready():  # else it ended at start (no home?): read why
+                with contextlib.suppress(OSError, EOFError):  # it may end just now; its output says how
+                    self.chan.sendall(b"\n")
+                    self.chan.shutdown_write()
             while len(out) < MAX_OUTPUT:
                 data = self.chan.recv(MAX_OUTPUT)
                 if not data:
