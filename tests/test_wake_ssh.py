@@ -7,6 +7,9 @@ system wakes it through rds-wake on the lower's sshd.
 
 from __future__ import annotations
 
+import datetime
+import getpass
+import io
 import json
 import os
 import time
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 import sshd
 from conftest import Tree, installs, wait_for
-from sshd import Sshd, free_port, ssh_hierarchy
+from sshd import CutProxy, Sshd, free_port, ssh_hierarchy
 
 from rds.errors import ProtocolError, SettingsError
 from rds.home import Home
@@ -125,6 +128,10 @@ def test_wake_key_is_limited_to_its_forced_command(tree: Tree, sshd_factory: Fac
     with pytest.raises(ProtocolError, match="the other side is not rds-serve"):
         UpperClient(link, "mgr", link.where).checkin([])
     link.close()
+    link = ssh.SSHLink.open(as_lower, servers["relay"].url(relay.path))
+    with pytest.raises(ProtocolError, match="the other side is not rds-serve"):
+        link.read("C.AB.APP.0100.0000", 0, 100, io.BytesIO())
+    link.close()
 
 
 def test_unknown_host_key_is_refused_not_added_and_with_cltstsud_is_exec_error(
@@ -231,3 +238,56 @@ def test_wrong_forced_command_is_a_failed_request(tree: Tree, sshd_factory: Fact
     assert status(mgr) == (30, {"relay": "EXEC-ERROR"})
     line = next(ln for ln in log_of(mgr).splitlines() if "startup request to relay failed" in ln)
     assert line.endswith(said), line
+
+
+class TimedProxy(CutProxy):
+    """A TCP relay that notes when each connection through it began."""
+
+    def __init__(self, port: int) -> None:
+        self.began: list[float] = []
+        super().__init__(port)
+
+    def _relay(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.began.append(time.time())
+        super()._relay(client)
+
+
+def woke_at(host) -> float:  # type: ignore[no-untyped-def]
+    """When rds-wake on ``host`` logged its request (before it answered), from its rds.log."""
+    line = next(ln for ln in log_of(host).splitlines() if "startup request from" in ln)
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_at_most_max_connect_clients_requests_are_under_way(tree: Tree, sshd_factory: Factory) -> None:
+    names = ["r1", "r2", "r3", "r4", "r5"]
+    mgr_key = sshd.keygen(tree.root.parent / "id_mgr", "rds@mgr")
+    known = tree.root.parent / "known_hosts_mgr"
+    proxies = {}
+    lines = []
+    for name in names:
+        server = sshd_factory(f"sshd-{name}")
+        server.authorize(mgr_key.with_suffix(".pub"), sshd.wake_command(tree.root / name))
+        server.start()
+        proxies[name] = TimedProxy(server.port)
+        lines.append(f"[127.0.0.1]:{proxies[name].port} {server.host_key_line()}\n")
+    known.write_text("".join(lines))
+    mgr = tree.add("mgr", settings=f"IdentityFile\t{mgr_key}\nKnownHostsFile\t{known}\nMaxConnectClients\t2\n",
+                   push=True)
+    try:
+        for name in names:
+            tree.add(name, "mgr", f"StartupAddress\tssh://{getpass.getuser()}@127.0.0.1:{proxies[name].port}\n",
+                     push=True).run("rdsft", "-a")
+        mgr.run("dcmjexe", "-r", tree.package(), "-h", *names)
+        for name in names:
+            assert f"startup request to {name}: started rdsft -a" in log_of(mgr)
+            wait_for(lambda n=name: installs(tree[n]) == 1)
+        began = {n: proxies[n].began[0] for n in names}
+        done = {n: woke_at(tree[n]) for n in names}  # a request ends only after this
+        for name in names:
+            # the requests whose connection was open when this one's began: at most one other
+            open_then = [n for n in names if n != name and began[n] < began[name] < done[n] - 0.002]
+            assert len(open_then) <= 1, (name, open_then, began, done)
+        assert sorted(began.values())[2] > sorted(done.values())[0] - 0.002  # the third waited for a slot
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
