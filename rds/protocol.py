@@ -50,9 +50,10 @@ class UpperService:
     request that claims another host is refused.
     """
 
-    def __init__(self, home: Home, lower: str) -> None:
+    def __init__(self, home: Home, lower: str, remote: bool = False) -> None:
         self.home = home
         self.lower = lower
+        self.remote = remote  # over SSH: a lower system on another machine names no home on this one
         self.store = Storehouse(home.packages)
         self._db: sqlite3.Connection | None = None
 
@@ -107,6 +108,8 @@ class UpperService:
                 wake = startup_address(wake)
             except (TypeError, ValueError, AttributeError):
                 raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
+            if self.remote and not wake.startswith("ssh://"):
+                raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
         ready, manifests = [], {}
         for job in jobs.for_lower(self.db, self.lower):

@@ -235,6 +235,9 @@ def parse_settings(text: str, source: Path, home: Path) -> Settings:
         raise SettingsError(f"{source}:{seen['InstallRoot']}: InstallRoot must be an absolute path")
     if "delivery_status_file" in values and not values["delivery_status_file"].is_absolute():
         values["delivery_status_file"] = home / values["delivery_status_file"]
+    if values.get("startup_address", "ssh:").startswith("/") and values.get("managing_host", "/").startswith("ssh:"):
+        raise SettingsError(f"{source}:{seen['StartupAddress']}: StartupAddress: an upper system reached over SSH "
+                            "takes only ssh://[user@]host[:port] (a path names a home on the upper system's machine)")
     return _named(Settings(home=home, **values), source)
 
 

@@ -329,3 +329,9 @@ def test_bad_system_host_name_without_hostname_is_a_settings_error(system_name: 
         load_settings(tmp_path)
     (tmp_path / "rdsprm" / "RDSSETFL").write_text("HostName\tgood1\n")
     assert load_settings(tmp_path).host_name == "good1"
+
+
+def test_startup_address_path_needs_an_upper_system_on_this_machine(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="StartupAddress: an upper system reached over SSH takes only ssh://"):
+        parse("ManagingHost\tssh://mgr\nStartupAddress\t/NETMRDS\n", tmp_path)
+    assert parse("ManagingHost\t/srv/mgr\nStartupAddress\t/NETMRDS\n", tmp_path).startup_address == "/NETMRDS"

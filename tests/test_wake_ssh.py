@@ -291,3 +291,17 @@ def test_at_most_max_connect_clients_requests_are_under_way(tree: Tree, sshd_fac
     finally:
         for proxy in proxies.values():
             proxy.close()
+
+
+def test_a_lower_over_ssh_cannot_name_a_home_on_the_upper_system(tree: Tree) -> None:
+    """Else its StartupAddress could make the upper system run rdsft -a for any home it has."""
+    mgr = tree.add("mgr")
+    service = UpperService(Home.open(mgr.path), "relay1", remote=True)
+    try:
+        answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": str(mgr.path)})
+        assert answer == {"ok": False, "error": "protocol", "message":
+                          "'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine"}
+        assert service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [],
+                               "wake": "ssh://127.0.0.1:2222"})["ok"]
+    finally:
+        service.close()

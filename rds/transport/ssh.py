@@ -125,7 +125,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     which may only repeat them.
     """
     try:
-        service = UpperService(_serve_home(home_path), lower)
+        service = UpperService(_serve_home(home_path), lower, remote=True)
         _check_original(original, lower, service.home.path)
     except Refused as e:
         _send(out, {"ok": False, "error": "refused", "message": str(e)})
