@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import crashpoints, fsutil, install, jobs, results, startup, state
+from rds import crashpoints, fsutil, install, jobs, results, startup, state, status
 from rds.errors import IntegrityError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -51,6 +51,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
+            status.record(home, found, "KEEPING")
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
@@ -60,6 +61,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched = fetch_needed(db, store, client, log.info)
+                status.kept(home, db, store)
             finally:
                 if requests is not None:
                     requests.finish()
@@ -125,9 +127,11 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
+        status.record(home, [job], "GEN_START")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
         results.record(db, res)  # the job is DONE in the same commit
+        status.record_results(home, db, [res])
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)

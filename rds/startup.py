@@ -104,7 +104,7 @@ class Requests:
 
     def finish(self) -> dict[str, bool]:
         """Send the requests, wait for their answers; returns who was reached."""
-        from rds import flags, results, states
+        from rds import flags, results, states, status
         from rds.results import Result, now_text
 
         self.go.set()
@@ -128,6 +128,8 @@ class Requests:
                          f"{len(self.waiting[lower])} job(s)")
         if self.pool is not None:
             self.pool.shutdown()
+        if self.waiting:
+            status.started(self.home, self.waiting, reached)  # who was not asked gets CLT_WAIT
         return reached
 
 
