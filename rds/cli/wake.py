@@ -35,12 +35,13 @@ def command(home: Path | None) -> int:
     """
     from rds import startup
     from rds.errors import SettingsError
-    from rds.home import Home
+    from rds.home import Home, default_home
     from rds.log import logger
 
-    if home is not None and not (home / "FORMAT").is_file():
-        raise SettingsError(f"{home}: no rds home here")  # and none is made: the forced command may be wrong
-    h = Home.open(home)
+    path = home if home is not None else default_home()
+    if not (path / "FORMAT").is_file():
+        raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
+    h = Home.open(path)
     _wait_for_word()
     how = startup.wake_home(h)
     caller = os.environ.get("SSH_CLIENT", "").split(" ")[0] or "a local caller"
