@@ -20,7 +20,8 @@ to ``read`` that says ok is followed by the bytes in blocks, each a 4-byte
 length and the data, ended by a zero length (or by ``FAILED`` and an error
 frame when the upper system cannot read further).
 
-This module is the only one that imports paramiko, and only when a link is
+This module is the only one that imports paramiko (with rds.transport.wake,
+which sends startup requests through ``open_client``), and only when a link is
 opened, so that rds-serve and commands that do not connect do not pay for it.
 """
 
