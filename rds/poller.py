@@ -1,8 +1,10 @@
 """One pass of a lower system (``rdsft -a``) and the sending of results.
 
 A pass checks in with the upper system once for this host and every host
-below it, keeps the jobs it gets and acknowledges them, fetches each needed
-package once, installs this host's own jobs, and sends the results upward.
+below it, keeps the jobs it gets and acknowledges them, does its Transfer jobs,
+brings the packages of its own installs per the caching policy (rds.cache;
+the hosts below get theirs when they ask), installs this host's own jobs, and
+sends the results upward.
 An install error ends that job only; a communication error ends the pass.
 Every step is committed before the next, so a pass killed at any point is
 finished by the next one: no job is lost or installed twice.
@@ -47,27 +49,39 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            local = not (home.settings.managing_host or "").startswith("ssh://")
-            found, manifests = client.checkin(jobs.subtree(db), wake=str(home.path) if local else None)
+            found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
             status.record(home, found, "KEEPING")
             crashpoints.reach("stored")
-            client.ack(found)
-            crashpoints.reach("acked")
-            if found:
-                log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-            report.fetched, ended = fetch_needed(home, db, store, client, log.info)
-            status.kept(home, db, store)
-            status.record_results(home, db, ended)
-            if report.received:
-                startup.start_lowers(home, db, log.info, [j.job_no for j in found])
+            # startup requests log in below while the packages come; they are sent once they are here
+            requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
+            try:
+                client.ack(found)
+                crashpoints.reach("acked")
+                if found:
+                    log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
+                report.fetched, ended = fetch_needed(home, db, store, client, log.info)
+                status.kept(home, db, store)
+                status.record_results(home, db, ended)
+            finally:
+                if requests is not None:
+                    requests.finish()
             report.installed = ended + install_own(home, db, store, log.info)
             report.sent = send_results(home, db, client)
         finally:
             client.link.close()
             db.close()
     return report
+
+
+def startup_address(home: Home) -> str | None:
+    """Where this host's upper system sends it startup requests: StartupAddress, else this home's
+    path when the upper system is on this machine; over SSH without StartupAddress, nowhere (it polls)."""
+    s = home.settings
+    if s.startup_address is not None:
+        return s.startup_address
+    return None if (s.managing_host or "").startswith("ssh://") else str(home.path)
 
 
 def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: UpperClient,
