@@ -21,14 +21,16 @@ carries these messages: ``transport.local`` calls the upper home directly,
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, daemon, fsutil, jobs, results, state
+from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -108,12 +110,13 @@ class UpperService:
         for job in jobs.for_lower(self.db, self.lower):
             key = str(job.package)
             if key not in manifests:
-                m = self.store.get(job.package)
+                m = self.store.get(job.package) if job.type != jobs.DELETE else _job_manifest(self.db, job)
                 if m is None:
                     continue  # not kept here yet: handed out once the package is here
                 manifests[key] = m.to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests}
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                "invalid": cleanup.handed_invalid(self.db, self.lower)}
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -142,8 +145,8 @@ class UpperService:
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
         row = self.db.execute(
-            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? LIMIT 1",
-            (self.lower, str(pid))).fetchone()
+            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? AND j.type!=?"
+            " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
         if row is None:
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
         m = self.store.get(pid)
@@ -162,11 +165,18 @@ class UpperService:
             except IntegrityError as e:
                 self.store.remove(m.id)
                 raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
+        self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
+
+
+def _job_manifest(db: sqlite3.Connection, job: Job) -> Manifest:
+    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return Manifest.from_json(json.loads(row[0])["manifest"])
 
 
 def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
         f.seek(offset)
         while length > 0:
             block = f.read(min(length, 1 << 20))
@@ -207,6 +217,7 @@ class UpperClient:
         self.link = link
         self.host = host
         self.where = where
+        self.invalid: list[tuple[int, str]] = []
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         reply = self.link.call({"op": op, "v": VERSION, "host": self.host, **fields})
@@ -233,6 +244,10 @@ class UpperClient:
             m = manifests.get(str(job.package))
             if m is None or m.id != job.package:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
+            self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

@@ -28,4 +28,3 @@ def _pending(name: str, summary: str) -> Callable[[], NoReturn]:
 rdsdlv = _pending("rdsdlv", "Display or delete distribution status entries")
 rdsdlvse = _pending("rdsdlvse", "Start (or with -p stop) the distribution status server facility")
 rdsdlvclr = _pending("rdsdlvclr", "Initialise the distribution situation file")
-rdsclr = _pending("rdsclr", "Delete expired packages and enforce the cache size limit")
