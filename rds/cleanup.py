@@ -38,10 +38,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rds import fsutil, jobs, results, state, states
-from rds.errors import InputError
 from rds.home import Home, lock_timeout
 from rds.log import logger
-from rds.packages import ACCESSED, MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse
+from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
 from rds.results import Result, now_text
 from rds.settings import Settings
 from rds.state import Transaction
@@ -113,19 +112,22 @@ def scan(store: Storehouse) -> list[Entry]:
         for d in it:
             if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
                 continue
-            try:
+            try:  # the manifest was checked when the package was committed: read only what counts here
                 with open(os.path.join(d.path, MANIFEST), "rb") as f:
                     stored = os.fstat(f.fileno()).st_mtime
-                    m = Manifest.from_json(json.loads(f.read()))
-            except (OSError, ValueError, InputError):  # half-made or foreign: not ours to judge
-                continue
-            if str(m.id) != d.name:
+                    m = json.loads(f.read())
+                if m["id"] != d.name:
+                    continue
+                size = int(m["size"])
+                expire = m.get("expire_days")
+                expire = None if expire is None else int(expire)
+            except (OSError, ValueError, KeyError, TypeError):  # half-made or foreign: not ours to judge
                 continue
             try:
                 accessed = os.stat(os.path.join(d.path, ACCESSED)).st_mtime
             except FileNotFoundError:
                 accessed = stored
-            out.append(Entry(d.name, m.size, stored, accessed, m.expire_days))
+            out.append(Entry(d.name, size, stored, accessed, expire))
     return out
 
 
