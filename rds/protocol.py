@@ -6,7 +6,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
 ``checkin``  ``below``: every host under the asking one; ``wake``: where a
              startup request reaches the asker (optional).  The upper system
              learns its routes from it and answers with the jobs waiting for
-             the asker's whole subtree and the manifests of their packages.
+             the asker's whole subtree and the manifests of their packages,
+             and ``invalid``: the jobs it handed the asker whose package has
+             left its storehouse since (rds.cleanup).
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree.
