@@ -166,7 +166,8 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                 doomed.append((e, EXPIRED))
             else:
                 keep.append(e)
-        use = sum(e.size for e in keep)
+        remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report)
+        use = sum(e.size for e in keep) + sum(r.size for r in report.busy)  # busy ones still take room
         over: list[tuple[Entry, str]] = []
         if size and settings.cache_size_limit:
             report.target = settings.cache_size_limit * settings.cache_high_water_mark // 100
@@ -174,7 +175,6 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                 # least recently accessed first; packages that pending jobs need go last
                 for e in sorted(keep, key=lambda e: (e.id in pending, e.accessed, e.id)):
                     over.append((e, OVER_LIMIT))
-        remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report)
         if over:
             # the size pass stops once use is down to the mark; a busy package stays counted
             remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use)

@@ -35,7 +35,8 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
 def clean(home: Home) -> str:
     """The cache cleanup every CacheCleanupInterval, between passes."""
     with home.lock("rdsft"):
-        return "cache cleanup: " + cleanup.clean(home).summary()
+        report = cleanup.clean(home)
+    return "cache cleanup: " + report.summary() if report.removed or report.busy else ""
 
 
 def describe(report: poller.PassReport) -> str:
