@@ -11,6 +11,7 @@
           manifest.json         size, SHA-256, install directory...; written last
         .partial/             downloads in progress, resumed from their size
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
+      GROUP/delivery.db       distribution situation file (rds.status), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did
       log/install/            the output of each install script
       run/                    locks (*.lock, with *.owner saying who holds them), pid files

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cleanup, crashpoints, fsutil, install, jobs, results, startup, state
+from rds import cleanup, crashpoints, fsutil, install, jobs, results, startup, state, status
 from rds.errors import IntegrityError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -53,6 +53,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             found, manifests = client.checkin(jobs.subtree(db), wake=str(home.path) if local else None)
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
+            status.record(home, found, "KEEPING")
             crashpoints.reach("stored")
             client.ack(found)
             crashpoints.reach("acked")
@@ -63,6 +64,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             if found:
                 log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
             report.fetched = fetch_needed(db, store, client, log.info)
+            status.kept(home, db, store)
             if report.received:
                 startup.start_lowers(home, db, log.info, [j.job_no for j in found])
             report.installed = install_own(home, db, store, log.info)
@@ -120,6 +122,7 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if job.type == jobs.DELETE:
             res = cleanup.delete_job(home, db, job)
             results.record(db, res)
+            status.record_results(home, db, [res])
             log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
             done.append(res)
             continue
@@ -128,9 +131,11 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
+        status.record(home, [job], "GEN_START")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
         results.record(db, res)  # the job is DONE in the same commit
+        status.record_results(home, db, [res])
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state
+from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -127,7 +127,9 @@ class UpperService:
                 raise ValueError("job number")
         except (TypeError, ValueError):
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
-        return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
+        taken = jobs.hand_over(self.db, self.lower, pairs)
+        status.handed(self.home, self.db, self.lower, pairs)
+        return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -137,6 +139,7 @@ class UpperService:
             n = results.accept(self.db, self.lower, parsed, self.home.host)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -168,6 +171,7 @@ class UpperService:
                 self.store.remove(m.id)
                 raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
+        status.reading(self.home, self.db, self.lower, m.id)
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
 
 

@@ -199,7 +199,15 @@ def parse_settings(text: str, source: Path, home: Path) -> Settings:
         raise SettingsError(f"{source}:{seen['InstallRoot']}: InstallRoot must be an absolute path")
     if "delivery_status_file" in values and not values["delivery_status_file"].is_absolute():
         values["delivery_status_file"] = home / values["delivery_status_file"]
-    return Settings(home=home, **values)
+    return _named(Settings(home=home, **values), source)
+
+
+def _named(settings: Settings, source: Path) -> Settings:
+    """Without HostName the system's host name is this host's name: it must be a valid one."""
+    if not valid_hostname(settings.host_name):
+        raise SettingsError(f"{source}: the system's host name {settings.host_name!r} cannot name this host"
+                            " in the hierarchy; set HostName")
+    return settings
 
 
 def load_settings(home: Path) -> Settings:
@@ -207,7 +215,7 @@ def load_settings(home: Path) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Settings(home=home)
+        return _named(Settings(home=home), path)
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     return parse_settings(text, path, home)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rds import daemon, flags, jobs, results, states
+from rds import daemon, flags, jobs, results, states, status
 from rds.errors import CommunicationError
 from rds.home import Home
 from rds.results import Result, now_text
@@ -48,6 +48,7 @@ def start_lowers(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
         return {}
     targets = flags.startable(home, waiting, jobs.subtree(db), log)
     if not targets:
+        status.started(home, waiting, {})
         return {}
     addresses = {t: jobs.wake_address(db, t) for t in targets}
 
@@ -70,4 +71,5 @@ def start_lowers(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
                     results.record(db, Result(job.job_no, job.dest, states.EXEC_ERROR,
                                               f"startup request to {lower} failed: {error}", now_text()))
                 log(f"{home.prm / flags.CLTSTSUD} exists: reported EXEC-ERROR for {len(waiting[lower])} job(s)")
+    status.started(home, waiting, reached)
     return reached

@@ -311,3 +311,18 @@ def test_rds_home_pointing_nowhere_makes_commands_exit_2(tree: Tree, tmp_path: P
     assert proc.stderr == (f"rdsgroupid: RDS_HOME={tmp_path / 'nowhere'}: no such directory "
                            "(create it, or unset RDS_HOME)\n")
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("system_name", ["", "bad_name", "-lead", "x" * 70])
+def test_bad_system_host_name_without_hostname_is_a_settings_error(system_name: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the system's host name was taken as HostName without being checked."""
+    monkeypatch.setattr(socket, "gethostname", lambda: system_name)
+    with pytest.raises(SettingsError, match="set HostName"):
+        load_settings(tmp_path)
+    (tmp_path / "rdsprm").mkdir()
+    (tmp_path / "rdsprm" / "RDSSETFL").write_text("WatchTimeofOrders\t5\n")
+    with pytest.raises(SettingsError, match=r"RDSSETFL: the system's host name"):
+        load_settings(tmp_path)
+    (tmp_path / "rdsprm" / "RDSSETFL").write_text("HostName\tgood1\n")
+    assert load_settings(tmp_path).host_name == "good1"
