@@ -15,9 +15,9 @@ recently used.  The time a package was stored is the mtime of its
 
 A package leaves the storehouse by retention (past its storage period), by
 the size limit, by ``rdsft -init`` or by a DELETE job; ``remove`` does all
-four the same way: it renames the package's directory out of sight (the
-commit point: the package has left), records what that means for the jobs
-that needed it (``invalidate``), then deletes the files.  A package that a
+four the same way: it settles the jobs that needed the package
+(``invalidate``, one transaction: the commit point), then renames the
+package's directory out of sight and deletes the files.  A package that a
 lower system is reading right now holds a shared ``flock`` on its payload;
 it is not removed under the reader, but kept and named "busy".  Passes on
 this home (which install) are kept out by the caller holding the home's
@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rds import fsutil, jobs, results, state, states
+from rds import crashpoints, fsutil, jobs, results, state, states
 from rds.home import Home, lock_timeout
 from rds.log import logger
 from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
@@ -189,41 +189,69 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
     return report
 
 
+CHUNK = 256  # packages held (one open file each) and settled per transaction
+
+
 def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Entry, str]],
            dry_run: bool = False, wait: float = 0.0, report: Report | None = None,
-           use: int | None = None) -> list[Removal]:
-    """Remove packages and invalidate their jobs; with ``use`` stop once it is at the high-water mark.
+           use: int | None = None) -> Report:
+    """Remove packages and settle their jobs; with ``use`` stop once it is at the high-water mark.
 
-    Each directory is renamed out of sight first and the storehouse directory
-    flushed once for the whole batch, so thousands of packages cost one
-    fsync; the jobs are settled in one transaction; the files go last.
+    By chunks: hold each package against readers, settle the jobs of the
+    held ones in one transaction (the commit point), rename their directories
+    out of sight and flush the storehouse directory once, then delete the
+    files.  Killed after the commit, the packages are still there and the
+    next cleanup (or DELETE job, or rdsft -init) removes them; killed after
+    the renames, the next pass removes the leftovers.  Jobs are never left
+    waiting for a package that is gone.
     """
     report = report if report is not None else Report(dry_run=dry_run)
-    gone: list[tuple[Removal, Path]] = []
-    for e, reason in todo:
-        if use is not None and use <= report.target:
-            break
-        r = Removal(e.id, e.size, reason, e.accessed)
-        if dry_run:
-            report.removed.append(r)
-            use = None if use is None else use - e.size
-            continue
-        doomed = _take_away(store.root / e.id, wait)
-        if doomed is None:
-            r.busy = True
-            report.busy.append(r)
-            continue
-        gone.append((r, doomed))
-        report.removed.append(r)
-        use = None if use is None else use - e.size
-    if gone:
-        fsutil.fsync_dir(store.root)  # the commit point of the whole batch
-        inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r, _ in gone})
-        report.invalidated += inv
-        report.deleted_jobs += deleted
-        for _, path in gone:
+    todo = iter(todo)
+    full = False
+    while not full:
+        held: list[tuple[Removal, Path, int | None]] = []
+        try:
+            for e, reason in todo:
+                if use is not None and use <= report.target:
+                    full = True
+                    break
+                r = Removal(e.id, e.size, reason, e.accessed)
+                use = None if use is None else use - e.size
+                if dry_run:
+                    report.removed.append(r)
+                    continue
+                ok, fd = _hold(store.root / e.id, wait)
+                if not ok:
+                    use = None if use is None else use + e.size  # a busy package stays, and counts
+                    r.busy = True
+                    report.busy.append(r)
+                    continue
+                held.append((r, store.root / e.id, fd))
+                if len(held) >= CHUNK:
+                    break
+            else:
+                full = True
+            if not held:
+                break
+            inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r, _, _ in held})
+            report.invalidated += inv
+            report.deleted_jobs += deleted
+            crashpoints.reach("cleanup-settled")
+            doomed = []
+            for r, path, _ in held:
+                target = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, target)
+                    doomed.append(target)
+                    report.removed.append(r)
+            fsutil.fsync_dir(store.root)
+        finally:
+            for _, _, fd in held:
+                if fd is not None:
+                    os.close(fd)
+        for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
-    return [r for r, _ in gone]
+    return report
 
 
 def _why(home: Home, r: Removal) -> str:
@@ -232,31 +260,26 @@ def _why(home: Home, r: Removal) -> str:
         f" removed package {r.package} from the package storehouse of {home.host}"
 
 
-def _take_away(path: Path, wait: float) -> Path | None:
-    """Rename a package directory out of sight unless a reader holds it; None if busy."""
+def _hold(path: Path, wait: float) -> tuple[bool, int | None]:
+    """Lock a package against readers (they hold a shared flock on its payload while they read).
+
+    Returns (False, None) if a reader still holds it after ``wait`` seconds;
+    else True and the open file that keeps the lock (None: no payload).
+    """
     deadline = time.monotonic() + wait
     try:
         fd = os.open(path / PAYLOAD, os.O_RDONLY)
     except FileNotFoundError:
-        fd = None
-    try:
-        while fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return None
-                time.sleep(0.05)
-        doomed = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
+        return True, None
+    while True:
         try:
-            os.replace(path, doomed)
-        except FileNotFoundError:
-            return None
-        return doomed
-    finally:
-        if fd is not None:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True, fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False, None
+            time.sleep(0.05)
 
 
 def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],

@@ -384,3 +384,43 @@ def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  
     finally:
         service.close()
     assert [r["package"] for r in clr(relay)["removed"]] == [pkg]  # once read, it goes
+
+
+def test_rdsft_init_waits_for_a_reader_then_keeps_the_package_and_says_so(tree) -> None:  # type: ignore[no-untyped-def]
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    tree.add("c", "relay")
+    tree.check_in_upward(["c", "relay"])
+    pkg = tree.package(name="BIG", script=None, files={"blob": os.urandom(3 << 20).hex()})
+    mgr.run("dcmjexe", "-r", pkg, "-h", "c")
+    relay.run("rdsft", "-a")
+    service = protocol.UpperService(Home.open(relay.path), "c")
+    try:
+        blocks = service.read(pkg, 0, 1 << 40)
+        next(blocks)
+        proc = relay.run("rdsft", "-init", check=False, env=relay.env(RDS_LOCK_TIMEOUT="0.5"))
+        assert proc.returncode == 5
+        assert proc.stdout == f"deleted 0 package(s) from {relay.path / 'RDS'}\n"
+        assert proc.stderr == f"rdsft: kept {pkg}: being read by a lower system\n"
+        assert kept(relay) == [pkg] and groupid(relay) == {(1, "c"): "WAIT"}  # its job untouched
+        b"".join(blocks)
+    finally:
+        service.close()
+    assert relay.run("rdsft", "-init").stdout.startswith("deleted 1 package(s)")
+
+
+def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tree) -> None:  # type: ignore[no-untyped-def]
+    """The jobs are settled before the package leaves: a kill in between never strands a job."""
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", "CacheSizeLimit\t1\nIDCommandDeleteTiming\tMANUAL\n")
+    tree.add("c", "relay")
+    tree.check_in_upward(["c", "relay"])
+    pkg = tree.package(name="A", script=None)
+    mgr.run("dcmjexe", "-r", pkg, "-h", "c")
+    relay.run("rdsft", "-a")
+    proc = relay.run("rdsclr", check=False, env=relay.env(RDS_CRASH_AT="cleanup-settled"))
+    assert proc.returncode == -signal.SIGKILL
+    assert groupid(relay) == {(1, "c"): "INVALID"} and kept(relay) == [pkg]
+    out = clr(relay)
+    assert [r["package"] for r in out["removed"]] == [pkg] and out["jobs_invalidated"] == 0
+    assert kept(relay) == []
+    relay.run("rdssnd", "--once")
+    assert dcmstat(mgr)[(1, "c")]["status"] == "ERROR"
