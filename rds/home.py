@@ -31,8 +31,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import filelock
-
 from rds import fsutil
 from rds.errors import LockTimeout, SettingsError
 from rds.settings import Settings, load_settings
@@ -114,6 +112,8 @@ class Home:
         wait = lock_timeout() if timeout is None else timeout
         path = self.run / f"{name}.lock"
         owner = self.run / f"{name}.owner"
+        import filelock  # here: it costs 30 ms to import, and rds-serve and rds-wake start for every request
+
         lock = filelock.FileLock(str(path))
         try:
             lock.acquire(timeout=wait)

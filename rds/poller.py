@@ -49,30 +49,42 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            local = not (home.settings.managing_host or "").startswith("ssh://")
-            found, manifests = client.checkin(jobs.subtree(db), wake=str(home.path) if local else None)
+            found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
             status.record(home, found, "KEEPING")
             crashpoints.reach("stored")
-            client.ack(found)
-            crashpoints.reach("acked")
-            if client.invalid:
-                n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
-                if n:
-                    log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
-            if found:
-                log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-            report.fetched = fetch_needed(db, store, client, log.info)
-            status.kept(home, db, store)
-            if report.received:
-                startup.start_lowers(home, db, log.info, [j.job_no for j in found])
+            # startup requests log in below while the packages come; they are sent once they are here
+            requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
+            try:
+                client.ack(found)
+                crashpoints.reach("acked")
+                if client.invalid:
+                    n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
+                    if n:
+                        log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
+                if found:
+                    log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
+                report.fetched = fetch_needed(db, store, client, log.info)
+                status.kept(home, db, store)
+            finally:
+                if requests is not None:
+                    requests.finish()
             report.installed = install_own(home, db, store, log.info)
             report.sent = send_results(home, db, client)
         finally:
             client.link.close()
             db.close()
     return report
+
+
+def startup_address(home: Home) -> str | None:
+    """Where this host's upper system sends it startup requests: StartupAddress, else this home's
+    path when the upper system is on this machine; over SSH without StartupAddress, nowhere (it polls)."""
+    s = home.settings
+    if s.startup_address is not None:
+        return s.startup_address
+    return None if (s.managing_host or "").startswith("ssh://") else str(home.path)
 
 
 def _manifest(db: sqlite3.Connection, job: Job) -> Manifest:

@@ -4,7 +4,8 @@ The lower system always asks; the upper system answers.  Every request is a
 JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
 
 ``checkin``  ``below``: every host under the asking one; ``wake``: where a
-             startup request reaches the asker (optional).  The upper system
+             startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
+             or the absolute path of its home (rds.startup).  The upper system
              learns its routes from it and answers with the jobs waiting for
              the asker's whole subtree and the manifests of their packages,
              and ``invalid``: the jobs it handed the asker whose package has
@@ -38,7 +39,7 @@ from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId, Storehouse
 from rds.results import Result
-from rds.settings import valid_hostname
+from rds.settings import startup_address, valid_hostname
 
 VERSION = 1
 MAX_BELOW = 1_000_000
@@ -53,9 +54,10 @@ class UpperService:
     request that claims another host is refused.
     """
 
-    def __init__(self, home: Home, lower: str) -> None:
+    def __init__(self, home: Home, lower: str, remote: bool = False) -> None:
         self.home = home
         self.lower = lower
+        self.remote = remote  # over SSH: a lower system on another machine names no home on this one
         self.store = Storehouse(home.packages)
         self._db: sqlite3.Connection | None = None
 
@@ -105,8 +107,13 @@ class UpperService:
         for h in below:
             if not isinstance(h, str) or not valid_hostname(h):
                 raise ProtocolError(f"'below' holds a bad host name: {h!r}")
-        if wake is not None and not (isinstance(wake, str) and len(wake) < 4096 and wake.startswith("/")):
-            raise ProtocolError("'wake' must be the absolute path of a home")
+        if wake is not None:
+            try:
+                wake = startup_address(wake)
+            except (TypeError, ValueError, AttributeError):
+                raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
+            if self.remote and not wake.startswith("ssh://"):
+                raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
         ready, manifests = [], {}
         for job in jobs.for_lower(self.db, self.lower):

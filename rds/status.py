@@ -24,8 +24,8 @@ CLT_START (30)     a startup request to the lower system toward the destination
                    succeeded
 CLT_START_ERROR    it failed, or a lower system reported EXEC-ERROR/LINE-DOWN
 (3f)
-CLT_WAIT (90)      no startup request was sent (``.cltwup_off``): the job waits
-                   for the lower system's poll
+CLT_WAIT (90)      no startup request was sent (``.cltwup_off``, or no startup
+                   address): the job waits for the lower system's poll
 INS_WAIT (40)      the lower system toward the destination took the job (ack)
 GEN_START (50)     the install began: this host's own, or the destination
                    itself (a host directly below) began reading the package

@@ -81,6 +81,8 @@ GOOD = [
     ("ConnectTimeout", "30", "connect_timeout", 30.0),
     ("ConnectTimeout", "2m", "connect_timeout", 120.0),
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
+    ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
+    ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
 ]
 
 
@@ -98,6 +100,7 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 # -- bad values ---------------------------------------------------------------
 
 BAD = [
+    ("StartupAddress", "ssh://relay1/NETMRDS"),
     ("ManagingHost", "relative/home"),
     ("ManagingHost", "http://mgr"),
     ("ManagingHost", "ssh://"),
@@ -326,3 +329,9 @@ def test_bad_system_host_name_without_hostname_is_a_settings_error(system_name: 
         load_settings(tmp_path)
     (tmp_path / "rdsprm" / "RDSSETFL").write_text("HostName\tgood1\n")
     assert load_settings(tmp_path).host_name == "good1"
+
+
+def test_startup_address_path_needs_an_upper_system_on_this_machine(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="StartupAddress: an upper system reached over SSH takes only ssh://"):
+        parse("ManagingHost\tssh://mgr\nStartupAddress\t/NETMRDS\n", tmp_path)
+    assert parse("ManagingHost\t/srv/mgr\nStartupAddress\t/NETMRDS\n", tmp_path).startup_address == "/NETMRDS"
