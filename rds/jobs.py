@@ -23,10 +23,12 @@ from rds.state import Transaction
 
 INSTALL = "INSTALL"
 TRANSFER = "TRANSFER"  # JP1's "Transfer package to relay system": the relay fetches and keeps the package
-TYPES = (INSTALL, TRANSFER)
+DELETE = "DELETE"  # Batch delete packages on relay system: the destination removes the package
+TYPES = (INSTALL, TRANSFER, DELETE)
 
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
+PENDING = (WAIT, HANDED, INSTALLING)  # not ended: their package is still needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,11 @@ def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> lis
 def set_state(db: sqlite3.Connection, job: Job, state: str, handed_to: str | None = None) -> None:
     db.execute("UPDATE jobs SET state=?, handed_to=COALESCE(?, handed_to) WHERE job_no=? AND dest=?",
                (state, handed_to, job.job_no, job.dest))
+
+
+def state_of(db: sqlite3.Connection, job: Job) -> str | None:
+    row = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def begin_install(db: sqlite3.Connection, job: Job) -> int:

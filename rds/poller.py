@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cache, crashpoints, fsutil, install, jobs, results, startup, state, states, status
+from rds import cache, cleanup, crashpoints, fsutil, install, jobs, results, startup, state, states, status
 from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
@@ -45,6 +45,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     report = PassReport()
     with home.lock("rdsft"):
         fsutil.remove_strays(home.packages)
+        cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         db = state.connect(home.db_path)
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
@@ -59,6 +60,10 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             try:
                 client.ack(found)
                 crashpoints.reach("acked")
+                if client.invalid:
+                    n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
+                    if n:
+                        log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info)
@@ -138,8 +143,17 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
     todo += [(j, False) for j in jobs.in_state(db, jobs.WAIT, host)]
     for job, resumed in todo:
-        if job.type != jobs.INSTALL:
+        if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
+            continue  # a DELETE job before it invalidated it
+        if job.type == jobs.DELETE:
+            res = cleanup.delete_job(home, db, job)
+            results.record(db, res)
+            status.record_results(home, db, [res])
+            log(f"job {job.job_no} {job.package}: {res.status}: {res.message}")
+            done.append(res)
             continue
+        if job.type != jobs.INSTALL:
+            continue  # a Transfer job: done by fetch_needed
         m = store.get(job.package)  # current and verified by fetch_needed, which may have replaced the job's
         if m is None:
             continue  # not fetched yet (its download failed): the next pass

@@ -7,7 +7,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
              startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup).  The upper system
              learns its routes from it and answers with the jobs waiting for
-             the asker's whole subtree and the manifests of their packages.
+             the asker's whole subtree and the manifests of their packages,
+             and ``invalid``: the jobs it handed the asker whose package has
+             left its storehouse since (rds.cleanup).
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree.
@@ -28,6 +30,7 @@ carries these messages: ``transport.local`` calls the upper home directly,
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -35,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cache, crashpoints, daemon, fsutil, jobs, results, state, status
+from rds import cache, cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import (
     CommunicationError,
     InputError,
@@ -148,10 +151,13 @@ class UpperService:
         manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
             # handed out whether the package is here or not: the record carries its manifest,
-            # and a read of a package not here fetches it (rds.cache)
-            manifests.setdefault(str(job.package), jobs.manifest(self.db, job).to_json())
+            # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            key = str(job.package)
+            if key not in manifests or job.type != jobs.DELETE:
+                manifests[key] = jobs.manifest(self.db, job).to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests}
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                "invalid": cleanup.handed_invalid(self.db, self.lower)}
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -183,8 +189,8 @@ class UpperService:
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
         row = self.db.execute(
-            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? LIMIT 1",
-            (self.lower, str(pid))).fetchone()
+            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? AND j.type!=?"
+            " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
         if row is None:
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
         return pid
@@ -230,6 +236,7 @@ class UpperService:
         m = self.store.get(pid)
         if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
             m = self.obtain(pid)
+        self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         status.reading(self.home, self.db, self.lower, m.id)
         path = self.store.payload(pid)
         return _counted(_blocks(path, offset, min(length, max(0, m.size - offset))),
@@ -248,6 +255,7 @@ def _counted(blocks: Iterator[bytes], done: Any) -> Iterator[bytes]:
 
 def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
         f.seek(offset)
         while length > 0:
             block = f.read(min(length, 1 << 20))
@@ -288,6 +296,7 @@ class UpperClient:
         self.link = link
         self.host = host
         self.where = where
+        self.invalid: list[tuple[int, str]] = []
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         reply = self.link.call({"op": op, "v": VERSION, "host": self.host, **fields})
@@ -316,6 +325,10 @@ class UpperClient:
             m = manifests.get(str(job.package))
             if m is None or m.id != job.package:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
+            self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:
