@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from conftest import BIN, Host, Tree
+from sshd import CutProxy, Sshd, serve_command
+from sshd import make_package as big_package
 
 from rds import fsutil
 from rds.packages import MANIFEST, PAYLOAD
@@ -332,7 +334,20 @@ def _kill_oneoff(host: Host, env: dict[str, str], how: str, rng: random.Random) 
 # -- 2. cut connections ---------------------------------------------------------
 
 
-def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
+class ResetProxy(CutProxy):
+    """CutProxy whose cut is, when ``reset`` is set, a TCP reset rather than a hang-up."""
+
+    reset = False
+
+    def _hang_up(self, client: socket.socket) -> None:  # type: ignore[override]
+        if self.reset:  # what the lower system's kernel had not handed to rds yet is gone with it
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        else:
+            CutProxy._hang_up(client)
+
+
+def network(work: Path, trials: int, seed: int, size: int = 256 << 20, resets: float = 0.5) -> Row:
     """One package of ``size`` bytes over SSH through a proxy that cuts the link ``trials`` times.
 
     The cuts fall at random points of the transfer; each is, at random, a
@@ -341,19 +356,6 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
     notes the bytes the proxy passed from the upper to the lower system per
     byte of package; the promise is at most 1.1.
     """
-    from sshd import CutProxy, Sshd, serve_command
-    from sshd import make_package as big_package
-
-    class Proxy(CutProxy):
-        reset = False
-
-        def _hang_up(self, client: socket.socket) -> None:  # type: ignore[override]
-            if self.reset:  # a reset: whatever the lower system's kernel had not delivered yet is gone
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()
-            else:
-                CutProxy._hang_up(client)
-
     rng = random.Random(seed)
     row = Row(f"cut link x{trials} in one {size >> 20} MiB transfer", trials=trials)
     tree = Tree(work / "hosts")
@@ -362,7 +364,7 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
     server = Sshd(work / "sshd")
     key = server.add_key("relay1", command=serve_command("relay1", mgr.path))
     server.start()
-    proxy = Proxy(server.port)
+    proxy = ResetProxy(server.port)
     try:
         known = work / "known_hosts"
         known.write_text(f"[127.0.0.1]:{proxy.port} {server.host_key_line()}\n")
@@ -376,6 +378,7 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
         start_down = proxy.down
         part = relay.path / "RDS" / ".partial" / f"{m.id}.{m.sha256[:16]}.part"
         runs = cut = 0
+        waste: list[tuple[int, bool]] = []  # bytes that came down but were not kept, per cut
         started = time.monotonic()
         while True:
             runs += 1
@@ -384,10 +387,13 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
                 left = m.size - have
                 # a random point of what is left, so that the cuts spread over the whole transfer
                 proxy.cut_after = proxy.down + int(rng.uniform(0.2, 1.8) * left / (trials - cut + 1)) + 4096
-                proxy.reset = rng.random() < 0.5
+                proxy.reset = rng.random() < resets
+            down0, have0 = proxy.down, part.stat().st_size if part.exists() else 0
             proc = relay.run("rdsft", "-a", check=False, timeout=600)
             if proxy.cut_after is None and cut < trials:
                 cut += 1
+                kept = (part.stat().st_size if part.exists() else 0) - have0
+                waste.append((proxy.down - down0 - kept, proxy.reset))
                 lines = proc.stderr.strip().splitlines()
                 if proc.returncode != 253 or len(lines) != 1:
                     row.failed.append(f"cut {cut}: exit {proc.returncode}, stderr {proc.stderr.strip()!r}")
@@ -403,6 +409,11 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20) -> Row:
             break
         took = time.monotonic() - started
         ratio = (proxy.down - start_down) / m.size
+        for kind in (False, True):
+            lost = sorted(w for w, r in waste if r == kind)
+            if lost:
+                row.notes.append(f"{'reset' if kind else 'hang-up'}: {len(lost)} cuts lost "
+                                 f"{lost[len(lost) // 2] >> 10} KiB (median), {lost[-1] >> 10} KiB (most) each")
         row.notes.append(f"{cut} cuts, {runs} runs, {proxy.down - start_down} bytes down for {m.size} "
                          f"= {ratio:.3f}x, {took:.1f}s")
         whole = (relay.path / "RDS" / str(m.id) / PAYLOAD)
