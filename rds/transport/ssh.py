@@ -610,14 +610,12 @@ def transport_class() -> Any:
                         return
                     self._send_message(data)
                     return
-            try:
+            # If the link is gone, drop the message, as paramiko itself does once it knows: raising
+            # would lose what Channel.recv had just taken from its buffer before it sent the window
+            # adjustment (issue 7: up to WINDOW bytes received, never written).  The next receive
+            # says that the link ended.
+            with contextlib.suppress(EOFError, OSError):
                 super()._send_user_message(data)
-            except (EOFError, OSError):
-                # The link is gone; paramiko itself drops a message once it knows.  Raising here
-                # would lose what Channel.recv had just taken from its buffer before it sent the
-                # window adjustment (issue 7: up to WINDOW bytes received but never written); the
-                # next receive says the link ended.
-                pass
 
         def _parse_newkeys(self, m: Any) -> None:
             if self.initial_kex_done:
