@@ -12,6 +12,7 @@ record the signal; the loop acts on it:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import shutil
@@ -21,8 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import filelock
 
 from rds import fsutil
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
@@ -35,16 +34,25 @@ def pid_path(home: Home, name: str) -> Path:
 
 
 def running_pid(home: Home, name: str) -> int | None:
-    """The pid of this home's resident ``name``, if it runs."""
-    lock = filelock.FileLock(str(home.run / f"{name}.life"))
+    """The pid of this home's resident ``name``, if it runs.
+
+    It runs while it holds the flock of ``run/NAME.life`` (filelock's lock,
+    taken in Resident._alive); probed here with fcntl directly, so that
+    rds-wake does not pay for importing filelock.
+    """
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
+        fd = os.open(home.run / f"{name}.life", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         try:
             return int(pid_path(home, name).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-    lock.release()
+    finally:
+        os.close(fd)  # releases the probe's lock if it got it
     return None
 
 
@@ -120,6 +128,8 @@ class Resident:
 
     @contextlib.contextmanager
     def _alive(self) -> Iterator[None]:
+        import filelock
+
         lock = filelock.FileLock(str(self.home.run / f"{self.name}.life"))
         try:
             lock.acquire(timeout=0.5)  # running_pid() takes it for an instant to look

@@ -4,7 +4,8 @@ The lower system always asks; the upper system answers.  Every request is a
 JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
 
 ``checkin``  ``below``: every host under the asking one; ``wake``: where a
-             startup request reaches the asker (optional).  The upper system
+             startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
+             or the absolute path of its home (rds.startup).  The upper system
              learns its routes from it and answers with the jobs waiting for
              the asker's whole subtree and the manifests of their packages.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
@@ -29,14 +30,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, daemon, fsutil, jobs, results, state
+from rds import crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused, SystemError_
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
 from rds.packages import Manifest, PackageId, Storehouse
 from rds.results import Result
-from rds.settings import valid_hostname
+from rds.settings import startup_address, valid_hostname
 
 VERSION = 1
 MAX_BELOW = 1_000_000
@@ -51,9 +52,10 @@ class UpperService:
     request that claims another host is refused.
     """
 
-    def __init__(self, home: Home, lower: str) -> None:
+    def __init__(self, home: Home, lower: str, remote: bool = False) -> None:
         self.home = home
         self.lower = lower
+        self.remote = remote  # over SSH: a lower system on another machine names no home on this one
         self.store = Storehouse(home.packages)
         self._db: sqlite3.Connection | None = None
 
@@ -103,8 +105,13 @@ class UpperService:
         for h in below:
             if not isinstance(h, str) or not valid_hostname(h):
                 raise ProtocolError(f"'below' holds a bad host name: {h!r}")
-        if wake is not None and not (isinstance(wake, str) and len(wake) < 4096 and wake.startswith("/")):
-            raise ProtocolError("'wake' must be the absolute path of a home")
+        if wake is not None:
+            try:
+                wake = startup_address(wake)
+            except (TypeError, ValueError, AttributeError):
+                raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
+            if self.remote and not wake.startswith("ssh://"):
+                raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
         ready, manifests = [], {}
         for job in jobs.for_lower(self.db, self.lower):
@@ -124,7 +131,9 @@ class UpperService:
                 raise ValueError("job number")
         except (TypeError, ValueError):
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
-        return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
+        taken = jobs.hand_over(self.db, self.lower, pairs)
+        status.handed(self.home, self.db, self.lower, pairs)
+        return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -138,6 +147,7 @@ class UpperService:
         log = logger(self.home)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
+        status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -168,6 +178,7 @@ class UpperService:
             except IntegrityError as e:
                 self.store.remove(m.id)
                 raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
+        status.reading(self.home, self.db, self.lower, m.id)
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
 
 

@@ -25,7 +25,4 @@ def _pending(name: str, summary: str) -> Callable[[], NoReturn]:
     return lambda: run(command)
 
 
-rdsdlv = _pending("rdsdlv", "Display or delete distribution status entries")
-rdsdlvse = _pending("rdsdlvse", "Start (or with -p stop) the distribution status server facility")
-rdsdlvclr = _pending("rdsdlvclr", "Initialise the distribution situation file")
 rdsclr = _pending("rdsclr", "Delete expired packages and enforce the cache size limit")
