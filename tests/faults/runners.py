@@ -27,6 +27,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import time
@@ -130,6 +131,20 @@ def half_packages(hosts: list[Host]) -> list[str]:
             except ValueError as e:
                 bad.append(f"{h.name}:{d.name}: {e}")
     return bad
+
+
+def unsent(hosts: list[Host]) -> list[str]:
+    """Results still waiting to go up once every job has ended (there must be none)."""
+    out = []
+    for h in hosts:
+        db = sqlite3.connect(f"file:{h.path / 'GROUP' / 'rds.db'}?mode=ro", uri=True)
+        try:
+            n = db.execute("SELECT count(*) FROM results WHERE sent IS NULL").fetchone()[0]
+        finally:
+            db.close()
+        if n:
+            out.append(f"{h.name}: {n} result(s) never acknowledged by the upper system")
+    return out
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
@@ -292,6 +307,8 @@ def crash(work: Path, trials: int, seed: int) -> Row:
                 row.survived += 1
         row.trials = trial
         row.failed += half_packages(everyone)
+        if not wait_until(lambda: not unsent(lowers), 15):  # the last acknowledgement may be under way
+            row.failed += unsent(lowers)
     finally:
         for r in residents.values():
             r.stop()
