@@ -8,13 +8,16 @@
       RDS/                    temporary package storehouse (on the managing server: the
         C.CAB.PKG.VER.GEN/    registered packages), one directory a package:
           payload.tgz           the archive, written and flushed first
-          manifest.json         size, SHA-256, install directory...; written last
+          manifest.json         size, SHA-256, install directory...; written last (its mtime:
+                                when the package was stored)
+          .accessed             empty; its mtime is the last access (stored, installed, served)
         .partial/             downloads in progress, resumed from their size
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
       GROUP/delivery.db       distribution situation file (rds.status), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did
       log/install/            the output of each install script
-      run/                    locks (*.lock, with *.owner saying who holds them), pid files
+      run/                    locks (*.lock, with *.owner saying who holds them), pid files,
+                              boot_id (the boot this home last started in: retention once a boot)
       work/                   exit-status files of install scripts
 """
 

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import crashpoints, fsutil, install, jobs, results, startup, state, status
+from rds import cleanup, crashpoints, fsutil, install, jobs, results, startup, state, status
 from rds.errors import IntegrityError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -44,6 +44,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     report = PassReport()
     with home.lock("rdsft"):
         fsutil.remove_strays(home.packages)
+        cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         db = state.connect(home.db_path)
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
@@ -58,6 +59,10 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             try:
                 client.ack(found)
                 crashpoints.reach("acked")
+                if client.invalid:
+                    n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
+                    if n:
+                        log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched = fetch_needed(db, store, client, log.info)
@@ -92,6 +97,8 @@ def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,
     """Bring every package that a job held here needs, once each."""
     needed: dict[str, Manifest] = {}
     for job in jobs.in_state(db, jobs.WAIT) + jobs.in_state(db, jobs.INSTALLING):
+        if job.type == jobs.DELETE:
+            continue  # deletes a package; needs none
         m = _manifest(db, job)
         have = store.get(m.id)
         if have is not None and have.sha256 != m.sha256:
@@ -121,7 +128,16 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
     todo += [(j, False) for j in jobs.in_state(db, jobs.WAIT, host)]
     for job, resumed in todo:
+        if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
+            continue  # a DELETE job before it invalidated it
         m = _manifest(db, job)
+        if job.type == jobs.DELETE:
+            res = cleanup.delete_job(home, db, job)
+            results.record(db, res)
+            status.record_results(home, db, [res])
+            log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
+            done.append(res)
+            continue
         if not store.has(m.id):
             continue  # not fetched yet (its download failed): the next pass
         if not resumed:

@@ -7,7 +7,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
              startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup).  The upper system
              learns its routes from it and answers with the jobs waiting for
-             the asker's whole subtree and the manifests of their packages.
+             the asker's whole subtree and the manifests of their packages,
+             and ``invalid``: the jobs it handed the asker whose package has
+             left its storehouse since (rds.cleanup).
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree.
@@ -23,14 +25,16 @@ carries these messages: ``transport.local`` calls the upper home directly,
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, daemon, fsutil, jobs, results, state, status
+from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused, SystemError_
 from rds.home import Home
 from rds.jobs import Job
@@ -117,12 +121,13 @@ class UpperService:
         for job in jobs.for_lower(self.db, self.lower):
             key = str(job.package)
             if key not in manifests:
-                m = self.store.get(job.package)
+                m = self.store.get(job.package) if job.type != jobs.DELETE else _job_manifest(self.db, job)
                 if m is None:
                     continue  # not kept here yet: handed out once the package is here
                 manifests[key] = m.to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests}
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                "invalid": cleanup.handed_invalid(self.db, self.lower)}
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -158,8 +163,8 @@ class UpperService:
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
         row = self.db.execute(
-            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? LIMIT 1",
-            (self.lower, str(pid))).fetchone()
+            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? AND j.type!=?"
+            " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
         if row is None:
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
         m = self.store.get(pid)
@@ -178,12 +183,19 @@ class UpperService:
             except IntegrityError as e:
                 self.store.remove(m.id)
                 raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
+        self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         status.reading(self.home, self.db, self.lower, m.id)
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
 
 
+def _job_manifest(db: sqlite3.Connection, job: Job) -> Manifest:
+    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return Manifest.from_json(json.loads(row[0])["manifest"])
+
+
 def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
         f.seek(offset)
         while length > 0:
             block = f.read(min(length, 1 << 20))
@@ -224,6 +236,7 @@ class UpperClient:
         self.link = link
         self.host = host
         self.where = where
+        self.invalid: list[tuple[int, str]] = []
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         reply = self.link.call({"op": op, "v": VERSION, "host": self.host, **fields})
@@ -250,6 +263,10 @@ class UpperClient:
             m = manifests.get(str(job.package))
             if m is None or m.id != job.package:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
+            self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

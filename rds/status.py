@@ -421,7 +421,8 @@ def kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
     or KEEP_ERROR (or nothing), so a later status is never set back.
     """
     def work(f: File) -> None:
-        rows = db.execute("SELECT job_no, dest, type, package, created FROM jobs WHERE state IN ('WAIT', 'INSTALLING')")
+        rows = db.execute("SELECT job_no, dest, type, package, created FROM jobs WHERE state IN ('WAIT', 'INSTALLING')"
+                          " AND type != 'DELETE'")  # a DELETE job brings no package
         waiting = [Job(int(r[0]), str(r[1]), str(r[2]), PackageId.parse(r[3]), str(r[4])) for r in rows]
         if not waiting:
             return

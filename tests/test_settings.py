@@ -137,7 +137,7 @@ BAD = [
     ("CacheSizeLimit", "10X"),
     ("CacheHighWaterMark", "0"),
     ("CacheHighWaterMark", "101"),
-    ("CacheCleanupInterval", "30s"),
+    ("CacheCleanupInterval", "0.5s"),
     ("CacheCleanupInterval", "0"),
     ("ConnectTimeout", "0"),
     ("ConnectTimeout", "2h"),
