@@ -30,6 +30,7 @@ carries these messages: ``transport.local`` calls the upper home directly,
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -47,6 +48,7 @@ from rds.errors import (
     ProtocolError,
     RdsError,
     Refused,
+    SystemError_,
     UnableToCache,
 )
 from rds.home import Home
@@ -174,10 +176,14 @@ class UpperService:
         if not isinstance(items, list):
             raise ProtocolError("'results' must be a list")
         parsed = [Result.from_json(r) for r in items]
+        kept: list[Result] = []
         try:
-            n = results.accept(self.db, self.lower, parsed, self.home.host)
+            n = results.accept(self.db, self.lower, parsed, self.home.host, kept)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        log = logger(self.home)
+        for r in kept:  # once per result and status: a resent batch logs nothing
+            log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
         status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
@@ -364,6 +370,12 @@ class UpperClient:
                     self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out, sha))
                     out.flush()
                     os.fsync(out.fileno())
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                kept = part.stat().st_size if part.exists() else 0
+                raise SystemError_(f"{part}: disk full; the {kept} bytes of package {manifest.id} received "
+                                   "are kept and the next run resumes after them") from None
             finally:
                 if part.exists() and part.stat().st_size == 0:
                     part.unlink()  # nothing came: leave no empty partial download
