@@ -19,9 +19,9 @@ Seed 002's two policies (``CachingPolicy``):
   the policy, by the relay it is for and by every relay it passes through.
 
 The managing server is authoritative and asks no one.  A fetch holds the
-home's lock ``fetch-PACKAGE`` for its whole length, so that several lower
-systems or passes needing one package cause one transfer from upstream: the
-second one finds the package there once it has the lock.
+home's fetch lock of the package for its whole length (``fetch_lock``), so
+that several lower systems or passes needing one package cause one transfer
+from upstream: the second one finds the package there once it has the lock.
 
 Remembered checksums: ``RDS/.checksums/PACKAGE.json`` holds the upper
 system's manifest and when it was asked.
@@ -29,6 +29,8 @@ system's manifest and when it was asked.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -56,6 +58,16 @@ def unable(home: Home, pid: PackageId, why: str = "it was not staged") -> Unable
         f"unable to cache package {pid} on {home.host}: CachingPolicy is {home.settings.caching_policy} "
         f"(manual update) and {why}; stage it there with 'rdsstage -i PATH' from a copy made on the managing "
         f"server with 'rdsstage -o PATH -r {pid}', or push it with 'dcmjexe -t transfer -r {pid} -h {home.host}'")
+
+
+def fetch_lock(home: Home, pid: PackageId) -> contextlib.AbstractContextManager[None]:
+    """The lock held while ``pid`` is fetched or staged.
+
+    Packages share 256 lock files (``run/fetch-XX.lock``) by a hash of their
+    ID, so lock files do not pile up as packages come and go; two packages
+    that share one wait for each other's fetch, which is rare and harmless.
+    """
+    return home.lock(f"fetch-{hashlib.sha256(str(pid).encode()).hexdigest()[:2]}")
 
 
 def _checksum_path(store: Storehouse, pid: PackageId) -> Path:
@@ -122,7 +134,7 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
     CommunicationError when the upper system does not deliver.
     """
     fetching = may_fetch(home, db, pid, force)
-    with home.lock(f"fetch-{pid}"):  # one transfer per package; a waiter finds it here afterwards
+    with fetch_lock(home, pid):  # one transfer per package; a waiter finds it here afterwards
         have = store.get(pid)
         cur = current(home, store, pid, upper, log, fetching)
         if have is not None and have.sha256 == cur.sha256:

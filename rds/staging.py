@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rds import fsutil
+from rds import cache, fsutil
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse, check_member
@@ -231,7 +231,7 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
             raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {sha.hexdigest()[:16]}..., but the "
                                  f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")
         check_payload(part)
-        with home.lock(f"fetch-{m.id}"):  # not while a fetch of the same package runs
+        with cache.fetch_lock(home, m.id):  # not while a fetch of the same package runs
             have = store.get(m.id)
             if have is not None and have.sha256 == m.sha256:
                 with contextlib.suppress(RdsError):

@@ -19,7 +19,8 @@ from conftest import BIN, Host, Tree, installs
 from sshd import serve_command
 
 from rds import cache
-from rds.packages import Storehouse
+from rds.home import Home
+from rds.packages import PackageId, Storehouse
 
 sshd_factory = sshd.sshd_factory
 
@@ -388,7 +389,7 @@ def test_a_read_that_waits_too_long_for_a_fetch_is_asked_again_later(tree: Tree)
     pid = tree.package()
     job = mgr.run("dcmjexe", "-r", pid, "-h", "c").stdout.strip()
     relay.run("rdsft", "-a")
-    with relay.home().lock(f"fetch-{pid}"):  # another fetch of the package that takes long
+    with cache.fetch_lock(relay.home(), PackageId.parse(pid)):  # another fetch of the package that takes long
         proc = c.run("rdsft", "-a", env=c.env(RDS_LOCK_TIMEOUT="1"))
     assert "packages fetched: 0" in proc.stdout and installs(c) == 0
     assert f"relay is still fetching {pid} for another system" in log_of(c)
@@ -417,3 +418,12 @@ def test_staging_replaces_another_copy_but_never_a_registered_package(tree: Tree
     assert f"package {pid} is registered here with other content; not replaced" in proc.stderr
     payload = f"RDS/{pid}/payload.tgz"
     assert (mgr.path / payload).read_bytes() != (other_mgr.path / payload).read_bytes()  # kept its own
+
+
+def test_fetch_locks_do_not_pile_up(tmp_path: Path) -> None:
+    """Regression: every package fetched left its own lock file in run/ for good."""
+    home = Home.open(tmp_path / "h")
+    for i in range(600):
+        with cache.fetch_lock(home, PackageId.make("AB", f"P{i}", "1")):
+            pass
+    assert len(list(home.run.glob("fetch-*.lock"))) <= 256

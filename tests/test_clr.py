@@ -434,3 +434,41 @@ def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tre
     assert kept(relay) == []
     relay.run("rdssnd", "--once")
     assert dcmstat(mgr)[(1, "c")]["status"] == "ERROR"
+
+
+def strays(host) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p.name for p in (host.path / "RDS").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_rdsclr_deletes_the_files_in_the_background_unless_told_to_wait(tree) -> None:  # type: ignore[no-untyped-def]
+    """A removed package is out of sight when rdsclr returns; its files go in a detached process,
+    or before it returns with --wait."""
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr")
+    old = [stored_package(relay, n) for n in ("A", "B", "C")]
+    for pid in old:
+        stored(relay, pid, 40 * DAY)
+    out = clr(relay)
+    assert sorted(r["package"] for r in out["removed"]) == sorted(old) and kept(relay) == []
+    assert isinstance(out["reaper_pid"], int)
+    wait_for(lambda: not strays(relay), timeout=30)
+    text = relay.run("rdsclr").stdout
+    assert "background" not in text  # nothing left to delete: no background process
+    more = [stored_package(relay, n) for n in ("D", "E")]
+    for pid in more:
+        stored(relay, pid, 40 * DAY)
+    out = clr(relay, "--wait")
+    assert len(out["removed"]) == 2 and out["reaper_pid"] is None and not strays(relay)
+
+
+def test_rdsclr_forgets_the_checksums_of_packages_gone(tree) -> None:  # type: ignore[no-untyped-def]
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr")
+    keep, gone = stored_package(relay, "KEEP"), stored_package(relay, "GONE")
+    sums = relay.path / "RDS" / ".checksums"
+    sums.mkdir()
+    for pid in (keep, gone):
+        (sums / f"{pid}.json").write_text("{}")
+    stored(relay, gone, 40 * DAY)
+    clr(relay, "--wait")
+    assert sorted(p.name for p in sums.iterdir()) == [f"{keep}.json"]
