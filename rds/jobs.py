@@ -59,7 +59,7 @@ class Job:
                 raise ValueError(f"creation time {created!r}")
             return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created)
         except (TypeError, KeyError, ValueError) as e:
-            raise JobRecordError(f"not a valid job record: {e}") from None
+            raise JobRecordError(f"not a valid job record: {str(e)[:300]}") from None  # a hostile value may be huge
         except JobRecordError:
             raise
         except Exception as e:  # InputError from PackageId.parse

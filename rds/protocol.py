@@ -120,7 +120,7 @@ class UpperService:
             pairs = [(int(j), str(d)) for j, d in keys]
             if any(not 0 < j < 2**63 for j, _ in pairs):
                 raise ValueError("job number")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
 
@@ -156,6 +156,8 @@ class UpperService:
         m, path = self.package_path(package)
         if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
             raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        if offset > m.size:  # a hostile offset would overflow the seek
+            raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
         if offset == 0:  # a download begins: never serve a copy that does not match its manifest
             try:
                 self.store.verify(m)
@@ -241,7 +243,10 @@ class UpperClient:
 
     def report(self, items: list[Result]) -> int:
         reply = self._call("report", results=[r.to_json() for r in items])
-        return int(reply.get("accepted", 0))
+        accepted = reply.get("accepted", 0)
+        if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted < 0:
+            raise ProtocolError(f"{self.where}: answered report with a bad count {str(accepted)[:40]!r}")
+        return accepted
 
     def fetch(self, store: Storehouse, manifest: Manifest) -> None:
         """Download a package into ``store``, resuming a partial download; verify it."""
@@ -260,7 +265,8 @@ class UpperClient:
             finally:
                 if part.exists() and part.stat().st_size == 0:
                     part.unlink()  # nothing came: leave no empty partial download
-        if part.stat().st_size != manifest.size:
-            raise ProtocolError(f"{self.where}: package {manifest.id} came short "
-                                f"({part.stat().st_size} of {manifest.size} bytes)")
+        got = part.stat().st_size if part.exists() else 0  # nothing came: no partial file was left
+        if got != manifest.size:
+            raise ProtocolError(f"{self.where}: package {manifest.id} came "
+                                f"{'short' if got < manifest.size else 'too long'} ({got} of {manifest.size} bytes)")
         store.add_downloaded(manifest, part, sha.hexdigest())
