@@ -110,7 +110,7 @@ def encode(msg: Any) -> bytes:
 def _decode(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: hostile nesting, [[[[...
         return None
 
 
