@@ -67,7 +67,15 @@ class Job:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job.from_json(json.loads(row["record"]))
+    return Job.from_json(record(row["record"]))
+
+
+def record(text: str) -> Any:
+    """A job record as the state database holds it: JSON, unless the database was damaged."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise JobRecordError(f"not a valid job record: not JSON: {str(text)[:100]!r}") from None
 
 
 def store(db: sqlite3.Connection, jobs: Iterable[Job], manifests: Mapping[str, Manifest],
@@ -187,8 +195,8 @@ def waiting_lowers(db: sqlite3.Connection, jobs_of: Iterable[int] | None = None)
     wanted = None if jobs_of is None else set(jobs_of)
     rows = db.execute("SELECT r.via, j.record FROM jobs j JOIN routes r ON r.host = j.dest WHERE j.state=?"
                       " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
-    for via, record in rows:
-        job = Job.from_json(json.loads(record))
+    for via, text in rows:
+        job = Job.from_json(record(text))
         if wanted is None or job.job_no in wanted:
             out.setdefault(via, []).append(job)
     return out

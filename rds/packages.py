@@ -160,8 +160,8 @@ class Storehouse:
             data = json.loads((self.dir(pid) / MANIFEST).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting, [[[[...
+            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({str(e)[:200]})") from None
         return Manifest.from_json(data)
 
     def has(self, pid: PackageId) -> bool:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from rds import crashpoints, fsutil, install, jobs, results, startup, state
-from rds.errors import IntegrityError, Refused
+from rds.errors import IntegrityError, JobRecordError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
@@ -70,7 +70,10 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
 
 def _manifest(db: sqlite3.Connection, job: Job) -> Manifest:
     row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
-    return Manifest.from_json(json.loads(row[0])["manifest"])
+    try:
+        return Manifest.from_json(json.loads(row[0])["manifest"])
+    except (KeyError, TypeError, ValueError, RecursionError):  # a damaged state database
+        raise JobRecordError(f"job {job.key}: its record holds no valid manifest") from None
 
 
 def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,

@@ -81,6 +81,8 @@ def connect(path: Path) -> sqlite3.Connection:
             db.execute("COMMIT")
     except sqlite3.DatabaseError as e:
         raise SettingsError(f"{path}: cannot open the state database: {e}") from None
+    except UnicodeDecodeError:  # sqlite's own message quotes the damaged schema, which is not UTF-8
+        raise SettingsError(f"{path}: cannot open the state database: its schema is damaged") from None
     return db
 
 
