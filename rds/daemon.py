@@ -12,6 +12,7 @@ record the signal; the loop acts on it:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import shutil
@@ -21,8 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import filelock
 
 from rds import fsutil
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
@@ -35,16 +34,25 @@ def pid_path(home: Home, name: str) -> Path:
 
 
 def running_pid(home: Home, name: str) -> int | None:
-    """The pid of this home's resident ``name``, if it runs."""
-    lock = filelock.FileLock(str(home.run / f"{name}.life"))
+    """The pid of this home's resident ``name``, if it runs.
+
+    It runs while it holds the flock of ``run/NAME.life`` (filelock's lock,
+    taken in Resident._alive); probed here with fcntl directly, so that
+    rds-wake does not pay for importing filelock.
+    """
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
+        fd = os.open(home.run / f"{name}.life", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         try:
             return int(pid_path(home, name).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-    lock.release()
+    finally:
+        os.close(fd)  # releases the probe's lock if it got it
     return None
 
 
@@ -99,11 +107,14 @@ def start_background(home: Home, name: str, argv: list[str], wait: float = 10.0)
 class Resident:
     """The loop of a resident process; ``one_pass`` does the work."""
 
-    def __init__(self, home: Home, name: str, one_pass: Callable[[], str], interval: float | None) -> None:
+    def __init__(self, home: Home, name: str, one_pass: Callable[[], str], interval: float | None,
+                 every: tuple[float, Callable[[], str]] | None = None) -> None:
         self.home = home
         self.name = name
         self.one_pass = one_pass
         self.interval = interval  # None: only when woken
+        self.every = every  # (seconds, task): a side task on its own clock (rdsma's cache cleanup)
+        self.every_due = None if every is None else time.monotonic() + every[0]
         self.log = logger(home)
         self.terms = 0
         self.woken = False
@@ -120,6 +131,8 @@ class Resident:
 
     @contextlib.contextmanager
     def _alive(self) -> Iterator[None]:
+        import filelock
+
         lock = filelock.FileLock(str(self.home.run / f"{self.name}.life"))
         try:
             lock.acquire(timeout=0.5)  # running_pid() takes it for an instant to look
@@ -164,10 +177,16 @@ class Resident:
             os.close(wfd)
         return self.passes
 
-    def _pass(self) -> None:
-        self.passes += 1
+    def _side_task(self) -> None:
+        if self.every is None or self.every_due is None or time.monotonic() < self.every_due:
+            return
+        self.every_due = time.monotonic() + self.every[0]
+        self._pass(self.every[1], count=False)
+
+    def _pass(self, work: Callable[[], str] | None = None, count: bool = True) -> None:
+        self.passes += count
         try:
-            what = self.one_pass()
+            what = (work or self.one_pass)()
             if what:
                 self.log.info(f"{self.name}: {what}")
         except RdsError as e:
@@ -178,8 +197,10 @@ class Resident:
     def _wait(self, rfd: int) -> None:
         deadline = None if self.interval is None else time.monotonic() + self.interval
         while not self.terms and not self.woken:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if timeout == 0:
+            self._side_task()
+            ends = [t for t in (deadline, self.every_due) if t is not None]
+            timeout = None if not ends else max(0.0, min(ends) - time.monotonic())
+            if deadline is not None and time.monotonic() >= deadline:
                 return
             select.select([rfd], [], [], timeout)
             with contextlib.suppress(BlockingIOError):

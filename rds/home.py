@@ -8,12 +8,16 @@
       RDS/                    temporary package storehouse (on the managing server: the
         C.CAB.PKG.VER.GEN/    registered packages), one directory a package:
           payload.tgz           the archive, written and flushed first
-          manifest.json         size, SHA-256, install directory...; written last
+          manifest.json         size, SHA-256, install directory...; written last (its mtime:
+                                when the package was stored)
+          .accessed             empty; its mtime is the last access (stored, installed, served)
         .partial/             downloads in progress, resumed from their size
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
+      GROUP/delivery.db       distribution situation file (rds.status), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did
       log/install/            the output of each install script
-      run/                    locks (*.lock, with *.owner saying who holds them), pid files
+      run/                    locks (*.lock, with *.owner saying who holds them), pid files,
+                              boot_id (the boot this home last started in: retention once a boot)
       work/                   exit-status files of install scripts
 """
 
@@ -26,8 +30,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import filelock
 
 from rds import fsutil
 from rds.errors import LockTimeout, SettingsError
@@ -110,6 +112,8 @@ class Home:
         wait = lock_timeout() if timeout is None else timeout
         path = self.run / f"{name}.lock"
         owner = self.run / f"{name}.owner"
+        import filelock  # here: it costs 30 ms to import, and rds-serve and rds-wake start for every request
+
         lock = filelock.FileLock(str(path))
         try:
             lock.acquire(timeout=wait)

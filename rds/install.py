@@ -151,6 +151,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
     try:
         rc = wait_status(home, job) if resumed else None
         if rc is None:
+            store.touch(manifest.id)  # used: an access, for the cache's least-recently-accessed order
             store.verify(manifest)
             dest = target_dir(home, manifest)
             n = extract(store.payload(manifest.id), dest)

@@ -22,10 +22,12 @@ from rds.settings import valid_hostname
 from rds.state import Transaction
 
 INSTALL = "INSTALL"
-TYPES = (INSTALL,)
+DELETE = "DELETE"  # Batch delete packages on relay system: the destination removes the package
+TYPES = (INSTALL, DELETE)
 
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
+PENDING = (WAIT, HANDED, INSTALLING)  # not ended: their package is still needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,11 @@ def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> lis
 def set_state(db: sqlite3.Connection, job: Job, state: str, handed_to: str | None = None) -> None:
     db.execute("UPDATE jobs SET state=?, handed_to=COALESCE(?, handed_to) WHERE job_no=? AND dest=?",
                (state, handed_to, job.job_no, job.dest))
+
+
+def state_of(db: sqlite3.Connection, job: Job) -> str | None:
+    row = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def begin_install(db: sqlite3.Connection, job: Job) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import time
 
@@ -10,7 +11,7 @@ from rds import jobs, states
 from rds.errors import InputError, UsageError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import PackageId, Storehouse
+from rds.packages import Manifest, PackageId, Storehouse
 from rds.results import now_text
 from rds.settings import valid_hostname
 from rds.state import Transaction
@@ -26,8 +27,8 @@ def require_managing_server(home: Home) -> None:
 
 
 def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: list[str],
-               now: float | None = None) -> tuple[int, list[str]]:
-    """Create an Install package job; returns its number and the hosts not known yet."""
+               now: float | None = None, type_: str = jobs.INSTALL) -> tuple[int, list[str]]:
+    """Create a job (Install package, or DELETE on relays); returns its number and the hosts not known yet."""
     require_managing_server(home)
     now = time.time() if now is None else now
     if not hosts:
@@ -38,14 +39,16 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
         if h == home.host:
             raise InputError(f"{h} is this managing server itself, not a destination")
     manifest = Storehouse(home.packages).get(package)
+    if manifest is None and type_ == jobs.DELETE:  # it may be gone here already; the ID is what counts
+        manifest = Manifest(package, 0, hashlib.sha256(b"").hexdigest(), "/")
     if manifest is None:
         raise InputError(f"unknown package {package} (register it with rdsft -c)")
     created = now_text(now)
     with Transaction(db):
         job_no = int(db.execute("INSERT INTO orders (type, package, created) VALUES (?, ?, ?)",
-                                (jobs.INSTALL, str(package), created)).lastrowid or 0)
+                                (type_, str(package), created)).lastrowid or 0)
         for h in dict.fromkeys(hosts):
-            jobs.insert(db, Job(job_no, h, jobs.INSTALL, package, created), manifest, now)
+            jobs.insert(db, Job(job_no, h, type_, package, created), manifest, now)
     unknown = [h for h in dict.fromkeys(hosts) if jobs.route(db, h) is None]
     return job_no, unknown
 

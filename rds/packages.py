@@ -8,6 +8,7 @@ either wholly there, verified, or not there at all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +25,7 @@ from rds.errors import InputError, IntegrityError, UnsafeArchive
 
 PAYLOAD = "payload.tgz"
 MANIFEST = "manifest.json"
+ACCESSED = ".accessed"  # its mtime is the package's last access (rds.cleanup)
 MANIFEST_FORMAT = 1
 
 _FIELDS = {
@@ -224,6 +226,7 @@ class Storehouse:
         return manifest
 
     def _commit(self, work: Path, manifest: Manifest) -> None:
+        (work / ACCESSED).touch()  # stored counts as an access
         fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
         target = self.dir(manifest.id)
         if target.exists():
@@ -263,6 +266,15 @@ class Storehouse:
         if digest != manifest.sha256:
             raise IntegrityError(f"package {manifest.id}: SHA-256 of {path} does not match its manifest; not used")
         fsutil.atomic_write(stamp_path, stamp.encode())
+
+    def touch(self, pid: PackageId) -> None:
+        """Record that the package was used or served now (see rds.cleanup for why a stamp file)."""
+        stamp = self.dir(pid) / ACCESSED
+        try:
+            os.utime(stamp)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):  # the package itself may have just left
+                stamp.touch()
 
     def clear(self) -> int:
         """Delete every package and every partial download; returns how many packages went."""

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import crashpoints, fsutil, install, jobs, results, startup, state
+from rds import cleanup, crashpoints, fsutil, install, jobs, results, startup, state, status
 from rds.errors import IntegrityError, JobRecordError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -44,28 +44,47 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     report = PassReport()
     with home.lock("rdsft"):
         fsutil.remove_strays(home.packages)
+        cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         db = state.connect(home.db_path)
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            local = not (home.settings.managing_host or "").startswith("ssh://")
-            found, manifests = client.checkin(jobs.subtree(db), wake=str(home.path) if local else None)
+            found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
+            status.record(home, found, "KEEPING")
             crashpoints.reach("stored")
-            client.ack(found)
-            crashpoints.reach("acked")
-            if found:
-                log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-            report.fetched = fetch_needed(db, store, client, log.info)
-            if report.received:
-                startup.start_lowers(home, db, log.info, [j.job_no for j in found])
+            # startup requests log in below while the packages come; they are sent once they are here
+            requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
+            try:
+                client.ack(found)
+                crashpoints.reach("acked")
+                if client.invalid:
+                    n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
+                    if n:
+                        log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
+                if found:
+                    log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
+                report.fetched = fetch_needed(db, store, client, log.info)
+                status.kept(home, db, store)
+            finally:
+                if requests is not None:
+                    requests.finish()
             report.installed = install_own(home, db, store, log.info)
             report.sent = send_results(home, db, client)
         finally:
             client.link.close()
             db.close()
     return report
+
+
+def startup_address(home: Home) -> str | None:
+    """Where this host's upper system sends it startup requests: StartupAddress, else this home's
+    path when the upper system is on this machine; over SSH without StartupAddress, nowhere (it polls)."""
+    s = home.settings
+    if s.startup_address is not None:
+        return s.startup_address
+    return None if (s.managing_host or "").startswith("ssh://") else str(home.path)
 
 
 def _manifest(db: sqlite3.Connection, job: Job) -> Manifest:
@@ -81,6 +100,8 @@ def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,
     """Bring every package that a job held here needs, once each."""
     needed: dict[str, Manifest] = {}
     for job in jobs.in_state(db, jobs.WAIT) + jobs.in_state(db, jobs.INSTALLING):
+        if job.type == jobs.DELETE:
+            continue  # deletes a package; needs none
         m = _manifest(db, job)
         have = store.get(m.id)
         if have is not None and have.sha256 != m.sha256:
@@ -110,15 +131,26 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
     todo += [(j, False) for j in jobs.in_state(db, jobs.WAIT, host)]
     for job, resumed in todo:
+        if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
+            continue  # a DELETE job before it invalidated it
         m = _manifest(db, job)
+        if job.type == jobs.DELETE:
+            res = cleanup.delete_job(home, db, job)
+            results.record(db, res)
+            status.record_results(home, db, [res])
+            log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
+            done.append(res)
+            continue
         if not store.has(m.id):
             continue  # not fetched yet (its download failed): the next pass
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
+        status.record(home, [job], "GEN_START")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
         results.record(db, res)  # the job is DONE in the same commit
+        status.record_results(home, db, [res])
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)

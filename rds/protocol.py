@@ -4,9 +4,12 @@ The lower system always asks; the upper system answers.  Every request is a
 JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
 
 ``checkin``  ``below``: every host under the asking one; ``wake``: where a
-             startup request reaches the asker (optional).  The upper system
+             startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
+             or the absolute path of its home (rds.startup).  The upper system
              learns its routes from it and answers with the jobs waiting for
-             the asker's whole subtree and the manifests of their packages.
+             the asker's whole subtree and the manifests of their packages,
+             and ``invalid``: the jobs it handed the asker whose package has
+             left its storehouse since (rds.cleanup).
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree.
@@ -21,20 +24,22 @@ carries these messages: ``transport.local`` calls the upper home directly,
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import crashpoints, daemon, fsutil, jobs, results, state
+from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
 from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId, Storehouse
 from rds.results import Result
-from rds.settings import valid_hostname
+from rds.settings import startup_address, valid_hostname
 
 VERSION = 1
 MAX_BELOW = 1_000_000
@@ -49,9 +54,10 @@ class UpperService:
     request that claims another host is refused.
     """
 
-    def __init__(self, home: Home, lower: str) -> None:
+    def __init__(self, home: Home, lower: str, remote: bool = False) -> None:
         self.home = home
         self.lower = lower
+        self.remote = remote  # over SSH: a lower system on another machine names no home on this one
         self.store = Storehouse(home.packages)
         self._db: sqlite3.Connection | None = None
 
@@ -101,19 +107,25 @@ class UpperService:
         for h in below:
             if not isinstance(h, str) or not valid_hostname(h):
                 raise ProtocolError(f"'below' holds a bad host name: {h!r}")
-        if wake is not None and not (isinstance(wake, str) and len(wake) < 4096 and wake.startswith("/")):
-            raise ProtocolError("'wake' must be the absolute path of a home")
+        if wake is not None:
+            try:
+                wake = startup_address(wake)
+            except (TypeError, ValueError, AttributeError):
+                raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
+            if self.remote and not wake.startswith("ssh://"):
+                raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
         ready, manifests = [], {}
         for job in jobs.for_lower(self.db, self.lower):
             key = str(job.package)
             if key not in manifests:
-                m = self.store.get(job.package)
+                m = self.store.get(job.package) if job.type != jobs.DELETE else _job_manifest(self.db, job)
                 if m is None:
                     continue  # not kept here yet: handed out once the package is here
                 manifests[key] = m.to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests}
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                "invalid": cleanup.handed_invalid(self.db, self.lower)}
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -122,7 +134,9 @@ class UpperService:
                 raise ValueError("job number")
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
-        return {"ok": True, "taken": jobs.hand_over(self.db, self.lower, pairs)}
+        taken = jobs.hand_over(self.db, self.lower, pairs)
+        status.handed(self.home, self.db, self.lower, pairs)
+        return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -132,6 +146,7 @@ class UpperService:
             n = results.accept(self.db, self.lower, parsed, self.home.host)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -142,8 +157,8 @@ class UpperService:
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
         row = self.db.execute(
-            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? LIMIT 1",
-            (self.lower, str(pid))).fetchone()
+            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? AND j.type!=?"
+            " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
         if row is None:
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
         m = self.store.get(pid)
@@ -164,11 +179,19 @@ class UpperService:
             except IntegrityError as e:
                 self.store.remove(m.id)
                 raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
+        self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
+        status.reading(self.home, self.db, self.lower, m.id)
         return _blocks(path, offset, min(length, max(0, m.size - offset)))
+
+
+def _job_manifest(db: sqlite3.Connection, job: Job) -> Manifest:
+    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    return Manifest.from_json(json.loads(row[0])["manifest"])
 
 
 def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
         f.seek(offset)
         while length > 0:
             block = f.read(min(length, 1 << 20))
@@ -209,6 +232,7 @@ class UpperClient:
         self.link = link
         self.host = host
         self.where = where
+        self.invalid: list[tuple[int, str]] = []
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         reply = self.link.call({"op": op, "v": VERSION, "host": self.host, **fields})
@@ -235,6 +259,10 @@ class UpperClient:
             m = manifests.get(str(job.package))
             if m is None or m.id != job.package:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
+            self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

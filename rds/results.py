@@ -70,6 +70,11 @@ def _keep(db: sqlite3.Connection, r: Result) -> bool:
     return True
 
 
+def keep(db: sqlite3.Connection, r: Result) -> bool:
+    """Keep ``r`` as part of the caller's transaction; False when it was already known."""
+    return _keep(db, r)
+
+
 def record(db: sqlite3.Connection, result: Result) -> bool:
     """Keep the result of a job that ended here; the job is DONE in the same commit."""
     with Transaction(db):

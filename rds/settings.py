@@ -72,6 +72,7 @@ class Settings:
     known_hosts_file: Path | None = None
     connect_timeout: float = 30.0
     install_root: Path = Path("/")
+    startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
 
     @property
     def is_managing_server(self) -> bool:
@@ -117,6 +118,39 @@ def _managing_host(v: str) -> str:
             raise ValueError(v)
         return v
     if not v.startswith("/"):
+        raise ValueError(v)
+    return v
+
+
+_SSH_ADDRESS_RE = re.compile(r"ssh://(?:(?P<user>[A-Za-z_][A-Za-z0-9._-]{0,31})@)?"
+                             r"(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(?::(?P<port>\d{1,5}))?")
+
+
+def startup_address(v: str) -> str:
+    """``ssh://[user@]host[:port]`` or the absolute path of a home; anything else is a ValueError.
+
+    Strict, because the upper system takes it from a lower system's check-in
+    and connects there: no path, query, options or odd characters.
+    """
+    if v.startswith("/"):
+        if len(v) > 4096 or any(c in v for c in "\0\n\r"):
+            raise ValueError(v)
+        return v
+    m = _SSH_ADDRESS_RE.fullmatch(v)
+    if not m:
+        raise ValueError(v)
+    host, port = m.group("host"), m.group("port")
+    if host.startswith("["):
+        import ipaddress
+
+        if not isinstance(ipaddress.ip_address(host[1:-1]), ipaddress.IPv6Address):
+            raise ValueError(v)
+    elif IPV4_RE.fullmatch(host):
+        if any(int(b) > 255 for b in host.split(".")):
+            raise ValueError(v)
+    elif not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*", host):
+        raise ValueError(v)
+    if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError(v)
     return v
 
@@ -168,11 +202,15 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "ChecksumLifetime": ("checksum_lifetime", *_duration("m", 0, 365 * 86400, "minutes")),
     "CacheSizeLimit": ("cache_size_limit", parse_size, "a size in bytes, or with a unit K/M/G/T (0: no limit)"),
     "CacheHighWaterMark": ("cache_high_water_mark", *_int_range(1, 100)),
-    "CacheCleanupInterval": ("cache_cleanup_interval", *_duration("m", 60, 365 * 86400, "minutes")),
+    "CacheCleanupInterval": ("cache_cleanup_interval", lambda v: parse_duration(v, "m", 1, 365 * 86400),
+                             "1-525600 minutes, or a time with a unit s/m/h/d (at least 1s)"),
     "IdentityFile": ("identity_file", _path, "a path"),
     "KnownHostsFile": ("known_hosts_file", _path, "a path"),
     "ConnectTimeout": ("connect_timeout", *_duration("s", 1, 3600, "seconds")),
     "InstallRoot": ("install_root", _path, "an absolute path prefixed to every install directory (default /)"),
+    "StartupAddress": ("startup_address", startup_address,
+                       "ssh://[user@]host[:port] (this host's sshd, where rds-wake is the upper system's forced "
+                       "command) or the absolute path of this home"),
 }
 
 
@@ -204,7 +242,18 @@ def parse_settings(text: str, source: Path, home: Path) -> Settings:
         raise SettingsError(f"{source}:{seen['InstallRoot']}: InstallRoot must be an absolute path")
     if "delivery_status_file" in values and not values["delivery_status_file"].is_absolute():
         values["delivery_status_file"] = home / values["delivery_status_file"]
-    return Settings(home=home, **values)
+    if values.get("startup_address", "ssh:").startswith("/") and values.get("managing_host", "/").startswith("ssh:"):
+        raise SettingsError(f"{source}:{seen['StartupAddress']}: StartupAddress: an upper system reached over SSH "
+                            "takes only ssh://[user@]host[:port] (a path names a home on the upper system's machine)")
+    return _named(Settings(home=home, **values), source)
+
+
+def _named(settings: Settings, source: Path) -> Settings:
+    """Without HostName the system's host name is this host's name: it must be a valid one."""
+    if not valid_hostname(settings.host_name):
+        raise SettingsError(f"{source}: the system's host name {settings.host_name!r} cannot name this host"
+                            " in the hierarchy; set HostName")
+    return settings
 
 
 def load_settings(home: Path) -> Settings:
@@ -212,7 +261,7 @@ def load_settings(home: Path) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Settings(home=home)
+        return _named(Settings(home=home), path)
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     return parse_settings(text, path, home)

@@ -2,11 +2,26 @@
 
 A startup request carries no authority: it only makes the lower system run
 the pass it would run at its next poll, against the upper system it is
-configured to trust.  For a home on this machine it is direct: if the home's
-``rdsma`` runs it is woken (SIGUSR1), else ``rdsft -a`` is started for it.
-At most ``MaxConnectClients`` requests are under way at once.  The flag files
-decide who is started (rds.flags); when a request fails and ``.cltstsud``
-exists, the lower system's waiting jobs are reported EXEC-ERROR.
+configured to trust.  Where it goes is what the lower system said at its last
+check-in (``wake``, from its StartupAddress setting, or its home's path when
+it reaches its upper system on this machine):
+
+- the absolute path of a home on this machine: direct (``wake_home``);
+- ``ssh://[user@]host[:port]``: over SSH to ``rds-wake``, the forced command
+  of this system's key on the lower one (rds.transport.wake), which then does
+  the same there.
+
+Either way, if the lower home's ``rdsma`` runs it is woken (SIGUSR1), else
+``rdsft -a`` is started for it.  A lower system that said nothing gets no
+request: it gets its jobs when it polls, and that is not a failure.  At most
+``MaxConnectClients`` requests are under way at once, each bounded by
+``ConnectTimeout``.  The flag files decide who is started (rds.flags); when a
+request was tried and failed and ``.cltstsud`` exists, the lower system's
+waiting jobs are reported EXEC-ERROR.
+
+A relay ``begin``s its requests as soon as it has stored new jobs, so the
+SSH logins happen while it fetches their packages, and ``finish``es them once
+the packages are here: the lower system then finds everything it asks for.
 """
 
 from __future__ import annotations
@@ -14,60 +29,117 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from rds import daemon, flags, jobs, results, states
-from rds.errors import CommunicationError
+from rds import daemon
+from rds.errors import CommunicationError, RdsError
 from rds.home import Home
-from rds.results import Result, now_text
 
 
-def request(address: str | None, lower: str) -> str:
-    """Send one startup request; returns how, or raises CommunicationError."""
-    if address is None:
-        raise CommunicationError(f"{lower}: no startup address known (it has not said where to reach it)")
-    path = Path(address)
-    if not (path / "FORMAT").is_file():
-        raise CommunicationError(f"{lower}: no rds home at {address}")
-    home = Home(path)
+def wake_home(home: Home) -> str:
+    """Make ``home`` check in now: wake its rdsma, else start a detached ``rdsft -a``; says which."""
     if daemon.wake(home, "rdsma"):
         return "woke its rdsma"
     with open(home.log_dir / "startup.out", "ab") as out:
-        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env={**os.environ, "RDS_HOME": str(path)},
+        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env={**os.environ, "RDS_HOME": str(home.path)},
                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return "started rdsft -a"
 
 
-def start_lowers(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
-                 jobs_of: list[int] | None = None) -> dict[str, bool]:
-    """Send startup requests to the lower systems with jobs waiting; returns who was reached."""
-    waiting = jobs.waiting_lowers(db, jobs_of)
-    if not waiting:
-        return {}
-    targets = flags.startable(home, waiting, jobs.subtree(db), log)
-    if not targets:
-        return {}
-    addresses = {t: jobs.wake_address(db, t) for t in targets}
+def _wake_path(address: str, lower: str) -> str:
+    path = Path(address)
+    if not (path / "FORMAT").is_file():
+        raise CommunicationError(f"{lower}: no rds home at {address}")
+    return wake_home(Home(path))
 
-    def one(lower: str) -> tuple[str, str | None, str | None]:
+
+class Requests:
+    """Startup requests under way: ``begin`` prepares them, ``finish`` sends them and reports."""
+
+    def __init__(self, home: Home, db: sqlite3.Connection, log: Callable[[str], None],
+                 jobs_of: list[int] | None = None) -> None:
+        from rds import flags, jobs
+
+        self.home = home
+        self.db = db
+        self.log = log
+        self.waiting = jobs.waiting_lowers(db, jobs_of)
+        self.go = threading.Event()
+        self.futures: dict[str, Future[str]] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        if not self.waiting:
+            return
+        targets = []
+        for lower in flags.startable(home, self.waiting, jobs.subtree(db), log):
+            address = jobs.wake_address(db, lower)
+            if address is None:
+                log(f"no startup request to {lower}: it has not said where to reach it (StartupAddress); "
+                    "it gets its jobs when it polls")
+            else:
+                targets.append((lower, address))
+        if not targets:
+            return
+        self.pool = ThreadPoolExecutor(max_workers=max(1, home.settings.max_connect_clients),
+                                       thread_name_prefix="startup")
+        for lower, address in targets:
+            self.futures[lower] = self.pool.submit(self._one, lower, address)
+
+    def _one(self, lower: str, address: str) -> str:
+        if not address.startswith("ssh://"):
+            self.go.wait()
+            return _wake_path(address, lower)
+        from rds.transport.wake import WakeRequest
+
+        request = WakeRequest(self.home.settings, address, lower)
         try:
-            return lower, request(addresses[lower], lower), None
-        except (CommunicationError, OSError) as e:
-            return lower, None, str(e)
+            request.open()  # log in now; rds-wake waits for the word
+            self.go.wait()
+            return request.send()
+        finally:
+            request.close()
 
-    reached = {}
-    with ThreadPoolExecutor(max_workers=max(1, home.settings.max_connect_clients)) as pool:
-        for lower, how, error in pool.map(one, targets):
+    def finish(self) -> dict[str, bool]:
+        """Send the requests, wait for their answers; returns who was reached."""
+        from rds import flags, results, states, status
+        from rds.results import Result, now_text
+
+        self.go.set()
+        reached = {}
+        for lower, future in self.futures.items():
+            error: Any = None
+            try:
+                how = future.result()
+            except (RdsError, OSError) as e:
+                error = e
             reached[lower] = error is None
             if error is None:
-                log(f"startup request to {lower}: {how}")
+                self.log(f"startup request to {lower}: {how}")
                 continue
-            log(f"startup request to {lower} failed: {error}")
-            if flags.is_set(home, "cltstsud"):
-                for job in waiting[lower]:
-                    results.record(db, Result(job.job_no, job.dest, states.EXEC_ERROR,
-                                              f"startup request to {lower} failed: {error}", now_text()))
-                log(f"{home.prm / flags.CLTSTSUD} exists: reported EXEC-ERROR for {len(waiting[lower])} job(s)")
-    return reached
+            self.log(f"startup request to {lower} failed: {error}")
+            if flags.is_set(self.home, "cltstsud"):
+                for job in self.waiting[lower]:
+                    results.record(self.db, Result(job.job_no, job.dest, states.EXEC_ERROR,
+                                                   f"startup request to {lower} failed: {error}", now_text()))
+                self.log(f"{self.home.prm / flags.CLTSTSUD} exists: reported EXEC-ERROR for "
+                         f"{len(self.waiting[lower])} job(s)")
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.waiting:
+            status.started(self.home, self.waiting, reached)  # who was not asked gets CLT_WAIT
+        return reached
+
+
+def begin(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
+          jobs_of: list[int] | None = None) -> Requests:
+    """Start the startup requests for the lower systems with jobs waiting; send them with ``finish``."""
+    return Requests(home, db, log, jobs_of)
+
+
+def start_lowers(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
+                 jobs_of: list[int] | None = None) -> dict[str, bool]:
+    """Send startup requests to the lower systems with jobs waiting now; returns who was reached."""
+    return begin(home, db, log, jobs_of).finish()

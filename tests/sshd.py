@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from rds.home import Home
 from rds.packages import MANIFEST, PAYLOAD, HashingWriter, Manifest, PackageId
 
 SSHD = Path("/usr/sbin/sshd")
@@ -66,6 +67,13 @@ def serve_command(lower: str, home: Path) -> str:
     script = PYTHON.parent / "rds-serve"
     serve = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(str(PYTHON))} -m rds.cli.serve"
     return f"{serve} --lower {shlex.quote(lower)} --home {shlex.quote(str(home))}"
+
+
+def wake_command(home: Path) -> str:
+    """The forced command for an upper system's key on a lower system: this venv's rds-wake for ``home``."""
+    script = PYTHON.parent / "rds-wake"
+    wake = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(str(PYTHON))} -m rds.cli.wake"
+    return f"{wake} --home {shlex.quote(str(home))}"
 
 
 def _alive(pid: int) -> bool:
@@ -111,6 +119,15 @@ class Sshd:
         with open(self.authorized_keys, "a") as f:
             f.write(line + "\n")
         return key
+
+    def authorize(self, public_key: Path, command: str, options: str = "restrict") -> None:
+        """Put an existing public key into authorized_keys, bound to ``command``."""
+        with open(self.authorized_keys, "a") as f:
+            f.write(f'{options},command="{command}" {public_key.read_text().strip()}\n')
+
+    def address(self) -> str:
+        """This sshd as a StartupAddress."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}"
 
     def url(self, home: Path | None = None) -> str:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{home or ''}"
@@ -318,3 +335,37 @@ class CutProxy:
     def close(self) -> None:
         self._stop.set()
         self.listener.close()
+
+
+def ssh_hierarchy(tree: Any, make_sshd: Callable[[str], Sshd], chain: list[str],
+                  settings: dict[str, str] | None = None, wake: bool = True) -> dict[str, Sshd]:
+    """Hosts ``chain[0]`` (managing server) > ``chain[1]`` > ... as on real machines, every link over SSH.
+
+    Each host has its own sshd and its own key.  On each upper system's sshd the
+    lower system's key is forced to ``rds-serve --lower LOWER``; with ``wake``,
+    on each lower system's sshd the upper system's key is forced to
+    ``rds-wake``, and the lower system gives that sshd as its StartupAddress.
+    ``tree`` is a conftest.Tree; every host is pushed to (no .cltwup_off).
+    """
+    settings = settings or {}
+    servers = {name: make_sshd(f"sshd-{name}") for name in chain}
+    keys = {name: keygen(servers[name].root / "id_rds", f"rds@{name}") for name in chain}
+    homes = {name: tree.root / name for name in chain}
+    for upper, lower in zip(chain, chain[1:], strict=False):
+        servers[upper].authorize(keys[lower].with_suffix(".pub"), serve_command(lower, homes[upper]))
+        if wake:
+            servers[lower].authorize(keys[upper].with_suffix(".pub"), wake_command(homes[lower]))
+    for s in servers.values():
+        s.start()
+    for i, name in enumerate(chain):
+        near = [chain[j] for j in (i - 1, i + 1) if 0 <= j < len(chain)]
+        known = servers[name].root / "known_hosts_rds"
+        known.write_text("".join(servers[n].known_hosts.read_text() for n in near))
+        lines = [f"IdentityFile\t{keys[name]}", f"KnownHostsFile\t{known}", "ConnectTimeout\t5s"]
+        if i:
+            lines.append(f"ManagingHost\t{servers[chain[i - 1]].url(homes[chain[i - 1]])}")
+            if wake:
+                lines.append(f"StartupAddress\t{servers[name].address()}")
+        host = tree.add(name, None, "\n".join(lines) + "\n" + settings.get(name, ""), push=True)
+        Home.open(host.path)  # laid out now: rds-serve and rds-wake never make a home
+    return servers

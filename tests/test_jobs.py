@@ -44,7 +44,7 @@ def test_job_record_round_trip() -> None:
     ({"dest": "a" * 65}, "destination 'aaaa"),
     ({"dest": 5}, "destination 5"),
     ({"dest": ["c1"]}, "destination ['c1']"),
-    ({"type": "DELETE"}, "job type 'DELETE'"),
+    ({"type": "REMOVE"}, "job type 'REMOVE'"),
     ({"type": "install"}, "job type 'install'"),
     ({"type": None}, "job type None"),
     ({"package": "C.AB"}, "bad package ID 'C.AB'"),

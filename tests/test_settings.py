@@ -81,6 +81,8 @@ GOOD = [
     ("ConnectTimeout", "30", "connect_timeout", 30.0),
     ("ConnectTimeout", "2m", "connect_timeout", 120.0),
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
+    ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
+    ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
 ]
 
 
@@ -98,6 +100,7 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 # -- bad values ---------------------------------------------------------------
 
 BAD = [
+    ("StartupAddress", "ssh://relay1/NETMRDS"),
     ("ManagingHost", "relative/home"),
     ("ManagingHost", "http://mgr"),
     ("ManagingHost", "ssh://"),
@@ -134,7 +137,7 @@ BAD = [
     ("CacheSizeLimit", "10X"),
     ("CacheHighWaterMark", "0"),
     ("CacheHighWaterMark", "101"),
-    ("CacheCleanupInterval", "30s"),
+    ("CacheCleanupInterval", "0.5s"),
     ("CacheCleanupInterval", "0"),
     ("ConnectTimeout", "0"),
     ("ConnectTimeout", "2h"),
@@ -311,3 +314,24 @@ def test_rds_home_pointing_nowhere_makes_commands_exit_2(tree: Tree, tmp_path: P
     assert proc.stderr == (f"rdsgroupid: RDS_HOME={tmp_path / 'nowhere'}: no such directory "
                            "(create it, or unset RDS_HOME)\n")
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("system_name", ["", "bad_name", "-lead", "x" * 70])
+def test_bad_system_host_name_without_hostname_is_a_settings_error(system_name: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the system's host name was taken as HostName without being checked."""
+    monkeypatch.setattr(socket, "gethostname", lambda: system_name)
+    with pytest.raises(SettingsError, match="set HostName"):
+        load_settings(tmp_path)
+    (tmp_path / "rdsprm").mkdir()
+    (tmp_path / "rdsprm" / "RDSSETFL").write_text("WatchTimeofOrders\t5\n")
+    with pytest.raises(SettingsError, match=r"RDSSETFL: the system's host name"):
+        load_settings(tmp_path)
+    (tmp_path / "rdsprm" / "RDSSETFL").write_text("HostName\tgood1\n")
+    assert load_settings(tmp_path).host_name == "good1"
+
+
+def test_startup_address_path_needs_an_upper_system_on_this_machine(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="StartupAddress: an upper system reached over SSH takes only ssh://"):
+        parse("ManagingHost\tssh://mgr\nStartupAddress\t/NETMRDS\n", tmp_path)
+    assert parse("ManagingHost\t/srv/mgr\nStartupAddress\t/NETMRDS\n", tmp_path).startup_address == "/NETMRDS"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
-from conftest import installs, wait_for
+from conftest import BIN, installs, wait_for
 
 from rds import flags
 from rds.home import Home
@@ -125,3 +126,21 @@ def test_cltwup_off_hosts_not_listed_get_their_jobs_by_polling(tree) -> None:  #
     assert installs(c2) == 0
     c2.run("rdsft", "-a")
     assert installs(c2) == 1
+
+
+def test_rds_wake_wakes_its_home_and_takes_nothing_from_the_caller(tree) -> None:  # type: ignore[no-untyped-def]
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr", push=True)
+    relay.run("rdsgroupid")  # lays the home out
+    env = relay.env(SSH_ORIGINAL_COMMAND="rdsft -init", SSH_CLIENT="192.0.2.9 50000 22")
+    wake = [str(BIN / "rds-wake"), "--home"]
+    proc = subprocess.run([*wake, str(relay.path)], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "rds-wake: started rdsft -a\n"), proc.stderr
+    assert "startup request from 192.0.2.9: started rdsft -a" in (relay.path / "log" / "rds.log").read_text()
+    wait_for(lambda: "jobs received: 0" in (relay.path / "log" / "startup.out").read_text())
+    missing = tree.root / "nohome"
+    proc = subprocess.run([*wake, str(missing)], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stderr) == (2, f"rds-wake: {missing}: no rds home here\n")
+    assert not missing.exists()  # none is made

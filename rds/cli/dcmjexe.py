@@ -14,10 +14,15 @@ from rds.packages import PackageId
 @click.command(name="dcmjexe", context_settings={"help_option_names": ["--help"]})
 @click.option("-r", "package", required=True, metavar="FULL_PACKAGE_ID",
               help="The package, C.CABINET.PACKAGE_ID.VERSION[.GENERATION].")
+@click.option("-t", "job_type", type=click.Choice(["install", "delete"], case_sensitive=False), default="install",
+              show_default=True, help="Job type: install the package, or delete it from the storehouse of "
+              "relay systems (Batch delete packages on relay system).")
 @click.option("-h", "hosts", multiple=True, metavar="HOST", help="Destination host; more may follow, space-separated.")
 @click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
-def command(package: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -> int:
-    """Create an Install package job for HOSTs and print its job number.
+def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -> int:
+    """Create an Install package job (or with -t delete a Batch delete packages job) for HOSTs.
+
+    Prints the job number.
 
     A host that has not reported in yet is accepted: its job is held until the
     host (through its relays) checks in, and dcmstat says so.
@@ -27,7 +32,8 @@ def command(package: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -
     home = open_home()
     pid = PackageId.parse(package)
     db = state.connect(home.db_path)
-    job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts))
+    job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts),
+                                         type_=job_type.upper())
     for h in unknown:
         click.echo(f"dcmjexe: {h} has not reported in yet; its job is held until it does", err=True)
     startup.start_lowers(home, db, logger(home).info, [job_no])

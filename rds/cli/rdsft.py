@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from rds import poller
+from rds import cleanup, poller, state
 from rds.cli import entry, open_home, table
-from rds.errors import InputError, JobsFailed, UsageError
-from rds.home import Home
+from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
+from rds.home import Home, lock_timeout
 from rds.packages import PackageId, Storehouse
 
 
@@ -52,8 +52,15 @@ def command(mode_a: bool, mode_c: bool, mode_init: bool, cabinet: str | None, pa
         if home.settings.is_managing_server:
             raise UsageError("this is the managing server: -init would delete the registered packages")
         with home.lock("rdsft"):  # not while a pass downloads into the storehouse
-            n = Storehouse(home.packages).clear()
-        click.echo(f"deleted {n} package(s) from {home.packages}")
+            db = state.connect(home.db_path)
+            try:
+                report = cleanup.remove_all(home, db, wait=lock_timeout())
+            finally:
+                db.close()
+        click.echo(f"deleted {len(report.removed)} package(s) from {home.packages}"
+                   + (f"; {report.invalidated} job(s) invalidated" if report.invalidated else ""))
+        if report.busy:
+            raise LockTimeout(f"kept {', '.join(r.package for r in report.busy)}: being read by a lower system")
         return 0
     report = poller.run_once(home)
     show_pass(report)

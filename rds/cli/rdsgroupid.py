@@ -49,9 +49,9 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...]) -> in
                      "state": r["state"], "received": now_text(r["received"]), "handed_to": r["handed_to"]}
                     for r in rows])
     elif rows:
-        click.echo(table([[r["job_no"], r["dest"], r["package"], r["state"], now_text(r["received"]),
+        click.echo(table([[r["job_no"], r["dest"], r["package"], r["state"], r["type"], now_text(r["received"]),
                            r["handed_to"] or ""] for r in rows],
-                         ["JOB", "DESTINATION", "PACKAGE", "STATE", "RECEIVED", "HANDED TO"]))
+                         ["JOB", "DESTINATION", "PACKAGE", "STATE", "TYPE", "RECEIVED", "HANDED TO"]))
     else:
         click.echo("no jobs")
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from rds import poller
+from rds import cleanup, poller
 from rds.cli import entry, open_home, resident
 from rds.errors import UsageError
+from rds.home import Home
 
 NAME = "rdsma"
 
@@ -28,7 +29,14 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
         raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost); "
                          "rdsma runs on relays and clients")
     return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
-                    home.settings.watch_orders)
+                    home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)))
+
+
+def clean(home: Home) -> str:
+    """The cache cleanup every CacheCleanupInterval, between passes."""
+    with home.lock("rdsft"):
+        report = cleanup.clean(home)
+    return "cache cleanup: " + report.summary() if report.removed or report.busy else ""
 
 
 def describe(report: poller.PassReport) -> str:

@@ -1,6 +1,6 @@
 """Reaching the upper system: ``ManagingHost`` picks the transport.
 
-``ssh://...`` goes through ``transport.ssh`` (the only importer of paramiko);
+``ssh://...`` goes through ``transport.ssh`` (which alone connects with paramiko);
 a path is a home on this machine, reached by ``transport.local``.  Failures
 to connect are retried ``RetryCount`` times, ``RetryInterval`` apart (9 means
 for ever), then become one CommunicationError naming the upper system.

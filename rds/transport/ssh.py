@@ -20,7 +20,8 @@ to ``read`` that says ok is followed by the bytes in blocks, each a 4-byte
 length and the data, ended by a zero length (or by ``FAILED`` and an error
 frame when the upper system cannot read further).
 
-This module is the only one that imports paramiko, and only when a link is
+This module is the only one that imports paramiko (with rds.transport.wake,
+which sends startup requests through ``open_client``), and only when a link is
 opened, so that rds-serve and commands that do not connect do not pay for it.
 """
 
@@ -125,7 +126,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     which may only repeat them.
     """
     try:
-        service = UpperService(_serve_home(home_path), lower)
+        service = UpperService(_serve_home(home_path), lower, remote=True)
         _check_original(original, lower, service.home.path)
     except Refused as e:
         _send(out, {"ok": False, "error": "refused", "message": str(e)})
@@ -442,6 +443,27 @@ def _local_path(settings: Settings, path: Path) -> Path:
 
 def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
     """Connect, check the host key, log in and start rds-serve; every failure is one line."""
+    import paramiko
+
+    client = open_client(settings, target, f"upper system {target.where}", "upper system")
+    try:
+        transport = client.get_transport()
+        chan = transport.open_session(window_size=WINDOW, max_packet_size=PACKET, timeout=settings.connect_timeout)
+        chan.exec_command(serve_command(settings.host_name, target.home))
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        client.close()
+        raise CommunicationError(f"upper system {target.where}: SSH failed: {_why(e)}") from None
+    chan.settimeout(idle_timeout(settings))
+    return client, chan
+
+
+def open_client(settings: Settings, target: Target, where: str, side: str) -> Any:
+    """Connect to ``target``, check its host key against KnownHostsFile and log in with IdentityFile.
+
+    ``where`` starts every message; ``side`` names the other system in them
+    ("upper system", "lower system").  Used for check-ins (to the upper
+    system) and for startup requests (to a lower one, rds.transport.wake).
+    """
     # paramiko imports invoke only for "Match exec" in ssh_config files, which rds does not read:
     # without it paramiko loads in half the time, and it says it can do without.
     sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
@@ -450,7 +472,6 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
     # paramiko logs what went wrong in its own thread; with no handler Python would print it on
     # stderr, beside the one line the command prints for the same failure
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    where = f"upper system {target.where}"
     known = [_local_path(settings, settings.known_hosts_file)] if settings.known_hosts_file else \
         [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
     pkey = _identity(settings) if settings.identity_file else None
@@ -464,7 +485,7 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
             continue
         except (OSError, paramiko.SSHException) as e:
             raise SettingsError(f"known_hosts file {path}: cannot read: {_why(e)}") from None
-    client.set_missing_host_key_policy(_RejectUnknown(where, known[0], target))
+    client.set_missing_host_key_policy(_RejectUnknown(where, known[0], target, side))
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
     except socket.gaierror as e:
@@ -480,25 +501,21 @@ def _connect(settings: Settings, target: Target) -> tuple[Any, Any]:
                        sock=sock, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                        channel_timeout=timeout, allow_agent=False, look_for_keys=pkey is None,
                        transport_factory=transport_class())
-        transport = client.get_transport()
-        chan = transport.open_session(window_size=WINDOW, max_packet_size=PACKET, timeout=timeout)
-        chan.exec_command(serve_command(settings.host_name, target.home))
     except _HostKeyRefused as e:
         client.close()
         raise Refused(str(e)) from None
     except paramiko.BadHostKeyException as e:
         client.close()
-        raise Refused(_changed_key(where, known[0], target, e.key, e.expected_key)) from None
+        raise Refused(_changed_key(where, known[0], target, e.key, e.expected_key, side)) from None
     except paramiko.AuthenticationException:
         client.close()
         key = _local_path(settings, settings.identity_file) if settings.identity_file else "~/.ssh/id_*"
-        raise CommunicationError(f"{where}: the upper system did not accept the key {key} for "
+        raise CommunicationError(f"{where}: the {side} did not accept the key {key} for "
                                  f"{target.user or _login_name()} (is it in its authorized_keys?)") from None
     except (paramiko.SSHException, OSError, EOFError) as e:
         client.close()
         raise CommunicationError(f"{where}: SSH failed: {_why(e)}") from None
-    chan.settimeout(idle_timeout(settings))
-    return client, chan
+    return client
 
 
 def idle_timeout(settings: Settings) -> float:
@@ -539,9 +556,9 @@ def _key_kind(key: Any) -> str:
     return "rsa" if "rsa" in name else name
 
 
-def _accept_hint(known: Path, target: Target, key: Any) -> str:
+def _accept_hint(known: Path, target: Target, key: Any, side: str = "upper system") -> str:
     kind = _key_kind(key)
-    return (f"compare it with 'ssh-keygen -lf /etc/ssh/ssh_host_{kind}_key.pub' on the upper system, then "
+    return (f"compare it with 'ssh-keygen -lf /etc/ssh/ssh_host_{kind}_key.pub' on the {side}, then "
             f"accept it deliberately: ssh-keyscan -p {target.port} -t {kind} {target.host} >> {known}")
 
 
@@ -552,22 +569,24 @@ class _HostKeyRefused(Exception):
 class _RejectUnknown:
     """A MissingHostKeyPolicy that refuses, saying how to accept the key on purpose."""
 
-    def __init__(self, where: str, known: Path, target: Target) -> None:
+    def __init__(self, where: str, known: Path, target: Target, side: str = "upper system") -> None:
         self.where = where
         self.known = known
         self.target = target
+        self.side = side
 
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
         raise _HostKeyRefused(
             f"{self.where}: host key {key.get_name()} {key.fingerprint} is not in {self.known}; refused. "
-            f"If it is the right key, {_accept_hint(self.known, self.target, key)}")
+            f"If it is the right key, {_accept_hint(self.known, self.target, key, self.side)}")
 
 
-def _changed_key(where: str, known: Path, target: Target, got: Any, expected: Any) -> str:
+def _changed_key(where: str, known: Path, target: Target, got: Any, expected: Any,
+                 side: str = "upper system") -> str:
     return (f"{where}: HOST KEY CHANGED: it shows {got.get_name()} {got.fingerprint}, but {known} has "
             f"{expected.get_name()} {expected.fingerprint}; refused (the connection may be intercepted). "
             f"If the key was changed on purpose, remove the old one with "
-            f"ssh-keygen -R '{target.known_hosts_name}' -f {known}, then {_accept_hint(known, target, got)}")
+            f"ssh-keygen -R '{target.known_hosts_name}' -f {known}, then {_accept_hint(known, target, got, side)}")
 
 
 _FACTORY: Any = None

@@ -1,0 +1,420 @@
+"""Cleanup of the package storehouse: retention, the cache size limit, and the jobs of packages that leave.
+
+Access times.  Each package directory holds an empty stamp file ``.accessed``
+whose mtime is the package's last access: it is created when the package is
+stored (fetched, staged or registered) and its mtime is set with
+``os.utime`` when the package is installed on this host (used) or read by a
+lower system (served).  A stamp rather than a table in the state database:
+the storehouse describes itself (a package and its access time come and go
+together, with no row left behind by ``rdsft -init`` or a crash), serving a
+package never writes to the database that passes are committing to, and a
+stamp costs one system call.  ``os.utime`` changes one inode at once; after a
+power loss it may come back older, which only makes the package look less
+recently used.  The time a package was stored is the mtime of its
+``manifest.json``, the file written last when the package was committed.
+
+A package leaves the storehouse by retention (past its storage period), by
+the size limit, by ``rdsft -init`` or by a DELETE job; ``remove`` does all
+four the same way: it settles the jobs that needed the package
+(``invalidate``, one transaction: the commit point), then renames the
+package's directory out of sight and deletes the files.  A package that a
+lower system is reading right now holds a shared ``flock`` on its payload;
+it is not removed under the reader, but kept and named "busy".  Passes on
+this home (which install) are kept out by the caller holding the home's
+``rdsft`` lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rds import crashpoints, fsutil, jobs, results, state, states
+from rds.home import Home, lock_timeout
+from rds.log import logger
+from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
+from rds.results import Result, now_text
+from rds.settings import Settings
+from rds.state import Transaction
+
+EXPIRED, OVER_LIMIT, INIT, DELETE_JOB = "expired", "over size limit", "rdsft -init", "DELETE job"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One package in the storehouse, as cleanup sees it."""
+
+    id: str
+    size: int
+    stored: float
+    accessed: float
+    expire_days: int | None
+
+
+@dataclasses.dataclass
+class Removal:
+    package: str
+    size: int
+    reason: str
+    accessed: float
+    busy: bool = False  # being served: kept, tried again at the next cleanup
+
+    def to_json(self) -> dict[str, object]:
+        return {"package": self.package, "size": self.size, "reason": self.reason,
+                "accessed": now_text(self.accessed), "removed": not self.busy}
+
+
+@dataclasses.dataclass
+class Report:
+    removed: list[Removal] = dataclasses.field(default_factory=list)
+    busy: list[Removal] = dataclasses.field(default_factory=list)
+    packages: int = 0  # in the storehouse before
+    use_before: int = 0
+    use_after: int = 0
+    limit: int = 0
+    target: int = 0
+    invalidated: int = 0
+    deleted_jobs: int = 0
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "removed": [r.to_json() for r in self.removed],
+                "busy": [r.to_json() for r in self.busy], "packages_before": self.packages,
+                "bytes_before": self.use_before, "bytes_after": self.use_after, "limit": self.limit,
+                "high_water": self.target, "jobs_invalidated": self.invalidated, "jobs_deleted": self.deleted_jobs}
+
+    def summary(self) -> str:
+        what = "would remove" if self.dry_run else "removed"
+        line = (f"{what} {len(self.removed)} of {self.packages} package(s), "
+                f"{sum(r.size for r in self.removed)} bytes; {self.use_after} bytes kept")
+        if self.limit:
+            line += f" (limit {self.limit}, high-water mark {self.target})"
+        if self.invalidated or self.deleted_jobs:
+            line += f"; {self.invalidated} job(s) invalidated, {self.deleted_jobs} deleted"
+        if self.busy:
+            line += f"; {len(self.busy)} busy package(s) kept"
+        return line
+
+
+def scan(store: Storehouse) -> list[Entry]:
+    """Every whole package in the storehouse with its size, stored and access times."""
+    out = []
+    with os.scandir(store.root) as it:
+        for d in it:
+            if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
+                continue
+            try:  # the manifest was checked when the package was committed: read only what counts here
+                with open(os.path.join(d.path, MANIFEST), "rb") as f:
+                    stored = os.fstat(f.fileno()).st_mtime
+                    m = json.loads(f.read())
+                if m["id"] != d.name:
+                    continue
+                size = int(m["size"])
+                expire = m.get("expire_days")
+                expire = None if expire is None else int(expire)
+            except (OSError, ValueError, KeyError, TypeError):  # half-made or foreign: not ours to judge
+                continue
+            try:
+                accessed = os.stat(os.path.join(d.path, ACCESSED)).st_mtime
+            except FileNotFoundError:
+                accessed = stored
+            out.append(Entry(d.name, size, stored, accessed, expire))
+    return out
+
+
+def storage_period(entry: Entry, settings: Settings) -> float:
+    """Seconds a package stays after it was stored; 0 keeps it without limit."""
+    if entry.expire_days is not None:
+        return entry.expire_days * 86400.0
+    return settings.life_of_resource
+
+
+def pending_packages(db: sqlite3.Connection) -> set[str]:
+    """Packages that jobs not yet ended here still need."""
+    marks = ",".join("?" * len(jobs.PENDING))
+    rows = db.execute(f"SELECT DISTINCT package FROM jobs WHERE type != ? AND state IN ({marks})",
+                      (jobs.DELETE, *jobs.PENDING))
+    return {r[0] for r in rows}
+
+
+def clean(home: Home, now: float | None = None, dry_run: bool = False, retention: bool = True,
+          size: bool = True) -> Report:
+    """Delete expired packages, then enforce the size limit; the caller holds the ``rdsft`` lock."""
+    now = time.time() if now is None else now
+    settings = home.settings
+    store = Storehouse(home.packages)
+    entries = scan(store)
+    report = Report(packages=len(entries), dry_run=dry_run, limit=settings.cache_size_limit)
+    report.use_before = sum(e.size for e in entries)
+    db = state.connect(home.db_path)
+    try:
+        pending = pending_packages(db)
+        doomed: list[tuple[Entry, str]] = []
+        keep = []
+        for e in entries:
+            period = storage_period(e, settings)
+            if retention and period > 0 and now - e.stored >= period:
+                doomed.append((e, EXPIRED))
+            else:
+                keep.append(e)
+        remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report)
+        use = sum(e.size for e in keep) + sum(r.size for r in report.busy)  # busy ones still take room
+        over: list[tuple[Entry, str]] = []
+        if size and settings.cache_size_limit:
+            report.target = settings.cache_size_limit * settings.cache_high_water_mark // 100
+            if use > settings.cache_size_limit:
+                # least recently accessed first; packages that pending jobs need go last
+                for e in sorted(keep, key=lambda e: (e.id in pending, e.accessed, e.id)):
+                    over.append((e, OVER_LIMIT))
+        if over:
+            # the size pass stops once use is down to the mark; a busy package stays counted
+            remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use)
+        report.use_after = report.use_before - sum(r.size for r in report.removed)
+    finally:
+        db.close()
+    if report.removed and not dry_run:
+        log = logger(home)
+        for r in report.removed:
+            log.info(f"cleanup: removed {r.package} ({r.size} bytes, {r.reason}, last accessed {now_text(r.accessed)})")
+        log.info(f"cleanup: {report.summary()}")
+    return report
+
+
+CHUNK = 256  # packages held (one open file each) and settled per transaction
+
+
+def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Entry, str]],
+           dry_run: bool = False, wait: float = 0.0, report: Report | None = None,
+           use: int | None = None) -> Report:
+    """Remove packages and settle their jobs; with ``use`` stop once it is at the high-water mark.
+
+    By chunks: hold each package against readers, settle the jobs of the
+    held ones in one transaction (the commit point), rename their directories
+    out of sight and flush the storehouse directory once, then delete the
+    files.  Killed after the commit, the packages are still there and the
+    next cleanup (or DELETE job, or rdsft -init) removes them; killed after
+    the renames, the next pass removes the leftovers.  Jobs are never left
+    waiting for a package that is gone.
+    """
+    report = report if report is not None else Report(dry_run=dry_run)
+    todo = iter(todo)
+    full = False
+    while not full:
+        held: list[tuple[Removal, Path, int | None]] = []
+        try:
+            for e, reason in todo:
+                if use is not None and use <= report.target:
+                    full = True
+                    break
+                r = Removal(e.id, e.size, reason, e.accessed)
+                use = None if use is None else use - e.size
+                if dry_run:
+                    report.removed.append(r)
+                    continue
+                ok, fd = _hold(store.root / e.id, wait)
+                if not ok:
+                    use = None if use is None else use + e.size  # a busy package stays, and counts
+                    r.busy = True
+                    report.busy.append(r)
+                    continue
+                held.append((r, store.root / e.id, fd))
+                if len(held) >= CHUNK:
+                    break
+            else:
+                full = True
+            if not held:
+                break
+            inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r, _, _ in held})
+            report.invalidated += inv
+            report.deleted_jobs += deleted
+            crashpoints.reach("cleanup-settled")
+            doomed = []
+            for r, path, _ in held:
+                target = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, target)
+                    doomed.append(target)
+                    report.removed.append(r)
+            fsutil.fsync_dir(store.root)
+        finally:
+            for _, _, fd in held:
+                if fd is not None:
+                    os.close(fd)
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+    return report
+
+
+def _why(home: Home, r: Removal) -> str:
+    return {EXPIRED: "its storage period ended", OVER_LIMIT: "the cache size limit",
+            INIT: "rdsft -init", DELETE_JOB: "a DELETE job"}.get(r.reason, r.reason) + \
+        f" removed package {r.package} from the package storehouse of {home.host}"
+
+
+def _hold(path: Path, wait: float) -> tuple[bool, int | None]:
+    """Lock a package against readers (they hold a shared flock on its payload while they read).
+
+    Returns (False, None) if a reader still holds it after ``wait`` seconds;
+    else True and the open file that keeps the lock (None: no payload).
+    """
+    deadline = time.monotonic() + wait
+    try:
+        fd = os.open(path / PAYLOAD, os.O_RDONLY)
+    except FileNotFoundError:
+        return True, None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True, fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return False, None
+            time.sleep(0.05)
+
+
+def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
+               only: set[tuple[int, str]] | None = None) -> tuple[int, int]:
+    """Settle the jobs of packages that left (package -> why); returns (invalidated, deleted).
+
+    - A job not ended here (WAIT, INSTALLING) becomes invalid: its result is
+      ERROR with the reason, sent upward like any result.
+    - A job handed to a lower system becomes INVALID and stays until the
+      lower system's result comes back: the lower system hears of it at its
+      next check-in and, if it had not fetched the package yet, ends the job
+      in ERROR itself (if it had, it installs and reports as usual).
+    - IDCommandDeleteTiming RESOURCE_DELETE deletes the invalid jobs at once,
+      and with CommandDeletewithResource YES the ended (DONE) jobs of the
+      package too; MANUAL keeps them all, the invalid ones as INVALID, for
+      rdsgroupid -d.
+    """
+    auto = settings.id_command_delete_timing == "RESOURCE_DELETE"
+    with_done = auto and settings.command_delete_with_resource
+    rows = db.execute("SELECT job_no, dest, type, package, state FROM jobs").fetchall()
+    invalid = deleted = 0
+    finished = now_text()
+    with Transaction(db):
+        for job_no, dest, type_, package, st in rows:
+            key = (job_no, dest)
+            if package not in gone or type_ == jobs.DELETE or (only is not None and key not in only):
+                continue
+            if st in (jobs.WAIT, jobs.INSTALLING):
+                results.keep(db, Result(job_no, dest, states.ERROR, gone[package] + "; the job is invalid", finished))
+                invalid += 1
+                if auto:
+                    deleted += _delete(db, key)
+                else:
+                    _set(db, key, jobs.INVALID)
+            elif st == jobs.HANDED:
+                _set(db, key, jobs.INVALID)
+                invalid += 1
+            elif st == jobs.DONE and with_done:
+                deleted += _delete(db, key)
+    return invalid, deleted
+
+
+def _set(db: sqlite3.Connection, key: tuple[int, str], st: str) -> None:
+    db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (st, *key))
+
+
+def _delete(db: sqlite3.Connection, key: tuple[int, str]) -> int:
+    return db.execute("DELETE FROM jobs WHERE job_no=? AND dest=?", key).rowcount
+
+
+def handed_invalid(db: sqlite3.Connection, lower: str) -> list[list[object]]:
+    """Jobs handed to ``lower`` whose package left this storehouse before it reported on them."""
+    rows = db.execute("SELECT job_no, dest FROM jobs WHERE state=? AND handed_to=? ORDER BY job_no, dest",
+                      (jobs.INVALID, lower))
+    return [[r[0], r[1]] for r in rows]
+
+
+def upper_invalidated(db: sqlite3.Connection, store: Storehouse, keys: Iterable[tuple[int, str]], upper: str,
+                      settings: Settings) -> int:
+    """The upper system lost the package of jobs it handed here: end those that cannot run."""
+    gone: dict[str, str] = {}
+    wanted = set(keys)
+    for job in jobs.in_state(db, jobs.WAIT):
+        if (job.job_no, job.dest) in wanted and not store.has(job.package):
+            gone[str(job.package)] = (f"package {job.package} was removed from the package storehouse of "
+                                      f"{upper} before it was fetched")
+    if not gone:
+        return 0
+    return invalidate(db, settings, gone, only=wanted)[0]
+
+
+def remove_all(home: Home, db: sqlite3.Connection, reason: str = INIT, wait: float = 0.0) -> Report:
+    """``rdsft -init``: every package leaves, with its jobs settled; partial downloads go too."""
+    store = Storehouse(home.packages)
+    entries = scan(store)
+    report = Report(packages=len(entries), use_before=sum(e.size for e in entries))
+    remove(home, db, store, [(e, reason) for e in sorted(entries, key=lambda e: e.id)], wait=wait, report=report)
+    for part in store.partial.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    fsutil.remove_strays(store.root)
+    report.use_after = report.use_before - sum(r.size for r in report.removed)
+    return report
+
+
+def remove_one(home: Home, db: sqlite3.Connection, pid: PackageId, reason: str, wait: float = 0.0) -> Report:
+    """Remove one package (a DELETE job), its jobs settled; an absent package removes nothing."""
+    store = Storehouse(home.packages)
+    report = Report()
+    entry = next((e for e in scan(store) if e.id == str(pid)), None)
+    if entry is not None:
+        report.packages = 1
+        remove(home, db, store, [(entry, reason)], wait=wait, report=report)
+    return report
+
+
+# -- the first start after boot ----------------------------------------------
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def first_start_after_boot(home: Home) -> bool:
+    """True once per boot: ``run/boot_id`` remembers the boot this home last started in."""
+    current = boot_id()
+    mark = home.run / "boot_id"
+    try:
+        if mark.read_text().strip() == current:
+            return False
+    except FileNotFoundError:
+        pass
+    return bool(current)
+
+
+def retention_after_boot(home: Home) -> Report | None:
+    """At the first start after boot, delete expired packages (JP1: when the power is first turned on)."""
+    if home.settings.is_managing_server or not first_start_after_boot(home):
+        return None
+    report = clean(home, size=False)
+    fsutil.atomic_write(home.run / "boot_id", (boot_id() + "\n").encode())  # after: a crash runs it again
+    return report
+
+
+def delete_job(home: Home, db: sqlite3.Connection, job: jobs.Job) -> Result:
+    """Run a DELETE job for this host: the package leaves this storehouse; COMPLETE either way."""
+    report = remove_one(home, db, job.package, DELETE_JOB, wait=lock_timeout())
+    if report.busy:
+        return Result(job.job_no, job.dest, states.ERROR,
+                      f"package {job.package} is being read by a lower system; not deleted", now_text())
+    if not report.removed:
+        return Result(job.job_no, job.dest, states.COMPLETE,
+                      f"package {job.package} was not in the package storehouse of {home.host}", now_text())
+    return Result(job.job_no, job.dest, states.COMPLETE,
+                  f"deleted package {job.package} from the package storehouse of {home.host}; "
+                  f"{report.invalidated} job(s) invalidated", now_text())

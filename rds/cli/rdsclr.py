@@ -1,0 +1,42 @@
+"""rdsclr: delete expired packages, then enforce the cache size limit."""
+
+from __future__ import annotations
+
+import click
+
+from rds import cleanup
+from rds.cli import entry, open_home, print_json, require_superuser, table
+from rds.errors import UsageError
+from rds.results import now_text
+
+
+@click.command(name="rdsclr", context_settings={"help_option_names": ["--help"]})
+@click.option("-n", "--dry-run", "dry_run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+def command(dry_run: bool, as_json: bool) -> int:
+    """Delete the packages past their storage period from the temporary package
+    storehouse, then, if CacheSizeLimit is exceeded, the least recently accessed
+    ones until the storehouse is at CacheHighWaterMark percent of the limit.
+
+    Jobs whose package left are invalidated as IDCommandDeleteTiming and
+    CommandDeletewithResource say (rdssetfl(5)).  Meant for cron.
+    """
+    home = open_home()
+    require_superuser(home)
+    if home.settings.is_managing_server:
+        raise UsageError("this is the managing server: its storehouse holds the registered packages; "
+                         "rdsclr runs on relays and clients")
+    with home.lock("rdsft"):  # not while a pass installs or fetches
+        report = cleanup.clean(home, dry_run=dry_run)
+    if as_json:
+        print_json(report.to_json())
+        return 0
+    rows = [[r.package, r.size, r.reason, now_text(r.accessed), "busy: kept" if r.busy else
+             ("would remove" if dry_run else "removed")] for r in report.removed + report.busy]
+    if rows:
+        click.echo(table(rows, ["PACKAGE", "BYTES", "REASON", "LAST ACCESS", "DONE"]))
+    click.echo(report.summary())
+    return 0
+
+
+main = entry(command)

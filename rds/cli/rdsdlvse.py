@@ -1,0 +1,45 @@
+"""rdsdlvse: start (or with -p stop) the distribution status server facility."""
+
+from __future__ import annotations
+
+import click
+
+from rds import status
+from rds.cli import entry, open_home, require_superuser, resident
+from rds.errors import UsageError
+from rds.home import Home
+
+NAME = status.FACILITY
+TRIM_INTERVAL = 60.0  # seconds between two trims of the file to OrderOfDeliveryStatus
+
+
+@click.command(name=NAME, context_settings={"help_option_names": ["--help"]})
+@click.option("-p", "stop", is_flag=True, help="Stop the facility: statuses are no longer recorded.")
+@click.option("--foreground", is_flag=True, help="Run the facility in this process instead of detaching (systemd).")
+def command(stop: bool, foreground: bool) -> int:
+    """Start the distribution status server facility of this home (or with -p stop it).
+
+    While it runs, this host records in the distribution situation file
+    (OutPutFileOfDeliveryStatus) where each package it handles stands for
+    each destination; rdsdlv shows it.  The facility keeps the file to
+    OrderOfDeliveryStatus entries.
+    """
+    if stop and foreground:
+        raise UsageError("-p stops; it takes no other option")
+    home = open_home()
+    require_superuser(home)
+    if not stop:
+        status.open_file(home).close()  # a bad path or a newer file is said now, not in the log
+    return resident(home, NAME, stop, foreground, lambda: _trim(home), TRIM_INTERVAL)
+
+
+def _trim(home: Home) -> str:
+    f = status.open_file(home)
+    try:
+        n = f.trim()
+    finally:
+        f.close()
+    return f"dropped {n} oldest entr{'y' if n == 1 else 'ies'} (OrderOfDeliveryStatus)" if n else ""
+
+
+main = entry(command)
