@@ -5,9 +5,10 @@ Each function returns one row ``(fault, trials, survived, lost, doubled)``:
 
 - ``hammer_row``: rdsma, rdsft -a, rdsclr, rdsgroupid -d and rdsdlv on one home for 60 s while
   dcmjexe keeps creating jobs (tests/faults/hammer.py).  Trials are the jobs created; survived,
-  those installed exactly once with every check passing; lost, never installed; doubled,
-  installed more than once.  A problem that is not about one job (a deadlock, a traceback, a
-  corrupt database) counts every job as not survived.
+  those that ended exactly once with every check passing (installed once, or never installed and
+  ERROR as invalid because rdsclr evicted their package: the cache holds two of three packages);
+  lost, never installed nor invalidated; doubled, installed more than once.  A problem that is
+  not about one job (a deadlock, a traceback, a corrupt database) counts every job as not survived.
 - ``broken_homes_row``: the real commands on homes with random damage
   (tests/faults/test_fuzz_process.py).  Trials are the damaged homes; survived, those where every
   command exited with a documented code, one line on stderr and nothing written outside the homes;

@@ -13,7 +13,11 @@ For ``seconds``, each of these loops runs without pause, each in its own thread,
 - ``rdsdlv`` (with ``rdsdlvse`` started for it);
 
 and at mgr ``dcmjexe`` creates an install job for c every few tenths of a second, for one of three
-packages whose script appends the job number to ``/opt/installs`` under c's install root.
+packages whose script appends the job number to ``/opt/installs`` under c's install root.  c's
+CacheSizeLimit holds two of the three packages, not all: rdsclr evicts packages while passes fetch
+and install them, and a package that pending jobs need may go too, which ends those jobs as ERROR
+("the job is invalid", rdssetfl(5)) without an install.  So a job ends exactly once when it was
+installed once and is COMPLETE, or was never installed and is ERROR as invalid.
 Commands still placeholders (``Not built`` in their --help) are run all the same; their exit 255
 is expected only while they are.  Afterwards the loops stop, ``rdsft -a`` drains what is left, and
 ``check`` says what went wrong: exit codes, stderr, processes that did not end in their bound,
@@ -65,19 +69,27 @@ class Outcome:
     calls: list[Call]
     created: list[int]  # job numbers dcmjexe printed
     installs: Counter[int]  # job number -> times its script ran
-    statuses: dict[int, str]  # job number -> status at mgr
+    statuses: dict[int, tuple[str, str]]  # job number -> (status, message) at mgr
     integrity: dict[str, str]  # host -> PRAGMA integrity_check
     bad_packages: list[str]
     placeholders: set[str]
     logs_with_traceback: list[str]
 
+    def invalid(self, job: int) -> bool:
+        status, message = self.statuses.get(job, ("", ""))
+        return status == "ERROR" and "invalid" in message
+
     @property
     def lost(self) -> list[int]:
-        return [j for j in self.created if self.installs[j] == 0]
+        return [j for j in self.created if self.installs[j] == 0 and not self.invalid(j)]
 
     @property
     def doubled(self) -> list[int]:
-        return [j for j in self.created if self.installs[j] > 1]
+        return [j for j in self.created if self.installs[j] > 1 or self.installs[j] == 1 and self.invalid(j)]
+
+    @property
+    def evicted(self) -> list[int]:
+        return [j for j in self.created if self.installs[j] == 0 and self.invalid(j)]
 
     def allowed(self, call: Call) -> set[int]:
         name, args = call.args[0], call.args[1:]
@@ -110,7 +122,8 @@ class Outcome:
                 out.append(f"a placeholder that does not say so: {call}")
         out += [f"job {j} was never installed" for j in self.lost]
         out += [f"job {j} was installed {self.installs[j]} times" for j in self.doubled]
-        out += [f"job {j} at mgr: {s}" for j, s in sorted(self.statuses.items()) if s != "COMPLETE"]
+        out += [f"job {j} at mgr: {s}: {m}" for j, (s, m) in sorted(self.statuses.items())
+                if s != "COMPLETE" and not (self.installs[j] == 0 and self.invalid(j))]
         out += [f"job {j} has no status at mgr" for j in self.created if j not in self.statuses]
         out += [f"install of job {j}, which was never created" for j in self.installs if j not in self.created]
         out += [f"{host}: integrity_check says {r}" for host, r in self.integrity.items() if r != "ok"]
@@ -163,7 +176,7 @@ class Hammer:
             lines = [f"HostName\t{name}", "RetryCount\t1", "RetryInterval\t0s",
                      f"InstallRoot\t{self.root / name / 'root'}"]
             if name == "c":
-                lines += [f"ManagingHost\t{self.root / 'mgr'}", "WatchTimeofOrders\t1s"]
+                lines += [f"ManagingHost\t{self.root / 'mgr'}", "WatchTimeofOrders\t1s", "CacheSizeLimit\t400K"]
             (prm / "RDSSETFL").write_text("\n".join(lines) + "\n")
         self.must("c", "rdsft", "-a")  # c checks in: mgr learns the route and where to wake it
         (self.root / "script").write_text(SCRIPT)
@@ -231,16 +244,16 @@ class Hammer:
         for _ in range(10):  # every job created has reached c by now; a few passes finish them
             self.run("c", "rdsft", "-a")
             statuses = self.statuses()
-            if all(statuses.get(j) not in (None, "WAIT", "EXEC") for j in self.created):
+            if all(statuses.get(j, ("WAIT", ""))[0] not in ("WAIT", "EXEC") for j in self.created):
                 break
         return Outcome(self.root, self.seconds, self.calls, sorted(self.created), self.installs(), self.statuses(),
                        {h: integrity(self.root / h / "GROUP" / "rds.db") for h in ("mgr", "c")},
                        bad_packages(self.root / "c" / "RDS"), self.placeholders, self.tracebacks())
 
-    def statuses(self) -> dict[int, str]:
+    def statuses(self) -> dict[int, tuple[str, str]]:
         call = self.run("mgr", "dcmstat", "--json")
         rows = json.loads(call.stdout or "[]")
-        return {r["job_no"]: r["status"] for r in rows if r["dest"] == "c"}
+        return {r["job_no"]: (r["status"], r["message"]) for r in rows if r["dest"] == "c"}
 
     def installs(self) -> Counter[int]:
         path = self.root / "c" / "root" / "opt" / "installs"

@@ -22,4 +22,6 @@ def test_hammer_one_home(tmp_path: Path) -> None:
     ran = Counter(call.args[0] for call in outcome.calls)
     for command in ("dcmjexe", "rdsft", "rdsclr", "rdsgroupid", "rdsdlv", "rdsma"):
         assert ran[command] >= 3, f"{command} ran only {ran[command]} time(s): {dict(ran)}"
-    assert len(outcome.created) >= 5 and sum(outcome.installs.values()) == len(outcome.created)
+    assert len(outcome.created) >= 5
+    assert sum(outcome.installs.values()) == len(outcome.created) - len(outcome.evicted)
+    assert len(outcome.evicted) < len(outcome.created), "rdsclr evicted the package of every job"
