@@ -225,6 +225,11 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+def said(message: Any) -> str:
+    """What the other system said, as one line of at most 500 characters: it may be hostile."""
+    return " ".join(str(message).splitlines())[:500]
+
+
 class UpperClient:
     """The lower system's side: builds requests and checks answers."""
 
@@ -239,7 +244,7 @@ class UpperClient:
         if not isinstance(reply, dict) or "ok" not in reply:
             raise ProtocolError(f"{self.where}: answered {op} with something that is not a reply")
         if not reply["ok"]:
-            kind, message = reply.get("error"), str(reply.get("message", ""))[:500]
+            kind, message = reply.get("error"), said(reply.get("message", ""))
             if kind == "refused":
                 raise Refused(f"{self.where} refused {op}: {message}")
             raise ProtocolError(f"{self.where} rejected {op}: {message}")

@@ -281,3 +281,12 @@ def test_report_answer_with_a_bad_count() -> None:
         client = UpperClient(FakeLink({"ok": True, "accepted": accepted}), "relay", "upper system mgr")
         with pytest.raises(ProtocolError, match="report"):
             client.report([])
+
+
+def test_an_error_message_with_line_breaks() -> None:
+    """Bug found by fuzzing: the message of an upper system's error answer was quoted as it came, so a
+    hostile upper could print several lines (or rewrite the line with a carriage return) on stderr."""
+    client = UpperClient(FakeLink({"ok": False, "error": "refused", "message": "no\rFAKE\nline"}), "relay", "mgr")
+    with pytest.raises(RdsError) as e:
+        client.checkin([])
+    assert str(e.value) == "mgr refused checkin: no FAKE line"

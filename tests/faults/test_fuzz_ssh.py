@@ -190,3 +190,13 @@ def test_a_shell_banner_instead_of_rds_serve() -> None:
     clean_error(e.value)
     with pytest.raises(CommunicationError, match="ended while waiting"):
         link(HELLO[:-1], 4096).call({"op": "checkin"})
+
+
+def test_a_refusal_with_line_breaks_is_one_line() -> None:
+    """Bug found by fuzzing: what rds-serve (or whatever answers instead) says in an error answer was quoted
+    with its line breaks."""
+    hello = ssh.encode({"ok": False, "error": "refused", "message": "a\nb\rc"})
+    with pytest.raises(RdsError) as e:
+        link(hello, 4096).call({"op": "checkin"})
+    clean_error(e.value)
+    assert str(e.value).endswith("refused the session: a b c")
