@@ -77,6 +77,8 @@ def _sql(home: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
     try:
         for sql, args in statements:
             db.execute(sql, args)
+    except sqlite3.DatabaseError:
+        pass  # damaged already (an earlier damage of the same home): this one does not apply
     finally:
         db.close()
 
@@ -116,11 +118,11 @@ def corrupt(home: Path, kind: str, value: Any, seed: int) -> None:
     elif kind == "schema":
         _sql(home, (rng.choice(["DROP TABLE jobs", "DROP TABLE routes", "PRAGMA user_version=99",
                                 "PRAGMA user_version=1", "ALTER TABLE jobs RENAME COLUMN record TO r"]), ()))
-    elif kind == "manifest" and pkg.exists():
+    elif kind == "manifest" and pkg.is_dir():
         (pkg / "manifest.json").write_text(text)
-    elif kind == "payload" and pkg.exists():
+    elif kind == "payload" and pkg.is_dir():
         _flip(pkg / "payload.tgz", rng, 3)
-    elif kind == "package-dir" and pkg.exists():
+    elif kind == "package-dir" and pkg.is_dir():
         shutil.rmtree(pkg)
         pkg.write_text(text)  # a file where the package's directory was
     elif kind == "partial":
