@@ -10,12 +10,14 @@ tests/test_ssh.py against OpenSSH's sshd.
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import clean_error, json_values, snapshot, wire
+from hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -200,3 +202,21 @@ def test_a_refusal_with_line_breaks_is_one_line() -> None:
         link(hello, 4096).call({"op": "checkin"})
     clean_error(e.value)
     assert str(e.value).endswith("refused the session: a b c")
+
+
+@pytest.mark.parametrize("stream", [
+    frame(DEEP), HEAD.pack(2**32 - 1) + b"x", HEAD.pack(10) + b"{}", b"\x00\x00", b"GET / HTTP/1.0\r\n\r\n",
+    ssh.encode({"op": "checkin", "v": 1, "host": "relay", "below": ["c"]}) + frame(b"[" * 3000),
+    ssh.encode({"op": "read", "v": 1, "host": "relay", "package": str(PID), "offset": 2**64, "length": 1}),
+    ssh.encode({"op": "ack", "v": 1, "host": "relay", "jobs": [[1e400, "c"]]}),
+], ids=["deep", "oversized", "truncated", "short-header", "http", "checkin-then-deep", "read-past-end", "ack-inf"])
+def test_rds_serve_process(upper: Home, stream: bytes) -> None:
+    """The real rds-serve, as sshd would run it, fed what a hostile lower system writes."""
+    proc = subprocess.run([str(BIN / "rds-serve"), "--lower", "relay", "--home", str(upper.path)], input=stream,
+                          capture_output=True, timeout=60, env={**os.environ, "RDS_HOME": str(upper.path)})
+    assert proc.returncode in documented_codes("rds-serve")
+    clean_stderr(proc.stderr.decode())
+    out = io.BytesIO(proc.stdout)
+    assert ssh._read_request(out)["ok"] is True  # the hello
+    answer = ssh._read_request(out)
+    assert answer is None or isinstance(answer, dict) and "ok" in answer
