@@ -14,6 +14,10 @@ Each function returns one row ``(fault, trials, survived, lost, doubled)``:
   command exited with a documented code, one line on stderr and nothing written outside the homes;
   lost, the others (a failure that was not clean); doubled does not apply and is 0.
 
+``RUNNERS`` offers both as runners of tests/faults/runners.py (``run(work, trials, seed) -> Row``, with
+every problem in ``Row.failed``), so that bench/faults takes them with
+``RUNNERS = runners.RUNNERS + faults_rows_fuzz.RUNNERS`` (bench/ on sys.path).
+
 Run alone it prints both rows:  .venv/bin/python bench/faults_rows_fuzz.py [--seconds S] [--homes N]
 """
 
@@ -24,37 +28,49 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "faults"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 Row = tuple[str, int, int, int, int]
 
 
-def hammer_row(seconds: float = 60.0, seed: int = 0) -> Row:
-    from hammer import hammer
+def hammer_row(seconds: float = 60.0, seed: int = 0, problems: list[str] | None = None) -> Row:
+    """The hammer's row; what went wrong is appended to ``problems`` (else printed on stderr)."""
+    from faults.hammer import hammer
 
     with tempfile.TemporaryDirectory() as tmp:
         outcome = hammer(Path(tmp) / "hammer", seconds, seed)
-        problems = outcome.problems()
-        per_job = {p for p in problems if p.startswith("job ")}
+        found = outcome.problems()
+        per_job = {p for p in found if p.startswith("job ")}
         lost, doubled = len(outcome.lost), len(outcome.doubled)
-        if problems and len(per_job) < len(problems):  # a problem of the whole home spoils every job
+        if found and len(per_job) < len(found):  # a problem of the whole home spoils every job
             survived = 0
         else:
             survived = len(outcome.created) - len({int(p.split()[1]) for p in per_job})
-        for p in problems[:20]:
-            print(f"hammer: {p}", file=sys.stderr)
+        report(found, problems, "hammer")
     return (f"concurrency: 5 commands on one home, {seconds:g}s", len(outcome.created), survived, lost, doubled)
 
 
-def broken_homes_row(homes: int = 30, seed: int = 0) -> Row:
-    import test_fuzz_process as fuzz
-    from hostile import clean_stderr, documented_codes, snapshot
+def report(found: list[str], problems: list[str] | None, what: str) -> None:
+    if problems is not None:
+        problems += found
+    else:
+        for p in found[:20]:
+            print(f"{what}: {p}", file=sys.stderr)
+
+
+def broken_homes_row(homes: int = 30, seed: int = 0, problems: list[str] | None = None) -> Row:
+    """The broken homes' row; what went wrong is appended to ``problems`` (else printed on stderr)."""
+    from faults import test_fuzz_process as fuzz
+    from faults.hostile import clean_stderr, documented_codes, snapshot
 
     rng = random.Random(seed)
     survived = 0
+    found: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         pristine = fuzz.build_pristine(Path(tmp) / "pristine")
         for n in range(homes):
@@ -74,12 +90,29 @@ def broken_homes_row(homes: int = 30, seed: int = 0) -> Row:
                     clean_stderr(proc.stderr)
                 except AssertionError:
                     clean = False
-                    print(f"broken homes: {damage}: {' '.join(args)} exit {proc.returncode}: "
-                          f"{proc.stderr.strip()[-300:]}", file=sys.stderr)
-            clean = clean and snapshot(root, skip=(root / "mgr", root / "c")) == outside
+                    found.append(f"{damage}: {' '.join(args)} exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            if snapshot(root, skip=(root / "mgr", root / "c")) != outside:
+                clean = False
+                found.append(f"{damage}: something was written outside the homes")
             survived += clean
             shutil.rmtree(root)
+    report(found, problems, "broken homes")
     return ("hostile input: randomly broken homes", homes, survived, homes - survived, 0)
+
+
+def _runner(row: Callable[..., Row]) -> Callable[[Path, int, int], Any]:
+    def run(work: Path, trials: int, seed: int) -> Any:
+        from faults.runners import Row as RunnerRow
+
+        problems: list[str] = []
+        fault, n, survived, lost, doubled = row(trials, seed, problems)
+        return RunnerRow(fault, n, survived, lost, doubled, failed=problems)
+
+    return run
+
+
+# (name, runner, full count): the hammer's count is its seconds, the broken homes' the homes
+RUNNERS = [("hammer", _runner(hammer_row), 60), ("broken-homes", _runner(broken_homes_row), 30)]
 
 
 def main() -> None:

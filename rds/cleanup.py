@@ -85,6 +85,7 @@ class Report:
     invalidated: int = 0
     deleted_jobs: int = 0
     dry_run: bool = False
+    doomed: list[Path] = dataclasses.field(default_factory=list)  # out of sight, files not yet deleted
 
     def to_json(self) -> dict[str, object]:
         return {"dry_run": self.dry_run, "removed": [r.to_json() for r in self.removed],
@@ -147,8 +148,12 @@ def pending_packages(db: sqlite3.Connection) -> set[str]:
 
 
 def clean(home: Home, now: float | None = None, dry_run: bool = False, retention: bool = True,
-          size: bool = True) -> Report:
-    """Delete expired packages, then enforce the size limit; the caller holds the ``rdsft`` lock."""
+          size: bool = True, defer: bool = False) -> Report:
+    """Delete expired packages, then enforce the size limit; the caller holds the ``rdsft`` lock.
+
+    With ``defer`` the removed packages' files are left, out of sight, in
+    ``report.doomed`` for the caller to reap.
+    """
     now = time.time() if now is None else now
     settings = home.settings
     store = Storehouse(home.packages)
@@ -166,7 +171,7 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                 doomed.append((e, EXPIRED))
             else:
                 keep.append(e)
-        remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report)
+        remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report, defer=defer)
         use = sum(e.size for e in keep) + sum(r.size for r in report.busy)  # busy ones still take room
         over: list[tuple[Entry, str]] = []
         if size and settings.cache_size_limit:
@@ -177,10 +182,12 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                     over.append((e, OVER_LIMIT))
         if over:
             # the size pass stops once use is down to the mark; a busy package stays counted
-            remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use)
+            remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use, defer=defer)
         report.use_after = report.use_before - sum(r.size for r in report.removed)
     finally:
         db.close()
+    if not dry_run:
+        forget_checksums(store)
     if report.removed and not dry_run:
         log = logger(home)
         for r in report.removed:
@@ -194,7 +201,7 @@ CHUNK = 256  # packages held (one open file each) and settled per transaction
 
 def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Entry, str]],
            dry_run: bool = False, wait: float = 0.0, report: Report | None = None,
-           use: int | None = None) -> Report:
+           use: int | None = None, defer: bool = False) -> Report:
     """Remove packages and settle their jobs; with ``use`` stop once it is at the high-water mark.
 
     By chunks: hold each package against readers, settle the jobs of the
@@ -249,9 +256,51 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
             for _, _, fd in held:
                 if fd is not None:
                     os.close(fd)
-        for path in doomed:
-            shutil.rmtree(path, ignore_errors=True)
+        if defer:
+            report.doomed += doomed  # the caller deletes them (reap); a pass removes what it leaves
+        else:
+            reap(doomed)
     return report
+
+
+def forget_checksums(store: Storehouse) -> None:
+    """Drop the remembered upstream checksums of packages no longer here (rds.cache)."""
+    from rds.cache import CHECKSUMS
+
+    held = {e.name for e in os.scandir(store.root) if not e.name.startswith(".")}
+    with contextlib.suppress(FileNotFoundError), os.scandir(store.root / CHECKSUMS) as it:
+        for e in it:
+            if e.name.endswith(".json") and e.name[:-5] not in held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+
+
+def reap(paths: Iterable[Path]) -> None:
+    """Delete the files of packages already out of sight (renamed to temporary names)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_in_background(paths: list[Path]) -> int | None:
+    """Delete them in a detached child; returns its pid (None when there is nothing to do).
+
+    The packages left the storehouse at the commit point: only their files
+    remain, under temporary names that no reader knows.  Deleting them costs
+    about one millisecond a package on a slow disk, which a command run by
+    hand need not wait for.  Should the child die, the next pass removes them
+    as strays.
+    """
+    if not paths:
+        return None
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the child: let go of the parent's locks and files, and of its terminal
+        os.setsid()
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1024)
+        reap(paths)
+    finally:
+        os._exit(0)
 
 
 def _why(home: Home, r: Removal) -> str:

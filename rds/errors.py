@@ -46,6 +46,13 @@ class JobRecordError(InputError):
     """A job record is not valid."""
 
 
+class UnableToCache(RdsError):
+    """A package is needed that this host's caching policy does not let it fetch (seed 002's
+    ``wordbot.unableToCacheFile``); the jobs that need it end in ERROR."""
+
+    exit_code = 3
+
+
 class JobsFailed(RdsError):
     """Some jobs ended in error; the others were done."""
 

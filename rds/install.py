@@ -14,6 +14,7 @@ still runs and takes its status instead of running the script a second time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import os
@@ -173,7 +174,12 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
     except RdsError as e:
         return _result(job, states.ERROR, f"{manifest.id}: {e}")
     except OSError as e:
-        return _result(job, states.ERROR, f"{manifest.id}: {e.filename or ''}: {e.strerror}")
+        where = f"{e.filename}: " if e.filename else ""
+        return _result(job, states.ERROR, f"{manifest.id}: {where}{_strerror(e)}")
+
+
+def _strerror(e: OSError) -> str:
+    return "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)
 
 
 def _result(job: Job, status: str, message: str) -> Result:

@@ -22,8 +22,9 @@ from rds.settings import valid_hostname
 from rds.state import Transaction
 
 INSTALL = "INSTALL"
+TRANSFER = "TRANSFER"  # JP1's "Transfer package to relay system": the relay fetches and keeps the package
 DELETE = "DELETE"  # Batch delete packages on relay system: the destination removes the package
-TYPES = (INSTALL, DELETE)
+TYPES = (INSTALL, TRANSFER, DELETE)
 
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
@@ -99,6 +100,21 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record)),
     ).rowcount
+
+
+def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
+    """The manifest the job record carries (a job travels with its package's manifest)."""
+    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
+    try:
+        return Manifest.from_json(record(row[0])["manifest"])
+    except (KeyError, TypeError):  # a damaged state database
+        raise JobRecordError(f"job {job.key}: its record holds no valid manifest") from None
+
+
+def transfer_pending(db: sqlite3.Connection, package: PackageId) -> bool:
+    """Whether a Transfer job not yet done here (for this host or passing through) wants ``package``."""
+    return db.execute("SELECT 1 FROM jobs WHERE type=? AND package=? AND state IN (?, ?, ?) LIMIT 1",
+                      (TRANSFER, str(package), WAIT, HANDED, INSTALLING)).fetchone() is not None
 
 
 def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> list[Job]:

@@ -28,7 +28,8 @@ def require_managing_server(home: Home) -> None:
 
 def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: list[str],
                now: float | None = None, type_: str = jobs.INSTALL) -> tuple[int, list[str]]:
-    """Create a job (Install package, or DELETE on relays); returns its number and the hosts not known yet."""
+    """Create a job (Install package, Transfer package to relay system, or DELETE on relays); returns its
+    number and the hosts not known yet."""
     require_managing_server(home)
     now = time.time() if now is None else now
     if not hosts:

@@ -1,8 +1,10 @@
 """One pass of a lower system (``rdsft -a``) and the sending of results.
 
 A pass checks in with the upper system once for this host and every host
-below it, keeps the jobs it gets and acknowledges them, fetches each needed
-package once, installs this host's own jobs, and sends the results upward.
+below it, keeps the jobs it gets and acknowledges them, does its Transfer jobs,
+brings the packages of its own installs per the caching policy (rds.cache;
+the hosts below get theirs when they ask), installs this host's own jobs, and
+sends the results upward.
 An install error ends that job only; a communication error ends the pass.
 Every step is committed before the next, so a pass killed at any point is
 finished by the next one: no job is lost or installed twice.
@@ -11,17 +13,16 @@ finished by the next one: no job is lost or installed twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cleanup, crashpoints, fsutil, install, jobs, results, startup, state, status
-from rds.errors import IntegrityError, JobRecordError, Refused
+from rds import cache, cleanup, crashpoints, fsutil, install, jobs, results, startup, state, states, status
+from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import Manifest, Storehouse
+from rds.packages import Storehouse
 from rds.protocol import UpperClient
 from rds.results import Result
 from rds.transport import connect
@@ -65,12 +66,13 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                         log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-                report.fetched = fetch_needed(db, store, client, log.info)
+                report.fetched, ended = fetch_needed(home, db, store, client, log.info)
                 status.kept(home, db, store)
+                status.record_results(home, db, ended)
             finally:
                 if requests is not None:
                     requests.finish()
-            report.installed = install_own(home, db, store, log.info)
+            report.installed = ended + install_own(home, db, store, log.info)
             report.sent = send_results(home, db, client)
         finally:
             client.link.close()
@@ -87,42 +89,52 @@ def startup_address(home: Home) -> str | None:
     return None if (s.managing_host or "").startswith("ssh://") else str(home.path)
 
 
-def _manifest(db: sqlite3.Connection, job: Job) -> Manifest:
-    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
-    try:
-        return Manifest.from_json(json.loads(row[0])["manifest"])
-    except (KeyError, TypeError, ValueError, RecursionError):  # a damaged state database
-        raise JobRecordError(f"job {job.key}: its record holds no valid manifest") from None
+def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: UpperClient,
+                 log: Callable[[str], None]) -> tuple[list[str], list[Result]]:
+    """Do this host's Transfer jobs first, then bring the packages its own installs need, per the caching policy.
 
+    Returns the packages fetched and the jobs that ended here (transfers, and
+    installs whose package cannot be cached).  Jobs for the hosts below need
+    nothing here: their packages are fetched when a lower system asks for them
+    (rds.cache).
+    """
+    fetched: list[str] = []
+    ended: list[Result] = []
 
-def fetch_needed(db: sqlite3.Connection, store: Storehouse, client: UpperClient,
-                 log: Callable[[str], None]) -> list[str]:
-    """Bring every package that a job held here needs, once each."""
-    needed: dict[str, Manifest] = {}
-    for job in jobs.in_state(db, jobs.WAIT) + jobs.in_state(db, jobs.INSTALLING):
-        if job.type == jobs.DELETE:
-            continue  # deletes a package; needs none
-        m = _manifest(db, job)
-        have = store.get(m.id)
-        if have is not None and have.sha256 != m.sha256:
-            log(f"package {m.id} here differs from the one at {client.where}; fetching it again")
-            store.remove(m.id)
-            have = None
-        if have is None:
-            needed[str(m.id)] = m
-    fetched = []
-    for key, m in sorted(needed.items()):
-        part = store.partial_path(m.id, m.sha256)
-        log(f"fetching package {key} from {client.where} from byte {part.stat().st_size if part.exists() else 0}")
+    def end(job: Job, status: str, message: str) -> None:
+        ended.append(Result(job.job_no, job.dest, status, message, results.now_text()))
+        results.record(db, ended[-1])  # the job is DONE in the same commit
+
+    own = jobs.in_state(db, jobs.WAIT, home.host) + jobs.in_state(db, jobs.INSTALLING, home.host)
+    for job in [j for j in own if j.type == jobs.TRANSFER]:  # the emergency push: ahead of everything
         try:
-            client.fetch(store, m)
-        except (IntegrityError, Refused) as e:
+            m, got = cache.obtain(home, store, db, job.package, lambda: client, log, force=True)
+        except (IntegrityError, LockTimeout, Refused, UnableToCache) as e:
+            log(f"job {job.job_no} (transfer of {job.package}): {e}")
+            if isinstance(e, UnableToCache):  # a relay above refused it
+                end(job, states.ERROR, str(e))
+            continue  # else the job stays; the next pass tries again
+        fetched += [str(m.id)] if got else []
+        end(job, states.COMPLETE, f"package {m.id} stored and verified on {home.host}")
+        log(f"job {job.job_no} (transfer of {m.id}): COMPLETE")
+    needed: dict[str, list[Job]] = {}
+    for job in own:
+        if job.type == jobs.INSTALL:
+            needed.setdefault(str(job.package), []).append(job)
+    for key, waiting in sorted(needed.items()):
+        try:
+            m, got = cache.obtain(home, store, db, waiting[0].package, lambda: client, log)
+        except UnableToCache as e:  # reported upward as ERROR, not tried again and again
+            log(str(e))
+            for job in waiting:
+                end(job, states.ERROR, str(e))
+            continue
+        except (IntegrityError, LockTimeout, Refused) as e:  # LockTimeout: another process still fetches it
             log(str(e))  # the jobs stay; the next pass fetches again
             continue
-        crashpoints.reach("fetched")
-        log(f"fetched package {key} ({m.size} bytes) from {client.where}")
-        fetched.append(key)
-    return fetched
+        if got:
+            fetched.append(key)
+    return fetched, ended
 
 
 def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Callable[[str], None]) -> list[Result]:
@@ -133,15 +145,17 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     for job, resumed in todo:
         if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
             continue  # a DELETE job before it invalidated it
-        m = _manifest(db, job)
         if job.type == jobs.DELETE:
             res = cleanup.delete_job(home, db, job)
             results.record(db, res)
             status.record_results(home, db, [res])
-            log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
+            log(f"job {job.job_no} {job.package}: {res.status}: {res.message}")
             done.append(res)
             continue
-        if not store.has(m.id):
+        if job.type != jobs.INSTALL:
+            continue  # a Transfer job: done by fetch_needed
+        m = store.get(job.package)  # current and verified by fetch_needed, which may have replaced the job's
+        if m is None:
             continue  # not fetched yet (its download failed): the next pass
         if not resumed:
             jobs.begin_install(db, job)

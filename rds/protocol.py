@@ -14,29 +14,46 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``:
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree.
 ``read``     ``package``, ``offset``, ``length``: bytes of a package's archive
-             (only a package that a job of the asker's subtree needs).
+             (only a package that a job of the asker's subtree needs).  A relay
+             that lacks the package, or whose copy is not current, fetches it
+             from its own upper system first (rds.cache) while the asker waits.
+``stat``     ``package``: the upper system's current ``manifest`` of a package
+             (SHA-256 and size; authorized like ``read``).
 
 An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
-"message": ...}`` where KIND is ``refused`` or ``protocol``.  A transport
+"message": ...}`` where KIND is ``refused``, ``protocol`` or ``uncacheable``
+(the caching policy of a system on the way forbids fetching the package: the
+jobs that need it end in ERROR).  A transport
 carries these messages: ``transport.local`` calls the upper home directly,
 ``transport.ssh`` runs ``rds-serve`` on the upper system.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
-import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
-from rds.errors import InputError, IntegrityError, ProtocolError, RdsError, Refused
+from rds import cache, cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
+from rds.errors import (
+    CommunicationError,
+    InputError,
+    IntegrityError,
+    LockTimeout,
+    ProtocolError,
+    RdsError,
+    Refused,
+    SystemError_,
+    UnableToCache,
+)
 from rds.home import Home
 from rds.jobs import Job
+from rds.log import logger
 from rds.packages import Manifest, PackageId, Storehouse
 from rds.results import Result
 from rds.settings import startup_address, valid_hostname
@@ -60,6 +77,7 @@ class UpperService:
         self.remote = remote  # over SSH: a lower system on another machine names no home on this one
         self.store = Storehouse(home.packages)
         self._db: sqlite3.Connection | None = None
+        self._upper: UpperClient | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -68,9 +86,21 @@ class UpperService:
         return self._db
 
     def close(self) -> None:
+        if self._upper is not None:
+            self._upper.link.close()
+            self._upper = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def upper(self) -> UpperClient:
+        """This home's own upper system, reached when a lower system needs what is not here."""
+        if self._upper is None:
+            from rds.log import logger
+            from rds.transport import connect
+
+            self._upper = connect(self.home, log=logger(self.home).warning)
+        return self._upper
 
     def handle(self, msg: Any) -> dict[str, Any]:
         """Answer one request; errors become error answers, never exceptions."""
@@ -82,7 +112,11 @@ class UpperService:
                 return self.ack(msg.get("jobs", []))
             if op == "report":
                 return self.report(msg.get("results", []))
+            if op == "stat":
+                return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
             raise ProtocolError(f"unknown request {op!r}")
+        except UnableToCache as e:
+            return {"ok": False, "error": "uncacheable", "message": str(e)}
         except Refused as e:
             return {"ok": False, "error": "refused", "message": str(e)}
         except (ProtocolError, InputError) as e:
@@ -115,14 +149,14 @@ class UpperService:
             if self.remote and not wake.startswith("ssh://"):
                 raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
-        ready, manifests = [], {}
+        ready: list[dict[str, Any]] = []
+        manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
+            # handed out whether the package is here or not: the record carries its manifest,
+            # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)
-            if key not in manifests:
-                m = self.store.get(job.package) if job.type != jobs.DELETE else _job_manifest(self.db, job)
-                if m is None:
-                    continue  # not kept here yet: handed out once the package is here
-                manifests[key] = m.to_json()
+            if key not in manifests or job.type != jobs.DELETE:
+                manifests[key] = jobs.manifest(self.db, job).to_json()
             ready.append(job.to_json())
         return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
                 "invalid": cleanup.handed_invalid(self.db, self.lower)}
@@ -142,17 +176,21 @@ class UpperService:
         if not isinstance(items, list):
             raise ProtocolError("'results' must be a list")
         parsed = [Result.from_json(r) for r in items]
+        kept: list[Result] = []
         try:
-            n = results.accept(self.db, self.lower, parsed, self.home.host)
+            n = results.accept(self.db, self.lower, parsed, self.home.host, kept)
         except ProtocolError as e:
             raise Refused(str(e)) from None
+        log = logger(self.home)
+        for r in kept:  # once per result and status: a resent batch logs nothing
+            log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
         status.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
 
-    def package_path(self, package: Any) -> tuple[Manifest, Path]:
-        """The archive of a package that a job of the lower system's subtree needs."""
+    def authorize(self, package: Any) -> PackageId:
+        """A package that a job of the lower system's subtree needs; any other is refused."""
         if not isinstance(package, str):
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
@@ -161,32 +199,66 @@ class UpperService:
             " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
         if row is None:
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
-        m = self.store.get(pid)
-        if m is None:
-            raise Refused(f"package {pid} is not kept on {self.home.host}")
-        return m, self.store.payload(pid)
+        return pid
+
+    def stat(self, package: Any) -> Manifest:
+        pid = self.authorize(package)
+        log = logger(self.home).info
+        log(f"stat of {pid} asked by {self.lower}")
+        try:
+            return cache.current(self.home, self.store, pid, self.upper, log,
+                                 cache.may_fetch(self.home, self.db, pid))
+        except Refused:
+            raise
+        except CommunicationError as e:
+            raise Refused(f"{self.home.host} cannot ask its upper system about {pid}: {e}; ask again later") \
+                from None
+
+    def obtain(self, pid: PackageId) -> Manifest:
+        """A current, verified copy of ``pid`` here, fetched from this home's upper system if need be."""
+        log = logger(self.home).info
+        try:
+            return cache.obtain(self.home, self.store, self.db, pid, self.upper, log)[0]
+        except UnableToCache:
+            raise
+        except IntegrityError as e:
+            raise Refused(str(e)) from None
+        except Refused as e:
+            if self.home.settings.is_managing_server:
+                raise
+            raise Refused(f"{self.home.host} could not get {pid} from its upper system: {e}") from None
+        except CommunicationError as e:
+            raise Refused(f"{self.home.host} could not get {pid} from its upper system: {e}; "
+                          f"ask again later") from None
+        except LockTimeout as e:
+            raise Refused(f"{self.home.host} is still fetching {pid} for another system ({e}); "
+                          f"ask again later") from None
 
     def read(self, package: Any, offset: Any, length: Any) -> Iterator[bytes]:
-        """Check the request now; the blocks come from the returned iterator."""
-        m, path = self.package_path(package)
+        """Check the request now (fetching the package first if need be); the blocks come from the iterator."""
+        pid = self.authorize(package)
         if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
             raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        m = self.store.get(pid)
+        if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
+            m = self.obtain(pid)
         if offset > m.size:  # a hostile offset would overflow the seek
             raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
-        if offset == 0:  # a download begins: never serve a copy that does not match its manifest
-            try:
-                self.store.verify(m)
-            except IntegrityError as e:
-                self.store.remove(m.id)
-                raise Refused(f"{e}; the copy on {self.home.host} was removed") from None
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         status.reading(self.home, self.db, self.lower, m.id)
-        return _blocks(path, offset, min(length, max(0, m.size - offset)))
+        path = self.store.payload(pid)
+        return _counted(_blocks(path, offset, min(length, max(0, m.size - offset))),
+                        lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "
+                                                         f"starting at byte {offset}"))
 
 
-def _job_manifest(db: sqlite3.Connection, job: Job) -> Manifest:
-    row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
-    return Manifest.from_json(json.loads(row[0])["manifest"])
+def _counted(blocks: Iterator[bytes], done: Any) -> Iterator[bytes]:
+    """Pass the blocks on and say how many bytes went (the fan-out benchmark and tests count them)."""
+    n = 0
+    for block in blocks:
+        n += len(block)
+        yield block
+    done(n)
 
 
 def _blocks(path: Path, offset: int, length: int) -> Iterator[bytes]:
@@ -247,6 +319,8 @@ class UpperClient:
             kind, message = reply.get("error"), said(reply.get("message", ""))
             if kind == "refused":
                 raise Refused(f"{self.where} refused {op}: {message}")
+            if kind == "uncacheable":
+                raise UnableToCache(message)
             raise ProtocolError(f"{self.where} rejected {op}: {message}")
         return reply
 
@@ -266,7 +340,7 @@ class UpperClient:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
         try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
             self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
@@ -280,6 +354,17 @@ class UpperClient:
         if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted < 0:
             raise ProtocolError(f"{self.where}: answered report with a bad count {str(accepted)[:40]!r}")
         return accepted
+
+    def stat(self, pid: PackageId) -> Manifest:
+        """The upper system's current manifest of ``pid``."""
+        reply = self._call("stat", package=str(pid))
+        try:
+            m = Manifest.from_json(reply.get("manifest"))
+        except RdsError as e:
+            raise ProtocolError(f"{self.where}: bad stat answer: {e}") from None
+        if m.id != pid:
+            raise ProtocolError(f"{self.where}: asked about {pid}, answered about {m.id}")
+        return m
 
     def fetch(self, store: Storehouse, manifest: Manifest) -> None:
         """Download a package into ``store``, resuming a partial download; verify it."""
@@ -295,6 +380,12 @@ class UpperClient:
                     self.link.read(str(manifest.id), have, manifest.size - have, _Progress(out, sha))
                     out.flush()
                     os.fsync(out.fileno())
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                kept = part.stat().st_size if part.exists() else 0
+                raise SystemError_(f"{part}: disk full; the {kept} bytes of package {manifest.id} received "
+                                   "are kept and the next run resumes after them") from None
             finally:
                 if part.exists() and part.stat().st_size == 0:
                     part.unlink()  # nothing came: leave no empty partial download

@@ -81,14 +81,21 @@ def record(db: sqlite3.Connection, result: Result) -> bool:
         return _keep(db, result)
 
 
-def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_host: str) -> int:
-    """Take results reported by ``lower``; it may report only for its own subtree."""
+def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_host: str,
+           kept: list[Result] | None = None) -> int:
+    """Take results reported by ``lower``; it may report only for its own subtree.
+
+    Returns how many were new here; ``kept``, if given, receives them.
+    """
     results = list(results)
     with Transaction(db):
         for r in results:
             if r.dest == own_host or (r.dest != lower and jobs.route(db, r.dest) != lower):
                 raise ProtocolError(f"{lower} reported a result for {r.dest}, which is not below it")
-        return sum(_keep(db, r) for r in results)
+        new = [r for r in results if _keep(db, r)]
+    if kept is not None:
+        kept.extend(new)
+    return len(new)
 
 
 def unsent(db: sqlite3.Connection, limit: int = 1000) -> list[Result]:

@@ -9,10 +9,11 @@ that returned survives ``kill -9`` and power loss.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
-from rds.errors import SettingsError
+from rds.errors import SettingsError, SystemError_
 
 SCHEMA_VERSION = 2
 
@@ -80,10 +81,20 @@ def connect(path: Path) -> sqlite3.Connection:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
     except sqlite3.DatabaseError as e:
+        if _full(path):  # SQLite says "disk I/O error" when it cannot even lay out its WAL index
+            raise SystemError_(f"{path}: cannot open the state database: disk full") from None
         raise SettingsError(f"{path}: cannot open the state database: {e}") from None
     except UnicodeDecodeError:  # sqlite's own message quotes the damaged schema, which is not UTF-8
         raise SettingsError(f"{path}: cannot open the state database: its schema is damaged") from None
     return db
+
+
+def _full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10
 
 
 class Transaction:

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rds import daemon, states
+from rds import cache, daemon, states
 from rds.errors import AlreadyRunning, InputError, NotRunning, SettingsError
 from rds.home import Home
 from rds.jobs import Job
@@ -417,6 +417,9 @@ def record_results(home: Home, db: sqlite3.Connection, results: Iterable[Any]) -
 def kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
     """After the fetches of a pass: KEEP for the jobs whose package is here, KEEP_ERROR for the others.
 
+    A job for a host below whose package this host may fetch on demand (JIT,
+    rds.cache) is kept as well: its package comes when the lower system asks.
+
     Only jobs still waiting here are looked at, and KEEP replaces only KEEPING
     or KEEP_ERROR (or nothing), so a later status is never set back.
     """
@@ -433,7 +436,7 @@ def kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
             job_no, status = now.get((j.dest, j.package.packager, j.package.package), (j.job_no, "KEEPING"))
             if job_no != j.job_no:
                 status = "KEEPING"  # another job's entry: this one starts afresh
-            if not have[str(j.package)]:
+            if not have[str(j.package)] and (j.dest == home.host or not cache.may_fetch(home, db, j.package)):
                 todo.append(entry(j, "KEEP_ERROR", f"package {j.package} could not be brought here (see the log)"))
             elif status in ("KEEPING", "KEEP_ERROR"):
                 todo.append(entry(j, "KEEP"))
@@ -445,8 +448,11 @@ def kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
 def started(home: Home, waiting: dict[str, list[Job]], reached: dict[str, bool]) -> None:
     """After the startup requests: CLT_START, CLT_START_ERROR, or CLT_WAIT for who was not asked.
 
-    A job whose package is not here yet keeps its KEEPING or KEEP_ERROR.
+    A job whose package is not here yet keeps its KEEPING or KEEP_ERROR, unless
+    this host fetches packages when asked (JIT, rds.cache).
     """
+    on_demand = not home.settings.is_managing_server and home.settings.caching_policy == cache.JIT
+
     def work(f: File) -> None:
         store = Storehouse(home.packages)
         todo = []
@@ -455,7 +461,7 @@ def started(home: Home, waiting: dict[str, list[Job]], reached: dict[str, bool])
             status, why = (("CLT_WAIT", f"no startup request to {lower}: it gets the job when it polls")
                            if ok is None else ("CLT_START", f"startup request to {lower}") if ok
                            else ("CLT_START_ERROR", f"startup request to {lower} failed (see the log)"))
-            todo += [entry(j, status, why) for j in held if store.has(j.package)]
+            todo += [entry(j, status, why) for j in held if store.has(j.package) or on_demand]
         f.put(todo)
 
     _safely(home, "startup", work)

@@ -29,6 +29,13 @@ def stored_package(host, name: str, size: int = 20_000, expire_days: int | None 
     return str(pid)
 
 
+def stage_on(tree, host, pid: str) -> None:  # type: ignore[no-untyped-def]
+    """Under JIT a relay fetches a lower system's package only when asked for it: stage it there first."""
+    cd = tree.root / f"cd-{pid}"
+    tree["mgr"].run("rdsstage", "-o", str(cd), "-r", pid)
+    host.run("rdsstage", "-i", str(cd))
+
+
 def pkg_dir(host, pid: str) -> Path:  # type: ignore[no-untyped-def]
     return host.path / "RDS" / pid
 
@@ -141,7 +148,8 @@ def test_packages_that_pending_jobs_need_go_last(tree) -> None:  # type: ignore[
     tree.check_in_upward(["c", "relay"])
     needed = tree.package(name="NEEDED", script=None)
     mgr.run("dcmjexe", "-r", needed, "-h", "c")
-    relay.run("rdsft", "-a")  # fetched for c, which has not taken it: WAIT here
+    relay.run("rdsft", "-a")  # kept for c, which has not taken it: WAIT here
+    stage_on(tree, relay, needed)
     spare = stored_package(relay, "SPARE")
     accessed(relay, needed, 5000)  # much older than SPARE
     limit = size_of(relay, needed) + size_of(relay, spare) - 1
@@ -307,6 +315,7 @@ def test_delete_job_removes_the_package_on_the_relay(tree) -> None:  # type: ign
     a = tree.package(name="A")
     mgr.run("dcmjexe", "-r", a, "-h", "c")
     relay.run("rdsft", "-a")
+    stage_on(tree, relay, a)
     assert kept(relay) == [a]
     assert mgr.run("dcmjexe", "-t", "delete", "-r", a, "-h", "relay").stdout == "2\n"
     out = relay.run("rdsft", "-a").stdout
@@ -416,6 +425,7 @@ def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tre
     pkg = tree.package(name="A", script=None)
     mgr.run("dcmjexe", "-r", pkg, "-h", "c")
     relay.run("rdsft", "-a")
+    stage_on(tree, relay, pkg)
     proc = relay.run("rdsclr", check=False, env=relay.env(RDS_CRASH_AT="cleanup-settled"))
     assert proc.returncode == -signal.SIGKILL
     assert groupid(relay) == {(1, "c"): "INVALID"} and kept(relay) == [pkg]
@@ -424,3 +434,41 @@ def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tre
     assert kept(relay) == []
     relay.run("rdssnd", "--once")
     assert dcmstat(mgr)[(1, "c")]["status"] == "ERROR"
+
+
+def strays(host) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p.name for p in (host.path / "RDS").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_rdsclr_deletes_the_files_in_the_background_unless_told_to_wait(tree) -> None:  # type: ignore[no-untyped-def]
+    """A removed package is out of sight when rdsclr returns; its files go in a detached process,
+    or before it returns with --wait."""
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr")
+    old = [stored_package(relay, n) for n in ("A", "B", "C")]
+    for pid in old:
+        stored(relay, pid, 40 * DAY)
+    out = clr(relay)
+    assert sorted(r["package"] for r in out["removed"]) == sorted(old) and kept(relay) == []
+    assert isinstance(out["reaper_pid"], int)
+    wait_for(lambda: not strays(relay), timeout=30)
+    text = relay.run("rdsclr").stdout
+    assert "background" not in text  # nothing left to delete: no background process
+    more = [stored_package(relay, n) for n in ("D", "E")]
+    for pid in more:
+        stored(relay, pid, 40 * DAY)
+    out = clr(relay, "--wait")
+    assert len(out["removed"]) == 2 and out["reaper_pid"] is None and not strays(relay)
+
+
+def test_rdsclr_forgets_the_checksums_of_packages_gone(tree) -> None:  # type: ignore[no-untyped-def]
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr")
+    keep, gone = stored_package(relay, "KEEP"), stored_package(relay, "GONE")
+    sums = relay.path / "RDS" / ".checksums"
+    sums.mkdir()
+    for pid in (keep, gone):
+        (sums / f"{pid}.json").write_text("{}")
+    stored(relay, gone, 40 * DAY)
+    clr(relay, "--wait")
+    assert sorted(p.name for p in sums.iterdir()) == [f"{keep}.json"]

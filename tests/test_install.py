@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Host, Tree
+from conftest import Host, Tree, installs
 
 from rds import fsutil
 from rds.errors import UnsafeArchive
@@ -216,21 +216,39 @@ def two_levels(tree: Tree, script: str | None = None) -> tuple[Host, Host, str, 
 
 
 def test_corrupt_copy_on_the_client_is_never_installed(tree: Tree) -> None:
+    """Under JIT a damaged cached copy is removed and fetched again; the good copy is installed."""
     mgr, client, pid, job = two_levels(tree)
     killed = client.run("rdsft", "-a", check=False, env=client.env(RDS_CRASH_AT="fetched"))
     assert killed.returncode == -9
-    payload = client.path / "RDS" / pid / "payload.tgz"
-    corrupt(payload)
+    corrupt(client.path / "RDS" / pid / "payload.tgz")
+
+    proc = client.run("rdsft", "-a")
+    assert "COMPLETE" in proc.stdout and "packages fetched: 1" in proc.stdout
+    assert (client.installed() / "bin" / "app.sh").read_text() == "#!/bin/sh\necho app\n"
+    log = (client.path / "log" / "rds.log").read_text()
+    assert f"package {pid}: SHA-256 of" in log
+    assert "does not match its manifest; not used; removed, fetching it again" in log
+    assert installs(client) == 1
+    [row] = job_status(mgr, job)
+    assert row["status"] == "COMPLETE"
+
+
+def test_corrupt_staged_copy_under_sneakernet_is_an_error(tree: Tree) -> None:
+    """Under SNEAKERNET the copy here is the only one: damaged, it is removed and the job ends in ERROR."""
+    mgr, client, pid, job = two_levels(tree)
+    killed = client.run("rdsft", "-a", check=False, env=client.env(RDS_CRASH_AT="fetched"))
+    assert killed.returncode == -9
+    corrupt(client.path / "RDS" / pid / "payload.tgz")
+    with open(client.path / "rdsprm" / "RDSSETFL", "a") as f:
+        f.write("CachingPolicy\tSNEAKERNET\n")
 
     proc = client.run("rdsft", "-a", check=False)
     assert proc.returncode == 4
-    assert proc.stderr == "rdsft: 1 of 1 install(s) ended in error\n"
-    assert "ERROR" in proc.stdout and "SHA-256" in proc.stdout
     assert not client.installed().exists()
     assert not (client.path / "RDS" / pid).exists()  # the bad copy is not kept
     [row] = job_status(mgr, job)
     assert row["status"] == "ERROR"
-    assert f"package {pid}: SHA-256 of" in row["message"]
+    assert row["message"].startswith(f"unable to cache package {pid} on c1: CachingPolicy is SNEAKERNET")
     assert "does not match its manifest" in row["message"]
 
 
@@ -256,19 +274,28 @@ def test_corrupt_payload_on_the_managing_server_is_discarded_on_download(tree: T
     assert row["status"] == "EXEC"  # taken by c1, not done
 
 
-def test_corrupt_copy_on_a_relay_is_discarded_on_download(tree: Tree) -> None:
+def test_corrupt_copy_on_a_relay_is_never_served(tree: Tree) -> None:
+    """The relay checks its copy before serving it: a damaged one is removed and fetched again (JIT)."""
     mgr = tree.add("mgr")
     relay = tree.add("relay", upper="mgr")
     client = tree.add("c1", upper="relay")
     tree.check_in_upward(["c1", "relay"])
     pid = tree.package()
     job = mgr.run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip()
-    relay.run("rdsft", "-a")  # the relay keeps the job and the package for c1
+    relay.run("rdsft", "-a")  # the relay keeps the job; the package comes when c1 asks for it
+    killed = client.run("rdsft", "-a", check=False, env=client.env(RDS_CRASH_AT="fetched@1"))
+    assert killed.returncode == -9  # the relay's fetch on c1's behalf was the first
     assert (relay.path / "RDS" / pid / "manifest.json").is_file()
+    assert not (client.path / "RDS" / pid).exists()
     corrupt(relay.path / "RDS" / pid / "payload.tgz")
-    assert_discarded(client, pid)
+    client.run("rdsft", "-a")
+    assert installs(client) == 1
+    log = (relay.path / "log" / "rds.log").read_text()
+    assert "does not match its manifest; not used; removed, fetching it again" in log
+    assert log.count("fetching package") == 2  # the first one's process was killed after the fetch
+    relay.run("rdssnd", "--once")
     [row] = job_status(mgr, job)
-    assert row["status"] == "EXEC"
+    assert row["status"] == "COMPLETE"
 
 
 def test_script_exit_status_decides_complete(tree: Tree) -> None:

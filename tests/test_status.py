@@ -78,14 +78,15 @@ def test_four_level_distribution_as_seen_at_each_relay(tree: Tree) -> None:
         assert seen(r1) == {"client": "CLT_WAIT"}  # kept here, then no startup request to relay2
         assert rows(r1)[0]["message"] == "no startup request to relay2: it gets the job when it polls"
 
-        killed = r2.run("rdsft", "-a", check=False, env=r2.env(RDS_CRASH_AT="fetched"))
+        killed = r2.run("rdsft", "-a", check=False, env=r2.env(RDS_CRASH_AT="acked"))
         assert killed.returncode == -9
         assert seen(r1) == {"client": "INS_WAIT"}
-        assert seen(r2) == {"client": "KEEPING"}  # stored, the package not yet in the storehouse
+        assert seen(r2) == {"client": "KEEPING"}  # stored and acknowledged, not yet kept
         r2.run("rdsft", "-a")
-        assert seen(r2) == {"client": "KEEP"}  # the next pass found the package here
+        assert seen(r2) == {"client": "KEEP"}  # kept (JIT: the package comes when the client asks for it)
 
-        killed = c.run("rdsft", "-a", check=False, env=c.env(RDS_CRASH_AT="fetched"))
+        # in the client's process relay1 and relay2 fetch on demand (fetched@1, @2), then the client
+        killed = c.run("rdsft", "-a", check=False, env=c.env(RDS_CRASH_AT="fetched@3"))
         assert killed.returncode == -9
         assert seen(r2) == {"client": "GEN_START"}  # the destination itself began reading the package
         assert seen(c) == {"client": "KEEPING"}

@@ -44,7 +44,8 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
         click.echo(f"{name}: interrupted", err=True)
         code = 130
     except sqlite3.Error as e:
-        click.echo(f"{name}: state database: {e}", err=True)
+        full = getattr(e, "sqlite_errorcode", None) == 13  # SQLITE_FULL: say it as for any other file
+        click.echo(f"{name}: state database: {'disk full' if full else e}", err=True)
         code = EXIT_SYSTEM
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

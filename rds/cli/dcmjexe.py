@@ -14,13 +14,17 @@ from rds.packages import PackageId
 @click.command(name="dcmjexe", context_settings={"help_option_names": ["--help"]})
 @click.option("-r", "package", required=True, metavar="FULL_PACKAGE_ID",
               help="The package, C.CABINET.PACKAGE_ID.VERSION[.GENERATION].")
-@click.option("-t", "job_type", type=click.Choice(["install", "delete"], case_sensitive=False), default="install",
-              show_default=True, help="Job type: install the package, or delete it from the storehouse of "
-              "relay systems (Batch delete packages on relay system).")
+@click.option("-t", "job_type", type=click.Choice(["install", "transfer", "delete"], case_sensitive=False),
+              default="install", show_default=True,
+              help="Job type: install the package; transfer it to relay systems (Transfer package to relay "
+                   "system: the relay fetches and keeps it first, whatever its CachingPolicy, the emergency "
+                   "update); or delete it from the storehouse of relay systems (Batch delete packages on relay "
+                   "system).")
 @click.option("-h", "hosts", multiple=True, metavar="HOST", help="Destination host; more may follow, space-separated.")
 @click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
 def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -> int:
-    """Create an Install package job (or with -t delete a Batch delete packages job) for HOSTs.
+    """Create an Install package job (or with -t transfer a Transfer package to relay system job, with
+    -t delete a Batch delete packages job) for HOSTs.
 
     Prints the job number.
 

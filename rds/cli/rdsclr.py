@@ -12,14 +12,18 @@ from rds.results import now_text
 
 @click.command(name="rdsclr", context_settings={"help_option_names": ["--help"]})
 @click.option("-n", "--dry-run", "dry_run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--wait", is_flag=True,
+              help="Delete the removed packages' files before returning (default: in the background).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-def command(dry_run: bool, as_json: bool) -> int:
+def command(dry_run: bool, wait: bool, as_json: bool) -> int:
     """Delete the packages past their storage period from the temporary package
     storehouse, then, if CacheSizeLimit is exceeded, the least recently accessed
     ones until the storehouse is at CacheHighWaterMark percent of the limit.
 
     Jobs whose package left are invalidated as IDCommandDeleteTiming and
-    CommandDeletewithResource say (rdssetfl(5)).  Meant for cron.
+    CommandDeletewithResource say (rdssetfl(5)).  Meant for cron.  A removed
+    package is gone from the storehouse when rdsclr returns; its files are
+    deleted by a background process unless --wait is given.
     """
     home = open_home()
     require_superuser(home)
@@ -27,15 +31,23 @@ def command(dry_run: bool, as_json: bool) -> int:
         raise UsageError("this is the managing server: its storehouse holds the registered packages; "
                          "rdsclr runs on relays and clients")
     with home.lock("rdsft"):  # not while a pass installs or fetches
-        report = cleanup.clean(home, dry_run=dry_run)
+        report = cleanup.clean(home, dry_run=dry_run, defer=True)
+    if wait:
+        cleanup.reap(report.doomed)
+        reaper = None
+    else:
+        reaper = cleanup.reap_in_background(report.doomed)
     if as_json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "reaper_pid": reaper})
         return 0
     rows = [[r.package, r.size, r.reason, now_text(r.accessed), "busy: kept" if r.busy else
              ("would remove" if dry_run else "removed")] for r in report.removed + report.busy]
     if rows:
         click.echo(table(rows, ["PACKAGE", "BYTES", "REASON", "LAST ACCESS", "DONE"]))
     click.echo(report.summary())
+    if reaper:
+        click.echo(f"the files of {len(report.doomed)} removed package(s) are being deleted in the background "
+                   f"(pid {reaper})")
     return 0
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError
+from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
 from rds.home import Home
 from rds.log import logger
 from rds.protocol import READ_MAX, VERSION, UpperService, said
@@ -60,6 +60,8 @@ MAX_FRAME = 256 << 20  # a JSON frame; the largest check-in answer stays far bel
 WINDOW = 16 << 20
 PACKET = 256 << 10
 RECV = WINDOW
+# after a cut: requests this large, one at a time, so a reset loses at most this much (issue 7)
+RESUME_READ = 1 << 20
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 IDLE_MIN = 120.0  # seconds without a byte before a link is taken as cut; see idle_timeout()
 REKEY_BYTES: int | None = None  # tests lower paramiko's 512 MiB to force renegotiations
@@ -210,6 +212,9 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> in
         if msg.get("host") != service.lower:
             raise Refused(f"{service.lower} may not act as {msg.get('host')!r}")
         blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+    except UnableToCache as e:
+        _send(out, {"ok": False, "error": "uncacheable", "message": str(e)})
+        return 0
     except Refused as e:
         _send(out, {"ok": False, "error": "refused", "message": str(e)})
         return 0
@@ -285,8 +290,11 @@ class SSHLink:
         run resumes from the last byte that arrived.
         """
         self._got = 0
+        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset
+        # loses what was on its way (the window, up to WINDOW), so ask for little at a time.
+        most = READ_MAX if offset == 0 else RESUME_READ
         while length > 0:
-            n = min(length, READ_MAX)
+            n = min(length, most)
             self._request({"op": "read", "v": VERSION, "host": self.host, "package": package, "offset": offset,
                            "length": n})
             answer = self._answer()
@@ -332,6 +340,8 @@ class SSHLink:
         message = said(answer.get("message", ""))
         if answer.get("error") == "refused":
             raise Refused(f"{self.where} refused {what}: {message}")
+        if answer.get("error") == "uncacheable":
+            raise UnableToCache(message)
         if answer.get("error") == "upper":
             raise CommunicationError(f"{self.where}: {message}")
         raise ProtocolError(f"{self.where} rejected {what}: {message}")
@@ -624,7 +634,12 @@ def transport_class() -> Any:
                         return
                     self._send_message(data)
                     return
-            super()._send_user_message(data)
+            # If the link is gone, drop the message, as paramiko itself does once it knows: raising
+            # would lose what Channel.recv had just taken from its buffer before it sent the window
+            # adjustment (issue 7: up to WINDOW bytes received, never written).  The next receive
+            # says that the link ended.
+            with contextlib.suppress(EOFError, OSError):
+                super()._send_user_message(data)
 
         def _parse_newkeys(self, m: Any) -> None:
             if self.initial_kex_done:

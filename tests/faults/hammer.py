@@ -39,8 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from hostile import BIN, not_built
-
+from faults.hostile import BIN, not_built
 from rds.packages import Storehouse
 
 BOUND = 120.0  # seconds any one command may take; longer is a deadlock

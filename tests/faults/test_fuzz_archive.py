@@ -17,10 +17,10 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from hostile import clean_error, one_line, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
+from faults.hostile import clean_error, one_line, snapshot
 from rds import install, jobs
 from rds.errors import UnsafeArchive
 from rds.home import Home

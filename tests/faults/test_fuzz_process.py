@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import BIN, clean_stderr, documented_codes, json_values, snapshot
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+
+from faults.hostile import BIN, clean_stderr, documented_codes, json_values, snapshot
 
 PACKAGE = "C.AB.APP.0100.0000"
 
@@ -202,12 +203,13 @@ def test_a_job_record_that_is_not_json(tmp_path: Path, pristine: Path) -> None:
 
 
 def test_a_job_record_without_its_manifest(tmp_path: Path, pristine: Path) -> None:
-    """Bug found by fuzzing: a job record whose manifest was missing made rdsft -a fail with KeyError."""
-    root = broken_copy(tmp_path, pristine, "c", "job-record", "")
-    assert run(root / "c", "rdsft", "-a").returncode == 0
-    _sql(root / "c", ("UPDATE jobs SET state='WAIT', record=json_remove(record, '$.manifest')", ()))
+    """Bug found by fuzzing: a job record whose manifest was missing made the check-in at the upper system
+    fail with KeyError: a traceback in the lower system's rdsft -a."""
+    copy_tree(pristine, tmp_path)
+    _sql(tmp_path / "mgr", ("UPDATE jobs SET record=json_remove(record, '$.manifest')", ()))
+    root = tmp_path
     proc = run(root / "c", "rdsft", "-a")
-    assert proc.returncode == 3 and "its record holds no valid manifest" in proc.stderr
+    assert proc.returncode == 252 and "its record holds no valid manifest" in proc.stderr
     clean_stderr(proc.stderr)
 
 

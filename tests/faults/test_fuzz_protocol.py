@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import clean_error, json_values, nasty_text, one_line, snapshot, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
+from faults.hostile import clean_error, json_values, nasty_text, one_line, snapshot, wire
 from rds import jobs, manager, state
 from rds.errors import JobRecordError, ProtocolError, RdsError
 from rds.home import Home
@@ -87,7 +87,7 @@ def upper(tmp_path: Path) -> tuple[Home, Manifest]:
 
 
 def requests() -> Any:
-    ops = st.sampled_from(["checkin", "ack", "report", "read", "hello", ""]) | json_values()
+    ops = st.sampled_from(["checkin", "ack", "report", "read", "stat", "hello", ""]) | json_values()
     result = st.fixed_dictionaries({"job": _field(1, numbers), "dest": _field("c", hosts),
                                     "status": st.sampled_from(["COMPLETE", "ERROR", "EXEC-ERROR", "WAIT", "x"]),
                                     "message": _field("done", json_values()), "finished": _field("now", json_values())})
@@ -193,7 +193,9 @@ def checkin_answers() -> Any:
                   "manifests": st.dictionaries(package_ids, manifest_records(SHA, len(PAYLOAD)), max_size=2)
                   | json_values(),
                   "error": st.sampled_from(["refused", "protocol", "upper"]) | json_values(),
-                  "message": json_values(), "accepted": numbers | json_values()},
+                  "message": json_values(), "accepted": numbers | json_values(),
+                  "invalid": st.lists(st.tuples(numbers, hosts).map(list), max_size=2) | json_values(),
+                  "manifest": manifest_records(SHA, len(PAYLOAD))},
     ) | json_values()
 
 
@@ -221,13 +223,15 @@ def test_upper_client_checkin(lower_db: sqlite3.Connection, answer: Any) -> None
         assert "\x00" not in m.install_dir
 
 
-@given(st.sampled_from(["ack", "report"]), checkin_answers())
-def test_upper_client_ack_and_report(op: str, answer: Any) -> None:
+@given(st.sampled_from(["ack", "report", "stat"]), checkin_answers())
+def test_upper_client_ack_report_and_stat(op: str, answer: Any) -> None:
     client = UpperClient(FakeLink(answer), "relay", "upper system mgr")
     job = Job(1, "c", jobs.INSTALL, PID, "now")
     try:
         if op == "ack":
             client.ack([job])
+        elif op == "stat":
+            assert client.stat(PID).id == PID
         else:
             assert client.report([]) >= 0
     except RdsError as e:

@@ -10,10 +10,10 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from hostile import clean_error, nasty_text, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
+from faults.hostile import clean_error, nasty_text, one_line
 from rds import flags
 from rds.errors import SettingsError
 from rds.home import Home

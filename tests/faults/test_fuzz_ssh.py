@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
+from faults.hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
 from rds import jobs, manager, state
 from rds.errors import CommunicationError, ProtocolError, RdsError
 from rds.home import Home
@@ -89,7 +89,7 @@ def upper(tmp_path: Path) -> Home:
 
 def good_requests() -> Any:
     return st.fixed_dictionaries({
-        "op": st.sampled_from(["checkin", "ack", "report", "read"]), "v": st.just(VERSION) | json_values(),
+        "op": st.sampled_from(["checkin", "ack", "report", "read", "stat"]), "v": st.just(VERSION) | json_values(),
         "host": st.sampled_from(["relay", "c", "mgr"])},
         optional={"package": st.sampled_from([str(PID), "C.AB.X.1.0"]) | json_values(),
                   "offset": st.sampled_from([0, 5, 10**6, -1, 2**64]) | json_values(),

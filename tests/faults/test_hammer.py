@@ -10,7 +10,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from hammer import hammer
+from faults.hammer import hammer
 
 SECONDS = float(os.environ.get("RDS_HAMMER_SECONDS", 15))
 

@@ -1,0 +1,248 @@
+"""Staging: packages carried by hand (seed 002's manual update, the CD).
+
+``export`` copies packages out of a storehouse (the managing server's, usually)
+into a directory or a tar archive (``.tar``, ``.tar.gz``, ``.tgz``); ``stage``
+takes them from one into this home's storehouse, whatever its caching policy.
+Both use the storehouse's own layout, one directory a package::
+
+    C.AB.APP.0100.0000/manifest.json
+    C.AB.APP.0100.0000/payload.tgz
+
+Nothing from the medium is trusted: an archive may hold only those regular
+files (anything else, a link, a device, a path outside, rejects the whole
+archive before anything is staged); each payload is copied into a temporary
+file while it is hashed, and must have the manifest's size and SHA-256, and
+its own members must pass the install's checks.  A package is added under its
+``fetch`` lock (rds.cache) with the storehouse's atomic commit: it appears
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from rds import cache, fsutil
+from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
+from rds.home import Home
+from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse, check_member
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+MANIFEST_MAX = 1 << 20
+_MEMBER = re.compile(r"(?:\./)?([^/]+)(?:/(manifest\.json|payload\.tgz))?/?")
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    package: str
+    action: str  # exported, staged, replaced, unchanged, rejected
+    message: str = ""
+    size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+def _select(store: Storehouse, only: list[PackageId] | None) -> list[Manifest]:
+    if not only:
+        found = store.list()
+        if not found:
+            raise InputError(f"{store.root}: no packages to export")
+        return found
+    out = []
+    for pid in only:
+        m = store.get(pid)
+        if m is None:
+            raise InputError(f"unknown package {pid} (not in {store.root})")
+        out.append(m)
+    return out
+
+
+def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None) -> list[Outcome]:
+    """Copy packages (all, or ``only``) to a directory or an archive; each is verified first."""
+    manifests = _select(store, only)
+    for m in manifests:
+        store.verify(m)  # never put a damaged copy on the medium
+    if is_archive(dest):
+        mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
+        with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
+            for m in manifests:
+                for name in (MANIFEST, PAYLOAD):
+                    info = tar.gettarinfo(str(store.dir(m.id) / name), arcname=f"{m.id}/{name}")
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = "root"
+                    with open(store.dir(m.id) / name, "rb") as f:
+                        tar.addfile(info, f)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        for m in manifests:
+            _export_dir(store, m, dest)
+    return [Outcome(str(m.id), "exported", str(dest), m.size) for m in manifests]
+
+
+def _export_dir(store: Storehouse, m: Manifest, dest: Path) -> None:
+    target = dest / str(m.id)
+    work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
+    try:
+        for name in (MANIFEST, PAYLOAD):
+            with open(store.dir(m.id) / name, "rb") as src, fsutil.atomic_writer(work / name) as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        if target.exists():
+            fsutil.remove_tree(target)
+        fsutil.durable_rename(work, target)  # the package appears whole on the medium
+    except BaseException:
+        fsutil.remove_tree(work)
+        raise
+
+
+# -- stage --------------------------------------------------------------------------------------------
+
+class _Medium:
+    """The packages on a directory or in an archive: their manifests, and a way to open payloads."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.tar: tarfile.TarFile | None = None
+        self.members: dict[str, tarfile.TarInfo] = {}
+
+    def __enter__(self) -> _Medium:
+        if not self.source.exists():
+            raise InputError(f"{self.source}: no such file or directory")
+        if self.source.is_dir():
+            return self
+        try:
+            self.tar = tarfile.open(self.source, "r:*")
+            members = self.tar.getmembers()
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise UnsafeArchive(f"{self.source}: not a readable archive ({e})") from None
+        for member in members:  # the whole archive is checked before anything is staged
+            check_member(member, "/staging")
+            match = _MEMBER.fullmatch(member.name)
+            if match is None or (match.group(2) is None) != member.isdir() or not (member.isdir() or member.isfile()):
+                raise UnsafeArchive(f"{self.source}: member {member.name!r} is not a package's "
+                                    f"{MANIFEST} or {PAYLOAD}; nothing was staged")
+            if match.group(2):
+                self.members[f"{match.group(1)}/{match.group(2)}"] = member
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+    def packages(self) -> list[str]:
+        if self.tar is None:
+            return sorted(p.name for p in self.source.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return sorted({k.split("/")[0] for k in self.members})
+
+    @contextlib.contextmanager
+    def open(self, package: str, name: str) -> Iterator[IO[bytes]]:
+        if self.tar is None:
+            path = self.source / package / name
+            if path.is_symlink() or not path.is_file():
+                raise InputError(f"{path}: not a regular file")
+            with open(path, "rb") as f:
+                yield f
+            return
+        member = self.members.get(f"{package}/{name}")
+        extracted = self.tar.extractfile(member) if member is not None else None
+        if extracted is None:
+            raise InputError(f"{self.source}: {package}/{name} is missing")
+        with extracted:
+            yield extracted
+
+
+def _read_manifest(medium: _Medium, package: str) -> Manifest:
+    with medium.open(package, MANIFEST) as f:
+        data = f.read(MANIFEST_MAX + 1)
+    if len(data) > MANIFEST_MAX:
+        raise InputError(f"{package}/{MANIFEST} is too large")
+    try:
+        m = Manifest.from_json(json.loads(data))
+    except ValueError as e:
+        raise InputError(f"{package}/{MANIFEST}: not JSON ({e})") from None
+    if str(m.id) != package:
+        raise InputError(f"{package}/{MANIFEST} describes {m.id}, not {package}")
+    return m
+
+
+def check_payload(path: Path) -> None:
+    """The package archive's own members must be extractable safely (as the install checks them)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                check_member(member, "/staging")
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise UnsafeArchive(f"{PAYLOAD}: not a readable archive ({e})") from None
+
+
+def stage(home: Home, source: Path, only: list[PackageId] | None = None) -> list[Outcome]:
+    """Stage every package (or ``only``) of ``source`` into ``home``'s storehouse, each verified."""
+    store = Storehouse(home.packages)
+    out = []
+    with _Medium(source) as medium:
+        names = medium.packages()
+        if only:
+            missing = [str(p) for p in only if str(p) not in names]
+            if missing:
+                raise InputError(f"{source}: no package {', '.join(missing)} there")
+            names = [str(p) for p in only]
+        if not names:
+            raise InputError(f"{source}: no packages there")
+        for name in names:
+            try:
+                out.append(_stage_one(home, store, medium, name))
+            except (IntegrityError, InputError) as e:
+                out.append(Outcome(name, "rejected", str(e)))
+    return out
+
+
+def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Outcome:
+    m = _read_manifest(medium, name)
+    fd, tmp = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), dir=store.partial)
+    part = Path(tmp)
+    try:
+        sha = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "wb") as dst, medium.open(name, PAYLOAD) as src:
+            while block := src.read(1 << 20):
+                sha.update(block)
+                size += len(block)
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if size != m.size or sha.hexdigest() != m.sha256:
+            raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {sha.hexdigest()[:16]}..., but the "
+                                 f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")
+        check_payload(part)
+        with cache.fetch_lock(home, m.id):  # not while a fetch of the same package runs
+            have = store.get(m.id)
+            if have is not None and have.sha256 == m.sha256:
+                with contextlib.suppress(RdsError):
+                    store.verify(have)
+                    return Outcome(name, "unchanged", "already here, verified", m.size)
+            if have is not None and have.sha256 != m.sha256 and home.settings.is_managing_server:
+                raise InputError(f"package {m.id} is registered here with other content; not replaced")
+            if have is not None:
+                store.remove(m.id)
+            store.add_downloaded(m, part, sha.hexdigest())
+            return Outcome(name, "replaced" if have is not None else "staged", str(store.dir(m.id)), m.size)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()

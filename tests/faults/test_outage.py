@@ -1,0 +1,19 @@
+"""The managing server unreachable for 10 polls while jobs and results wait (issue 7, point 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faults.conftest import trials
+from faults.runners import outage
+
+
+def test_outage_of_ten_polls_loses_nothing(tmp_path: Path) -> None:
+    """One outage on this machine (the upper home moved away), one over SSH (sshd stopped)."""
+    n = trials(2, 4)
+    row = outage(tmp_path, n, seed=11)
+    assert row.failed == [], row
+    assert (row.trials, row.survived, row.lost, row.doubled) == (n, n, 0, 0), row
+    local, ssh = row.notes[:2]
+    assert local.startswith("local: 1") and "no such directory" in local, local
+    assert ssh.startswith("ssh: 1") and "connection refused" in ssh, ssh
