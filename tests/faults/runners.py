@@ -396,7 +396,9 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20, resets: f
         tree.add("client1", "relay1")
         tree.check_in_upward(["client1", "relay1"])
         m = big_package(mgr.path, size)
-        mgr.run("dcmjexe", "-r", str(m.id), "-h", "client1")
+        # a transfer job: the relay fetches it in its own pass (for client1 alone, JIT would wait
+        # until client1 asked)
+        mgr.run("dcmjexe", "-t", "transfer", "-r", str(m.id), "-h", "relay1")
         start_down = proxy.down
         part = relay.path / "RDS" / ".partial" / f"{m.id}.{m.sha256[:16]}.part"
         runs = cut = 0
