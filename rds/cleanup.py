@@ -297,6 +297,9 @@ def reap_in_background(paths: list[Path]) -> int | None:
         return pid
     try:  # the child: let go of the parent's locks and files, and of its terminal
         os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # whoever reads rdsclr's output (cron, a pipe) must not wait for the child
+            os.dup2(null, fd)
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1024)
         reap(paths)
     finally:

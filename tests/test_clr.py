@@ -248,7 +248,8 @@ def test_retention_by_storage_period_and_by_lifeofresource(tree) -> None:  # typ
     out = relay.run("rdsclr")
     assert out.stdout.splitlines()[0].split() == ["PACKAGE", "BYTES", "REASON", "LAST", "ACCESS", "DONE"]
     assert {ln.split()[0]: ln.split()[2] for ln in out.stdout.splitlines()[1:3]} == {short: "expired", old: "expired"}
-    assert out.stdout.splitlines()[-1].startswith("removed 2 of 5 package(s), ")
+    assert out.stdout.splitlines()[-2].startswith("removed 2 of 5 package(s), ")
+    assert "deleted in the background" in out.stdout.splitlines()[-1]
     assert kept(relay) == sorted([longer, young, forever])
 
 
