@@ -38,6 +38,9 @@ def wuphosts(home: Home, below: Iterable[str], warn: Callable[[str], None]) -> s
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return set()
+    except OSError as e:  # startup requests only hurry things up: the lower systems still poll
+        warn(f"{path}: cannot read ({e.strerror}); no lower system is started")
+        return set()
     known = set(below)
     allowed = set()
     for lineno, line in enumerate(text.splitlines(), 1):

@@ -43,19 +43,22 @@ def extract(archive: Path, dest: Path) -> int:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
-            names = {m.name.removeprefix("./") for m in members}
             links = {m.name.rstrip("/").removeprefix("./") for m in members if m.issym() or m.islnk()}
+            before: set[str] = set()  # tarfile finds a hard link's target only among the members before it
             for m in members:
                 check_member(m, str(dest))
                 parents = Path(m.name.removeprefix("./")).parents
                 if any(str(p) in links for p in parents if str(p) != "."):
                     raise UnsafeArchive(f"member {m.name!r} lies under a link of the archive")
-                if m.islnk() and m.linkname.removeprefix("./") not in names:
-                    raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, not in the archive")
+                if m.islnk() and m.linkname.removeprefix("./") not in before:
+                    raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, "
+                                        f"not an earlier member of the archive")
+                before.add(m.name.removeprefix("./"))
             dest.mkdir(parents=True, exist_ok=True)
             tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise UnsafeArchive(f"{archive.name}: not a readable archive ({e})") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0].rstrip(":")  # tarfile's may run over several lines
+        raise UnsafeArchive(f"{archive.name}: not a readable archive ({why})") from None
     return len(members)
 
 

@@ -62,7 +62,7 @@ class Job:
                 raise ValueError(f"creation time {created!r}")
             return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created)
         except (TypeError, KeyError, ValueError) as e:
-            raise JobRecordError(f"not a valid job record: {e}") from None
+            raise JobRecordError(f"not a valid job record: {str(e)[:300]}") from None  # a hostile value may be huge
         except JobRecordError:
             raise
         except Exception as e:  # InputError from PackageId.parse
@@ -70,7 +70,15 @@ class Job:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job.from_json(json.loads(row["record"]))
+    return Job.from_json(record(row["record"]))
+
+
+def record(text: str) -> Any:
+    """A job record as the state database holds it: JSON, unless the database was damaged."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise JobRecordError(f"not a valid job record: not JSON: {str(text)[:100]!r}") from None
 
 
 def store(db: sqlite3.Connection, jobs: Iterable[Job], manifests: Mapping[str, Manifest],
@@ -97,7 +105,10 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
 def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
     """The manifest the job record carries (a job travels with its package's manifest)."""
     row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
-    return Manifest.from_json(json.loads(row[0])["manifest"])
+    try:
+        return Manifest.from_json(record(row[0])["manifest"])
+    except (KeyError, TypeError):  # a damaged state database
+        raise JobRecordError(f"job {job.key}: its record holds no valid manifest") from None
 
 
 def transfer_pending(db: sqlite3.Connection, package: PackageId) -> bool:
@@ -207,8 +218,8 @@ def waiting_lowers(db: sqlite3.Connection, jobs_of: Iterable[int] | None = None)
     wanted = None if jobs_of is None else set(jobs_of)
     rows = db.execute("SELECT r.via, j.record FROM jobs j JOIN routes r ON r.host = j.dest WHERE j.state=?"
                       " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
-    for via, record in rows:
-        job = Job.from_json(json.loads(record))
+    for via, text in rows:
+        job = Job.from_json(record(text))
         if wanted is None or job.job_no in wanted:
             out.setdefault(via, []).append(job)
     return out

@@ -108,13 +108,13 @@ class Manifest:
                 packaged=str(d.get("packaged", "")),
             )
             if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/") \
-                    or ".." in PurePosixPath(m.install_dir).parts:
+                    or ".." in PurePosixPath(m.install_dir).parts or "\x00" in m.install_dir:
                 raise ValueError("field")
             if m.script is not None and not isinstance(m.script, str):
                 raise ValueError("script")
             return m
-        except (AttributeError, KeyError, TypeError, ValueError, InputError) as e:
-            raise InputError(f"not a valid package manifest ({e})") from None
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError, InputError) as e:  # json reads Infinity
+            raise InputError(f"not a valid package manifest ({str(e)[:300]})") from None
 
 
 def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
@@ -162,8 +162,8 @@ class Storehouse:
             data = json.loads((self.dir(pid) / MANIFEST).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting, [[[[...
+            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({str(e)[:200]})") from None
         return Manifest.from_json(data)
 
     def has(self, pid: PackageId) -> bool:

@@ -166,7 +166,7 @@ class UpperService:
             pairs = [(int(j), str(d)) for j, d in keys]
             if any(not 0 < j < 2**63 for j, _ in pairs):
                 raise ValueError("job number")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
         status.handed(self.home, self.db, self.lower, pairs)
@@ -242,6 +242,8 @@ class UpperService:
         m = self.store.get(pid)
         if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
             m = self.obtain(pid)
+        if offset > m.size:  # a hostile offset would overflow the seek
+            raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         status.reading(self.home, self.db, self.lower, m.id)
         path = self.store.payload(pid)
@@ -295,6 +297,11 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+def said(message: Any) -> str:
+    """What the other system said, as one line of at most 500 characters: it may be hostile."""
+    return " ".join(str(message).splitlines())[:500]
+
+
 class UpperClient:
     """The lower system's side: builds requests and checks answers."""
 
@@ -309,7 +316,7 @@ class UpperClient:
         if not isinstance(reply, dict) or "ok" not in reply:
             raise ProtocolError(f"{self.where}: answered {op} with something that is not a reply")
         if not reply["ok"]:
-            kind, message = reply.get("error"), str(reply.get("message", ""))[:500]
+            kind, message = reply.get("error"), said(reply.get("message", ""))
             if kind == "refused":
                 raise Refused(f"{self.where} refused {op}: {message}")
             if kind == "uncacheable":
@@ -333,7 +340,7 @@ class UpperClient:
                 raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
         try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
             self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         return found, manifests
 
@@ -343,7 +350,10 @@ class UpperClient:
 
     def report(self, items: list[Result]) -> int:
         reply = self._call("report", results=[r.to_json() for r in items])
-        return int(reply.get("accepted", 0))
+        accepted = reply.get("accepted", 0)
+        if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted < 0:
+            raise ProtocolError(f"{self.where}: answered report with a bad count {str(accepted)[:40]!r}")
+        return accepted
 
     def stat(self, pid: PackageId) -> Manifest:
         """The upper system's current manifest of ``pid``."""
@@ -379,7 +389,8 @@ class UpperClient:
             finally:
                 if part.exists() and part.stat().st_size == 0:
                     part.unlink()  # nothing came: leave no empty partial download
-        if part.stat().st_size != manifest.size:
-            raise ProtocolError(f"{self.where}: package {manifest.id} came short "
-                                f"({part.stat().st_size} of {manifest.size} bytes)")
+        got = part.stat().st_size if part.exists() else 0  # nothing came: no partial file was left
+        if got != manifest.size:
+            raise ProtocolError(f"{self.where}: package {manifest.id} came "
+                                f"{'short' if got < manifest.size else 'too long'} ({got} of {manifest.size} bytes)")
         store.add_downloaded(manifest, part, sha.hexdigest())

@@ -161,6 +161,12 @@ def _hostname(v: str) -> str:
     return v
 
 
+def _path(v: str) -> Path:
+    if "\x00" in v:  # no system call takes it: refused here, not at the first use
+        raise ValueError(v)
+    return Path(v)
+
+
 def _yes_no(v: str) -> bool:
     if v.upper() in ("YES", "Y", "TRUE", "ON", "1"):
         return True
@@ -188,7 +194,7 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "RetryInterval": ("retry_interval", _retry_interval, "1-99 (units of 10 seconds), or a number with a unit s/m"),
     "MaxConnectClients": ("max_connect_clients", *_int_range(1, 1024)),
     "LifeofResource": ("life_of_resource", *_duration("d", 0, 36500 * 86400, "days")),
-    "OutPutFileOfDeliveryStatus": ("delivery_status_file", Path, "a path"),
+    "OutPutFileOfDeliveryStatus": ("delivery_status_file", _path, "a path"),
     "OrderOfDeliveryStatus": ("delivery_status_order", *_int_range(1, 10_000_000)),
     "IDCommandDeleteTiming": ("id_command_delete_timing", *_choice("RESOURCE_DELETE", "MANUAL")),
     "CommandDeletewithResource": ("command_delete_with_resource", _yes_no, "YES or NO"),
@@ -198,10 +204,10 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "CacheHighWaterMark": ("cache_high_water_mark", *_int_range(1, 100)),
     "CacheCleanupInterval": ("cache_cleanup_interval", lambda v: parse_duration(v, "m", 1, 365 * 86400),
                              "1-525600 minutes, or a time with a unit s/m/h/d (at least 1s)"),
-    "IdentityFile": ("identity_file", Path, "a path"),
-    "KnownHostsFile": ("known_hosts_file", Path, "a path"),
+    "IdentityFile": ("identity_file", _path, "a path"),
+    "KnownHostsFile": ("known_hosts_file", _path, "a path"),
     "ConnectTimeout": ("connect_timeout", *_duration("s", 1, 3600, "seconds")),
-    "InstallRoot": ("install_root", Path, "an absolute path prefixed to every install directory (default /)"),
+    "InstallRoot": ("install_root", _path, "an absolute path prefixed to every install directory (default /)"),
     "StartupAddress": ("startup_address", startup_address,
                        "ssh://[user@]host[:port] (this host's sshd, where rds-wake is the upper system's forced "
                        "command) or the absolute path of this home"),

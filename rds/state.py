@@ -84,6 +84,8 @@ def connect(path: Path) -> sqlite3.Connection:
         if _full(path):  # SQLite says "disk I/O error" when it cannot even lay out its WAL index
             raise SystemError_(f"{path}: cannot open the state database: disk full") from None
         raise SettingsError(f"{path}: cannot open the state database: {e}") from None
+    except UnicodeDecodeError:  # sqlite's own message quotes the damaged schema, which is not UTF-8
+        raise SettingsError(f"{path}: cannot open the state database: its schema is damaged") from None
     return db
 
 

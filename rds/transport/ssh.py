@@ -44,7 +44,7 @@ from typing import Any, BinaryIO
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
 from rds.home import Home
 from rds.log import logger
-from rds.protocol import READ_MAX, VERSION, UpperService
+from rds.protocol import READ_MAX, VERSION, UpperService, said
 from rds.settings import Settings
 
 SERVE = "rds-serve"
@@ -113,7 +113,7 @@ def encode(msg: Any) -> bytes:
 def _decode(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: hostile nesting, [[[[...
         return None
 
 
@@ -333,11 +333,11 @@ class SSHLink:
             self.upper = hello.get("upper")
         reply = self._frame()
         if not reply.get("ok") and reply.get("error") == "upper":
-            raise CommunicationError(f"{self.where}: {str(reply.get('message', ''))[:500]}")
+            raise CommunicationError(f"{self.where}: {said(reply.get('message', ''))}")
         return reply
 
     def _raise(self, answer: dict[str, Any], what: str) -> None:
-        message = str(answer.get("message", ""))[:500]
+        message = said(answer.get("message", ""))
         if answer.get("error") == "refused":
             raise Refused(f"{self.where} refused {what}: {message}")
         if answer.get("error") == "uncacheable":

@@ -1,0 +1,27 @@
+"""Concurrency: rdsma, rdsft -a, rdsclr, rdsgroupid -d and rdsdlv hammering one home while jobs keep arriving
+(tests/faults/hammer.py).  No corruption, no deadlock, every job installed exactly once.
+
+RDS_HAMMER_SECONDS sets how long (15 s by default; bench/faults runs the full 60 s).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from faults.hammer import hammer
+
+SECONDS = float(os.environ.get("RDS_HAMMER_SECONDS", 15))
+
+
+def test_hammer_one_home(tmp_path: Path) -> None:
+    outcome = hammer(tmp_path / "hammer", SECONDS)
+    problems = outcome.problems()
+    assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
+    ran = Counter(call.args[0] for call in outcome.calls)
+    for command in ("dcmjexe", "rdsft", "rdsclr", "rdsgroupid", "rdsdlv", "rdsma"):
+        assert ran[command] >= 3, f"{command} ran only {ran[command]} time(s): {dict(ran)}"
+    assert len(outcome.created) >= 5
+    assert sum(outcome.installs.values()) == len(outcome.created) - len(outcome.evicted)
+    assert len(outcome.evicted) < len(outcome.created), "rdsclr evicted the package of every job"
