@@ -380,19 +380,7 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20, resets: f
     """
     rng = random.Random(seed)
     row = Row(f"cut link x{trials} in one {size >> 20} MiB transfer", trials=trials)
-    tree = Tree(work / "hosts")
-    mgr = tree.add("mgr")
-    mgr.home()
-    server = Sshd(work / "sshd")
-    key = server.add_key("relay1", command=serve_command("relay1", mgr.path))
-    server.start()
-    proxy = ResetProxy(server.port)
-    try:
-        known = work / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{proxy.port} {server.host_key_line()}\n")
-        url = server.url(mgr.path).replace(f":{server.port}", f":{proxy.port}")
-        relay = tree.add("relay1", settings=f"ManagingHost\t{url}\nIdentityFile\t{key}\n"
-                                            f"KnownHostsFile\t{known}\nConnectTimeout\t10s\n")
+    with cut_link(work) as (tree, mgr, relay, proxy):
         tree.add("client1", "relay1")
         tree.check_in_upward(["client1", "relay1"])
         m = big_package(mgr.path, size)
@@ -449,10 +437,29 @@ def network(work: Path, trials: int, seed: int, size: int = 256 << 20, resets: f
             row.failed.append(f"{ratio:.3f}x the package's size moved (promise: at most 1.1x)")
         row.survived = cut if row.lost == 0 else 0
         row.trials = cut
+    return row
+
+
+@contextlib.contextmanager
+def cut_link(work: Path) -> Iterator[tuple[Tree, Host, Host, ResetProxy]]:
+    """A managing server and relay1, whose SSH link to it runs through a proxy that can cut it."""
+    tree = Tree(work / "hosts")
+    mgr = tree.add("mgr")
+    mgr.home()
+    server = Sshd(work / "sshd")
+    key = server.add_key("relay1", command=serve_command("relay1", mgr.path))
+    server.start()
+    proxy = ResetProxy(server.port)
+    try:
+        known = work / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{proxy.port} {server.host_key_line()}\n")
+        url = server.url(mgr.path).replace(f":{server.port}", f":{proxy.port}")
+        relay = tree.add("relay1", settings=f"ManagingHost\t{url}\nIdentityFile\t{key}\n"
+                                            f"KnownHostsFile\t{known}\nConnectTimeout\t10s\n")
+        yield tree, mgr, relay, proxy
     finally:
         proxy.close()
         server.stop()
-    return row
 
 
 # -- 3. disk full -----------------------------------------------------------------

@@ -31,24 +31,12 @@ def cuts(tmp_path: Path, reset: bool, n: int) -> list[tuple[int, int]]:
     (bytes the proxy passed down, bytes that run kept)."""
     import random
 
-    from conftest import Tree
-    from sshd import Sshd, make_package, serve_command
+    from sshd import make_package
 
-    from faults.runners import ResetProxy
+    from faults.runners import cut_link
 
     rng = random.Random(17)
-    tree = Tree(tmp_path / "hosts")
-    mgr = tree.add("mgr")
-    mgr.home()
-    server = Sshd(tmp_path / "sshd")
-    key = server.add_key("relay1", command=serve_command("relay1", mgr.path))
-    server.start()
-    proxy = ResetProxy(server.port)
-    try:
-        known = tmp_path / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{proxy.port} {server.host_key_line()}\n")
-        url = server.url(mgr.path).replace(f":{server.port}", f":{proxy.port}")
-        relay = tree.add("relay1", settings=f"ManagingHost\t{url}\nIdentityFile\t{key}\nKnownHostsFile\t{known}\n")
+    with cut_link(tmp_path) as (_, mgr, relay, proxy):
         relay.run("rdsft", "-a")
         m = make_package(mgr.path, 32 << 20)
         mgr.run("dcmjexe", "-r", str(m.id), "-h", "relay1")
@@ -62,9 +50,6 @@ def cuts(tmp_path: Path, reset: bool, n: int) -> list[tuple[int, int]]:
             assert proc.returncode == 253, proc.stderr
             out.append((proxy.down - down, part.stat().st_size - have))
         return out
-    finally:
-        proxy.close()
-        server.stop()
 
 
 def test_hang_ups_lose_at_most_the_last_packet(tmp_path: Path) -> None:
