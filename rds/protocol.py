@@ -63,6 +63,16 @@ MAX_BELOW = 1_000_000
 READ_MAX = 64 << 20
 
 
+# the errors a lower system is told of in an answer (rds-serve turns any other into "upper")
+ANSWERED = (UnableToCache, Refused, ProtocolError, InputError)
+
+
+def error_answer(e: Exception) -> dict[str, Any]:
+    """The answer that tells the lower system of ``e``, one of ANSWERED."""
+    kind = "uncacheable" if isinstance(e, UnableToCache) else "refused" if isinstance(e, Refused) else "protocol"
+    return {"ok": False, "error": kind, "message": str(e)}
+
+
 class UpperService:
     """The upper system's side, for one lower system whose name is trusted.
 
@@ -105,7 +115,7 @@ class UpperService:
     def handle(self, msg: Any) -> dict[str, Any]:
         """Answer one request; errors become error answers, never exceptions."""
         try:
-            op = self._check(msg)
+            op = self.check(msg)
             if op == "checkin":
                 return self.checkin(msg.get("below", []), msg.get("wake"))
             if op == "ack":
@@ -115,14 +125,11 @@ class UpperService:
             if op == "stat":
                 return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
             raise ProtocolError(f"unknown request {op!r}")
-        except UnableToCache as e:
-            return {"ok": False, "error": "uncacheable", "message": str(e)}
-        except Refused as e:
-            return {"ok": False, "error": "refused", "message": str(e)}
-        except (ProtocolError, InputError) as e:
-            return {"ok": False, "error": "protocol", "message": str(e)}
+        except ANSWERED as e:
+            return error_answer(e)
 
-    def _check(self, msg: Any) -> str:
+    def check(self, msg: Any) -> str:
+        """The request's op, once its form, version and asking host are checked."""
         if not isinstance(msg, dict):
             raise ProtocolError("a request must be a JSON object")
         if msg.get("v") != VERSION:

@@ -376,13 +376,19 @@ def test_rdsclr_waits_for_a_pass_and_names_it(tree) -> None:  # type: ignore[no-
             pass_.wait()
 
 
-def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", "CacheSizeLimit\t1\n")
+def relay_holding_a_job_for_c(tree, relay_settings: str = "") -> tuple:  # type: ignore[no-untyped-def, type-arg]
+    """mgr -> relay -> c, a job for c held at the relay for a 3 MiB package."""
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", relay_settings)
     tree.add("c", "relay")
     tree.check_in_upward(["c", "relay"])
     pkg = tree.package(name="BIG", script=None, files={"blob": os.urandom(3 << 20).hex()})
     mgr.run("dcmjexe", "-r", pkg, "-h", "c")
     relay.run("rdsft", "-a")
+    return relay, pkg
+
+
+def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  # type: ignore[no-untyped-def]
+    relay, pkg = relay_holding_a_job_for_c(tree, "CacheSizeLimit\t1\n")
     service = protocol.UpperService(Home.open(relay.path), "c")
     try:
         blocks = service.read(pkg, 0, 1 << 40)
@@ -397,12 +403,7 @@ def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  
 
 
 def test_rdsft_init_waits_for_a_reader_then_keeps_the_package_and_says_so(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
-    tree.add("c", "relay")
-    tree.check_in_upward(["c", "relay"])
-    pkg = tree.package(name="BIG", script=None, files={"blob": os.urandom(3 << 20).hex()})
-    mgr.run("dcmjexe", "-r", pkg, "-h", "c")
-    relay.run("rdsft", "-a")
+    relay, pkg = relay_holding_a_job_for_c(tree)
     service = protocol.UpperService(Home.open(relay.path), "c")
     try:
         blocks = service.read(pkg, 0, 1 << 40)

@@ -76,11 +76,17 @@ def test_relay_killed(tree, point: str) -> None:  # type: ignore[no-untyped-def]
     relay.run("rdsft", "-a")
     c.run("rdsft", "-a")
     relay.run("rdsft", "-a")
+    done_once(mgr, relay, c)
+
+
+def done_once(mgr, relay, c) -> str:  # type: ignore[no-untyped-def]
+    """c installed once, the managing server knows, and the relay fetched the package from it once
+    (resuming if cut); returns the relay's log."""
     assert installs(c) == 1
     assert statuses(mgr) == {"c": "COMPLETE"}
-    # the relay fetched the package from the managing server only once
     log = (relay.path / "log" / "rds.log").read_text()
     assert log.count("from byte 0\n") == 1
+    return log
 
 
 @pytest.mark.parametrize("point", ON_DEMAND_POINTS)
@@ -92,11 +98,7 @@ def test_killed_while_the_relay_fetches_on_demand(tree, point: str) -> None:  # 
     no_stray_package(c)
     c.run("rdsft", "-a")
     relay.run("rdsft", "-a")
-    assert installs(c) == 1
-    assert statuses(mgr) == {"c": "COMPLETE"}
-    # the relay fetched the package from the managing server only once, resuming if cut
-    log = (relay.path / "log" / "rds.log").read_text()
-    assert log.count("from byte 0\n") == 1
+    log = done_once(mgr, relay, c)
     if point == "downloading":
         assert re.search(r"from byte [1-9]", log), "the cut download was not resumed"
 

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
+from rds.errors import CommunicationError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
 from rds.home import Home
 from rds.log import logger
-from rds.protocol import READ_MAX, VERSION, UpperService, said
+from rds.protocol import ANSWERED, READ_MAX, VERSION, UpperService, error_answer, said
 from rds.settings import Settings
 
 SERVE = "rds-serve"
@@ -207,19 +207,10 @@ def _read_request(inp: BinaryIO) -> Any:
 
 def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
     try:
-        if msg.get("v") != VERSION:
-            raise ProtocolError(f"protocol version {msg.get('v')!r} is not supported (this side speaks {VERSION})")
-        if msg.get("host") != service.lower:
-            raise Refused(f"{service.lower} may not act as {msg.get('host')!r}")
+        service.check(msg)
         blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
-    except UnableToCache as e:
-        _send(out, {"ok": False, "error": "uncacheable", "message": str(e)})
-        return 0
-    except Refused as e:
-        _send(out, {"ok": False, "error": "refused", "message": str(e)})
-        return 0
-    except (ProtocolError, InputError) as e:
-        _send(out, {"ok": False, "error": "protocol", "message": str(e)})
+    except ANSWERED as e:
+        _send(out, error_answer(e))
         return 0
     except (RdsError, OSError) as e:  # the upper's own storehouse
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
