@@ -37,13 +37,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rds import crashpoints, fsutil, jobs, results, state, states
+from rds import codes, crashpoints, database, fsutil, jobs, results
+from rds.clock import now_text
+from rds.database import Transaction
 from rds.home import Home, lock_timeout
 from rds.log import logger
 from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
-from rds.results import Result, now_text
+from rds.results import Result
 from rds.settings import Settings
-from rds.state import Transaction
 
 EXPIRED, OVER_LIMIT, INIT, DELETE_JOB = "expired", "over size limit", "rdsft -init", "DELETE job"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -160,7 +161,7 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
     entries = scan(store)
     report = Report(packages=len(entries), dry_run=dry_run, limit=settings.cache_size_limit)
     report.use_before = sum(e.size for e in entries)
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     try:
         pending = pending_packages(db)
         doomed: list[tuple[Entry, str]] = []
@@ -360,7 +361,7 @@ def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
             if package not in gone or type_ == jobs.DELETE or (only is not None and key not in only):
                 continue
             if st in (jobs.WAIT, jobs.INSTALLING):
-                results.keep(db, Result(job_no, dest, states.ERROR, gone[package] + "; the job is invalid", finished))
+                results.keep(db, Result(job_no, dest, codes.ERROR, gone[package] + "; the job is invalid", finished))
                 invalid += 1
                 if auto:
                     deleted += _delete(db, key)
@@ -462,11 +463,11 @@ def delete_job(home: Home, db: sqlite3.Connection, job: jobs.Job) -> Result:
     """Run a DELETE job for this host: the package leaves this storehouse; COMPLETE either way."""
     report = remove_one(home, db, job.package, DELETE_JOB, wait=lock_timeout())
     if report.busy:
-        return Result(job.job_no, job.dest, states.ERROR,
+        return Result(job.job_no, job.dest, codes.ERROR,
                       f"package {job.package} is being read by a lower system; not deleted", now_text())
     if not report.removed:
-        return Result(job.job_no, job.dest, states.COMPLETE,
+        return Result(job.job_no, job.dest, codes.COMPLETE,
                       f"package {job.package} was not in the package storehouse of {home.host}", now_text())
-    return Result(job.job_no, job.dest, states.COMPLETE,
+    return Result(job.job_no, job.dest, codes.COMPLETE,
                   f"deleted package {job.package} from the package storehouse of {home.host}; "
                   f"{report.invalidated} job(s) invalidated", now_text())

@@ -26,12 +26,13 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from rds import crashpoints, states
+from rds import codes, crashpoints
+from rds.clock import now_text
 from rds.errors import IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, Storehouse, check_member
-from rds.results import Result, now_text
+from rds.results import Result
 
 
 def target_dir(home: Home, manifest: Manifest) -> Path:
@@ -159,23 +160,23 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
             log(f"job {job.job_no}: extracted {n} members of {manifest.id} into {dest}")
             crashpoints.reach("extracted")
             if not manifest.script:
-                return _result(job, states.COMPLETE, f"installed in {dest}")
+                return _result(job, codes.COMPLETE, f"installed in {dest}")
             rc = run_script(home, job, manifest, dest)
         if rc is None:
-            return _result(job, states.ERROR, "the install script left no exit status")
+            return _result(job, codes.ERROR, "the install script left no exit status")
         if rc == 0:
-            return _result(job, states.COMPLETE, f"installed in {target_dir(home, manifest)}; script exited 0")
+            return _result(job, codes.COMPLETE, f"installed in {target_dir(home, manifest)}; script exited 0")
         detail = last_line(log_path)
         how = f"script killed by signal {-rc}" if rc < 0 else f"script exited {rc}"
-        return _result(job, states.ERROR, how + (f": {detail}" if detail else ""))
+        return _result(job, codes.ERROR, how + (f": {detail}" if detail else ""))
     except IntegrityError as e:
         store.remove(manifest.id)
-        return _result(job, states.ERROR, str(e))
+        return _result(job, codes.ERROR, str(e))
     except RdsError as e:
-        return _result(job, states.ERROR, f"{manifest.id}: {e}")
+        return _result(job, codes.ERROR, f"{manifest.id}: {e}")
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        return _result(job, states.ERROR, f"{manifest.id}: {where}{_strerror(e)}")
+        return _result(job, codes.ERROR, f"{manifest.id}: {where}{_strerror(e)}")
 
 
 def _strerror(e: OSError) -> str:

@@ -16,10 +16,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rds.database import Transaction
 from rds.errors import JobRecordError
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
-from rds.state import Transaction
 
 INSTALL = "INSTALL"
 TRANSFER = "TRANSFER"  # JP1's "Transfer package to relay system": the relay fetches and keeps the package

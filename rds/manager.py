@@ -7,14 +7,14 @@ import hashlib
 import sqlite3
 import time
 
-from rds import jobs, states
+from rds import codes, jobs
+from rds.clock import now_text
+from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId, Storehouse
-from rds.results import now_text
 from rds.settings import valid_hostname
-from rds.state import Transaction
 
 # dcmstat's exit codes, as JP1's
 ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32
@@ -64,10 +64,11 @@ class DestinationStatus:
     message: str
 
     def to_json(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "code": states.JOB_STATUS_CODES.get(self.status, "")}
+        return {**dataclasses.asdict(self), "code": codes.JOB_STATUS_CODES.get(self.status, "")}
 
 
-def status(db: sqlite3.Connection, job_no: int | None = None) -> list[DestinationStatus]:
+def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[DestinationStatus]:
+    """Where each destination of each job (or of ``job_no``) stands, in dcmstat's words."""
     query = ("SELECT j.job_no, j.dest, j.package, j.state, j.handed_to, j.received, r.status, r.message,"
              " r.finished, rt.via FROM jobs j LEFT JOIN results r ON r.job_no = j.job_no AND r.dest = j.dest"
              " LEFT JOIN routes rt ON rt.host = j.dest")
@@ -80,12 +81,12 @@ def status(db: sqlite3.Connection, job_no: int | None = None) -> list[Destinatio
         if row["status"] is not None:
             st, updated, msg = row["status"], row["finished"], row["message"]
         elif row["state"] == jobs.HANDED:
-            st, updated, msg = states.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
+            st, updated, msg = codes.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
         elif row["via"] is None:
-            st, updated, msg = states.WAIT, now_text(row["received"]), \
+            st, updated, msg = codes.WAIT, now_text(row["received"]), \
                 f"held: {row['dest']} has not reported in yet"
         else:
-            st, updated, msg = states.WAIT, now_text(row["received"]), f"waiting for {row['via']} to check in"
+            st, updated, msg = codes.WAIT, now_text(row["received"]), f"waiting for {row['via']} to check in"
         out.append(DestinationStatus(row["job_no"], row["dest"], row["package"], st, updated, msg))
     if job_no is not None and not out:
         raise InputError(f"no job {job_no}")
@@ -93,8 +94,8 @@ def status(db: sqlite3.Connection, job_no: int | None = None) -> list[Destinatio
 
 
 def exit_code(rows: list[DestinationStatus]) -> int:
-    failed = any(r.status in states.FAILED for r in rows)
-    running = any(r.status in (states.WAIT, states.EXEC) for r in rows)
+    failed = any(r.status in codes.FAILED for r in rows)
+    running = any(r.status in (codes.WAIT, codes.EXEC) for r in rows)
     if running:
         return RUNNING_WITH_FAILURES if failed else RUNNING
     return SOME_FAILED if failed else ALL_COMPLETE

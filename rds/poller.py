@@ -17,7 +17,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cache, cleanup, crashpoints, fsutil, install, jobs, results, startup, state, states, status
+from rds import cache, cleanup, codes, crashpoints, database, delivery, fsutil, install, jobs, results, startup
+from rds.clock import now_text
 from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
@@ -46,14 +47,14 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     with home.lock("rdsft"):
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
-        db = state.connect(home.db_path)
+        db = database.connect(home.db_path)
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
-            status.record(home, found, "KEEPING")
+            delivery.record(home, found, "KEEPING")
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
@@ -67,8 +68,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info)
-                status.kept(home, db, store)
-                status.record_results(home, db, ended)
+                delivery.kept(home, db, store)
+                delivery.record_results(home, db, ended)
             finally:
                 if requests is not None:
                     requests.finish()
@@ -102,7 +103,7 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
     ended: list[Result] = []
 
     def end(job: Job, status: str, message: str) -> None:
-        ended.append(Result(job.job_no, job.dest, status, message, results.now_text()))
+        ended.append(Result(job.job_no, job.dest, status, message, now_text()))
         results.record(db, ended[-1])  # the job is DONE in the same commit
 
     own = jobs.in_state(db, jobs.WAIT, home.host) + jobs.in_state(db, jobs.INSTALLING, home.host)
@@ -112,10 +113,10 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
         except (IntegrityError, LockTimeout, Refused, UnableToCache) as e:
             log(f"job {job.job_no} (transfer of {job.package}): {e}")
             if isinstance(e, UnableToCache):  # a relay above refused it
-                end(job, states.ERROR, str(e))
+                end(job, codes.ERROR, str(e))
             continue  # else the job stays; the next pass tries again
         fetched += [str(m.id)] if got else []
-        end(job, states.COMPLETE, f"package {m.id} stored and verified on {home.host}")
+        end(job, codes.COMPLETE, f"package {m.id} stored and verified on {home.host}")
         log(f"job {job.job_no} (transfer of {m.id}): COMPLETE")
     needed: dict[str, list[Job]] = {}
     for job in own:
@@ -127,7 +128,7 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
         except UnableToCache as e:  # reported upward as ERROR, not tried again and again
             log(str(e))
             for job in waiting:
-                end(job, states.ERROR, str(e))
+                end(job, codes.ERROR, str(e))
             continue
         except (IntegrityError, LockTimeout, Refused) as e:  # LockTimeout: another process still fetches it
             log(str(e))  # the jobs stay; the next pass fetches again
@@ -148,7 +149,7 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if job.type == jobs.DELETE:
             res = cleanup.delete_job(home, db, job)
             results.record(db, res)
-            status.record_results(home, db, [res])
+            delivery.record_results(home, db, [res])
             log(f"job {job.job_no} {job.package}: {res.status}: {res.message}")
             done.append(res)
             continue
@@ -160,11 +161,11 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
-        status.record(home, [job], "GEN_START")
+        delivery.record(home, [job], "GEN_START")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
         results.record(db, res)  # the job is DONE in the same commit
-        status.record_results(home, db, [res])
+        delivery.record_results(home, db, [res])
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)
@@ -184,7 +185,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
 
 
 def send_once(home: Home) -> int:
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     try:
         if not results.unsent(db, limit=1):
             return 0

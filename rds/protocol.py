@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cache, cleanup, crashpoints, daemon, fsutil, jobs, results, state, status
+from rds import cache, cleanup, crashpoints, daemon, database, delivery, fsutil, jobs, results
 from rds.errors import (
     CommunicationError,
     InputError,
@@ -92,7 +92,7 @@ class UpperService:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self._db = state.connect(self.home.db_path)
+            self._db = database.connect(self.home.db_path)
         return self._db
 
     def close(self) -> None:
@@ -176,7 +176,7 @@ class UpperService:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        status.handed(self.home, self.db, self.lower, pairs)
+        delivery.handed(self.home, self.db, self.lower, pairs)
         return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
@@ -191,7 +191,7 @@ class UpperService:
         log = logger(self.home)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
-        status.record_results(self.home, self.db, parsed)
+        delivery.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -252,7 +252,7 @@ class UpperService:
         if offset > m.size:  # a hostile offset would overflow the seek
             raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
-        status.reading(self.home, self.db, self.lower, m.id)
+        delivery.reading(self.home, self.db, self.lower, m.id)
         path = self.store.payload(pid)
         return _counted(_blocks(path, offset, min(length, max(0, m.size - offset))),
                         lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "

@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rds import jobs, states
+from rds import codes, jobs
+from rds.database import Transaction
 from rds.errors import ProtocolError
 from rds.settings import valid_hostname
-from rds.state import Transaction
 
 MESSAGE_MAX = 2000
 
@@ -41,7 +41,7 @@ class Result:
                 raise ValueError(f"job number {r.job_no!r}")
             if not isinstance(r.dest, str) or not valid_hostname(r.dest):
                 raise ValueError(f"destination {r.dest!r}")
-            if r.status not in states.RESULT_STATUSES:
+            if r.status not in codes.RESULT_STATUSES:
                 raise ValueError(f"status {r.status!r}")
             if not isinstance(r.message, str) or not isinstance(r.finished, str):
                 raise ValueError("message")
@@ -50,14 +50,10 @@ class Result:
             raise ProtocolError(f"not a valid result: {e}") from None
 
 
-def now_text(now: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() if now is None else now))
-
-
 def _keep(db: sqlite3.Connection, r: Result) -> bool:
     """Insert or upgrade ``r``; False when it was already known.  Call inside a transaction."""
     old = db.execute("SELECT status FROM results WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone()
-    if old is not None and (old[0] == r.status or old[0] in states.OUTCOMES):
+    if old is not None and (old[0] == r.status or old[0] in codes.OUTCOMES):
         return False
     db.execute(
         "INSERT INTO results (job_no, dest, status, message, finished, sent) VALUES (?, ?, ?, ?, ?, NULL)"
@@ -65,7 +61,7 @@ def _keep(db: sqlite3.Connection, r: Result) -> bool:
         " finished=excluded.finished, sent=NULL",
         (r.job_no, r.dest, r.status, r.message[:MESSAGE_MAX], r.finished),
     )
-    if r.status in states.OUTCOMES:
+    if r.status in codes.OUTCOMES:
         db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (jobs.DONE, r.job_no, r.dest))
     return True
 

@@ -106,8 +106,9 @@ class Requests:
 
     def finish(self) -> dict[str, bool]:
         """Send the requests, wait for their answers; returns who was reached."""
-        from rds import flags, results, states, status
-        from rds.results import Result, now_text
+        from rds import codes, delivery, flags, results
+        from rds.clock import now_text
+        from rds.results import Result
 
         self.go.set()
         reached = {}
@@ -124,14 +125,14 @@ class Requests:
             self.log(f"startup request to {lower} failed: {error}")
             if flags.is_set(self.home, "cltstsud"):
                 for job in self.waiting[lower]:
-                    results.record(self.db, Result(job.job_no, job.dest, states.EXEC_ERROR,
+                    results.record(self.db, Result(job.job_no, job.dest, codes.EXEC_ERROR,
                                                    f"startup request to {lower} failed: {error}", now_text()))
                 self.log(f"{self.home.prm / flags.CLTSTSUD} exists: reported EXEC-ERROR for "
                          f"{len(self.waiting[lower])} job(s)")
         if self.pool is not None:
             self.pool.shutdown()
         if self.waiting:
-            status.started(self.home, self.waiting, reached)  # who was not asked gets CLT_WAIT
+            delivery.started(self.home, self.waiting, reached)  # who was not asked gets CLT_WAIT
         return reached
 
 

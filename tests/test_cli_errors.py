@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import Host, Tree
 
-from rds import jobs, state
+from rds import database, jobs
 from rds.cli import run
 from rds.packages import PackageId, Storehouse
 
@@ -84,7 +84,7 @@ def pid(tree: Tree, mgr: Host) -> str:
 
 
 def job_count(mgr: Host) -> int:
-    db = state.connect(mgr.home().db_path)
+    db = database.connect(mgr.home().db_path)
     try:
         return len(jobs.listing(db))
     finally:

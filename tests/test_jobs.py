@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rds import jobs, manager, results, state, states
+from rds import codes, database, jobs, manager, results
 from rds.errors import IntegrityError, JobRecordError, ProtocolError, Refused
 from rds.home import Home
 from rds.jobs import Job
@@ -81,7 +81,7 @@ def test_host_name_with_trailing_newline_is_refused() -> None:
 
 @pytest.fixture
 def db(tmp_path: Path) -> sqlite3.Connection:
-    conn = state.connect(tmp_path / "rds.db")
+    conn = database.connect(tmp_path / "rds.db")
     yield conn  # type: ignore[misc]
     conn.close()
 
@@ -107,7 +107,7 @@ def test_a_job_stored_twice_is_kept_once(db: sqlite3.Connection) -> None:
 def test_a_done_job_is_not_taken_again(db: sqlite3.Connection) -> None:
     manifests = {str(PID): manifest()}
     jobs.store(db, [job()], manifests)
-    results.record(db, Result(7, "c1", states.COMPLETE, "ok", "t"))
+    results.record(db, Result(7, "c1", codes.COMPLETE, "ok", "t"))
     assert jobs.store(db, [job()], manifests) == 0
     assert jobs.in_state(db, jobs.DONE) == [job()]
     assert jobs.in_state(db, jobs.WAIT) == []
@@ -176,7 +176,7 @@ def test_hand_over_only_to_the_lower_system_on_the_route(db: sqlite3.Connection)
 
 # -- results ------------------------------------------------------------------------
 
-def result(status: str = states.COMPLETE, dest: str = "c1", no: int = 7, message: str = "done") -> Result:
+def result(status: str = codes.COMPLETE, dest: str = "c1", no: int = 7, message: str = "done") -> Result:
     return Result(no, dest, status, message, "2024-05-01T10:05:00")
 
 
@@ -204,19 +204,19 @@ def test_the_same_result_twice_in_one_report_counts_once(routed: sqlite3.Connect
 
 
 def test_interim_exec_error_gives_way_to_complete(routed: sqlite3.Connection) -> None:
-    assert results.accept(routed, "r1", [result(states.EXEC_ERROR, message="c1 did not answer")], "mgr") == 1
+    assert results.accept(routed, "r1", [result(codes.EXEC_ERROR, message="c1 did not answer")], "mgr") == 1
     assert jobs.in_state(routed, jobs.WAIT) == [job()]  # an interim status does not end the job
     results.mark_sent(routed, results.unsent(routed))
     assert results.unsent(routed) == []
-    assert results.accept(routed, "r1", [result(states.COMPLETE)], "mgr") == 1
+    assert results.accept(routed, "r1", [result(codes.COMPLETE)], "mgr") == 1
     assert stored(routed) == [(7, "c1", "COMPLETE", "done")]
     assert [r.status for r in results.unsent(routed)] == ["COMPLETE"]  # goes up again
     assert jobs.in_state(routed, jobs.DONE) == [job()]
 
 
-@pytest.mark.parametrize("later", [states.EXEC_ERROR, states.LINE_DOWN, states.ERROR, states.SETUP_ERROR])
+@pytest.mark.parametrize("later", [codes.EXEC_ERROR, codes.LINE_DOWN, codes.ERROR, codes.SETUP_ERROR])
 def test_complete_is_never_replaced(routed: sqlite3.Connection, later: str) -> None:
-    results.accept(routed, "r1", [result(states.COMPLETE)], "mgr")
+    results.accept(routed, "r1", [result(codes.COMPLETE)], "mgr")
     results.mark_sent(routed, results.unsent(routed))
     assert results.accept(routed, "r1", [result(later, message="late")], "mgr") == 0
     assert stored(routed) == [(7, "c1", "COMPLETE", "done")]
@@ -224,15 +224,15 @@ def test_complete_is_never_replaced(routed: sqlite3.Connection, later: str) -> N
 
 
 def test_an_error_outcome_is_not_replaced_either(routed: sqlite3.Connection) -> None:
-    results.accept(routed, "r1", [result(states.ERROR, message="script exited 1")], "mgr")
-    assert results.accept(routed, "r1", [result(states.COMPLETE)], "mgr") == 0
+    results.accept(routed, "r1", [result(codes.ERROR, message="script exited 1")], "mgr")
+    assert results.accept(routed, "r1", [result(codes.COMPLETE)], "mgr") == 0
     assert stored(routed) == [(7, "c1", "ERROR", "script exited 1")]
 
 
 def test_mark_sent_does_not_swallow_an_upgrade(routed: sqlite3.Connection) -> None:
-    results.accept(routed, "r1", [result(states.EXEC_ERROR)], "mgr")
+    results.accept(routed, "r1", [result(codes.EXEC_ERROR)], "mgr")
     batch = results.unsent(routed)
-    results.accept(routed, "r1", [result(states.COMPLETE)], "mgr")  # arrives while batch is on its way
+    results.accept(routed, "r1", [result(codes.COMPLETE)], "mgr")  # arrives while batch is on its way
     results.mark_sent(routed, batch)
     assert [r.status for r in results.unsent(routed)] == ["COMPLETE"]
 
@@ -290,7 +290,7 @@ def req(op: str, host: str = "r1", **fields: Any) -> dict[str, Any]:
 
 
 def create_job(mgr: Home, dest: str, pid: PackageId = PID) -> int:
-    db = state.connect(mgr.db_path)
+    db = database.connect(mgr.db_path)
     try:
         return manager.create_job(db, mgr, pid, [dest])[0]
     finally:

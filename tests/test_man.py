@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rds import errors, manager, states
+from rds import codes, errors, manager
 from rds.settings import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ def test_command_exit_codes_are_known(name: str) -> None:
 
 def test_rds7_names_every_status() -> None:
     text = plain(section(read(MAN / "rds.7"), "STATUSES")).replace('"', "")
-    for word, code in {**states.JOB_STATUS_CODES, **states.DELIVERY_STATUS_CODES}.items():
+    for word, code in {**codes.JOB_STATUS_CODES, **codes.DELIVERY_STATUS_CODES}.items():
         assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])\s*\({code}\)", text), f"{word} ({code})"
     for word in ("WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"):
         assert mentions(text, word)

@@ -43,9 +43,9 @@ def test_polling_picks_up_a_job_and_q_stops_it(tree) -> None:  # type: ignore[no
 
 
 def _known_at(host, name: str) -> bool:  # type: ignore[no-untyped-def]
-    from rds import jobs, state
+    from rds import database, jobs
 
-    db = state.connect(Home.open(host.path).db_path)
+    db = database.connect(Home.open(host.path).db_path)
     try:
         return name in jobs.subtree(db)
     finally:

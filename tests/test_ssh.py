@@ -20,7 +20,7 @@ import sshd
 from conftest import Host, Tree
 from sshd import CutProxy, Sshd, free_port, keygen, make_package, serve_command
 
-from rds import manager, state
+from rds import database, manager
 from rds.errors import CommunicationError, ProtocolError, Refused
 from rds.home import Home
 from rds.packages import Manifest, Storehouse
@@ -358,7 +358,7 @@ def test_package_over_1_gib_crosses_two_renegotiations(pair: tuple[Tree, Sshd]) 
     relay, mgr = tree["relay1"], tree["mgr"]
     relay.run("rdsft", "-a")
     m = make_package(mgr.path, (1 << 30) + (64 << 20))
-    db = state.connect(mgr.home().db_path)
+    db = database.connect(mgr.home().db_path)
     manager.create_job(db, mgr.home(), m.id, ["relay1"])
     db.close()
     before = ssh.STATS["rekeys"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Host, Tree, installs, wait_for
 
-from rds import status
+from rds import delivery
 from rds.cli import fast_table, spread, table
 from rds.home import Home
 from rds.jobs import Job
@@ -53,8 +53,8 @@ def host(tree: Tree) -> Iterator[Host]:
         yield h
 
 
-def fill(h: Host, entries: list[status.Entry]) -> None:
-    f = status.open_file(h.home())
+def fill(h: Host, entries: list[delivery.Entry]) -> None:
+    f = delivery.open_file(h.home())
     try:
         f.put(entries)
     finally:
@@ -168,8 +168,8 @@ def test_nothing_is_recorded_while_the_facility_is_stopped(tree: Tree) -> None:
 
 def test_facility_in_the_foreground_trims_the_file(tree: Tree) -> None:
     h = tree.add("relay", settings="OrderOfDeliveryStatus\t3\n")
-    f = status.File(status.path_of(h.home()), 1000)  # written as if with a larger limit
-    f.put(status.entry(job(n, f"h{n}"), "KEEP") for n in range(1, 11))
+    f = delivery.File(delivery.path_of(h.home()), 1000)  # written as if with a larger limit
+    f.put(delivery.entry(job(n, f"h{n}"), "KEEP") for n in range(1, 11))
     f.close()
     proc = subprocess.Popen([str(BIN / "rdsdlvse"), "--foreground"], env=h.env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -201,11 +201,11 @@ def test_a_status_that_cannot_be_recorded_does_not_fail_the_pass(tree: Tree) -> 
 def test_situation_file_path_and_schema(tree: Tree) -> None:
     h = tree.add("relay", settings="OutPutFileOfDeliveryStatus\tstatus/dlv.db\n")
     with facility(h):
-        fill(h, [status.entry(job(1, "c1"), "KEEP")])
+        fill(h, [delivery.entry(job(1, "c1"), "KEEP")])
         assert seen(h) == {"c1": "KEEP"}
     path = h.path / "status" / "dlv.db"
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == status.SCHEMA_VERSION
+    assert db.execute("PRAGMA user_version").fetchone()[0] == delivery.SCHEMA_VERSION
     db.execute("PRAGMA user_version=99")
     db.close()
     newer = h.run("rdsdlvse", check=False)
@@ -215,7 +215,7 @@ def test_situation_file_path_and_schema(tree: Tree) -> None:
 # -- rdsdlvclr ----------------------------------------------------------------
 
 def test_rdsdlvclr_refuses_while_running_then_initialises(host: Host) -> None:
-    fill(host, [status.entry(job(1, "c1"), "KEEP")])
+    fill(host, [delivery.entry(job(1, "c1"), "KEEP")])
     pid = (host.path / "run" / "rdsdlvse.pid").read_text().split()[0]
     busy = host.run("rdsdlvclr", check=False)
     assert busy.returncode == 7
@@ -226,7 +226,7 @@ def test_rdsdlvclr_refuses_while_running_then_initialises(host: Host) -> None:
     assert host.run("rdsdlvclr").stdout.strip() == f"initialised {path}"
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
-    assert db.execute("PRAGMA user_version").fetchone()[0] == status.SCHEMA_VERSION
+    assert db.execute("PRAGMA user_version").fetchone()[0] == delivery.SCHEMA_VERSION
     db.close()
     with facility(host):
         assert host.run("rdsdlv").stdout.strip() == "no entries"
@@ -235,11 +235,11 @@ def test_rdsdlvclr_refuses_while_running_then_initialises(host: Host) -> None:
 # -- rdsdlv -----------------------------------------------------------------
 
 SAMPLE = [
-    status.entry(job(1, "h1", "C.AB.APP.0100.0000"), "KEEP"),
-    status.entry(job(2, "h2", "C.AB.APP.0200.0001"), "COMPLETE", "installed"),
-    status.entry(job(3, "h3", "C.XY.TOOL.0100.0000"), "INS_WAIT"),
-    status.entry(job(3, "h1", "C.XY.TOOL.0100.0000"), "ERROR", "exit 3"),
-    status.entry(job(4, "h4", "D.AB.APP.0100.0000"), "KEEP_ERROR"),
+    delivery.entry(job(1, "h1", "C.AB.APP.0100.0000"), "KEEP"),
+    delivery.entry(job(2, "h2", "C.AB.APP.0200.0001"), "COMPLETE", "installed"),
+    delivery.entry(job(3, "h3", "C.XY.TOOL.0100.0000"), "INS_WAIT"),
+    delivery.entry(job(3, "h1", "C.XY.TOOL.0100.0000"), "ERROR", "exit 3"),
+    delivery.entry(job(4, "h4", "D.AB.APP.0100.0000"), "KEEP_ERROR"),
 ]
 
 
@@ -301,39 +301,39 @@ def test_order_limit_drops_the_oldest(tree: Tree) -> None:
     h = tree.add("relay", settings="OrderOfDeliveryStatus\t5\n")
     with facility(h):
         home = h.home()
-        status.forget(home)
+        delivery.forget(home)
         for n in range(1, 21):
-            status.record(home, [job(n, f"h{n}")], "KEEP")
-        status.record(home, [job(30, "h17")], "COMPLETE")  # a change makes an entry young again
+            delivery.record(home, [job(n, f"h{n}")], "KEEP")
+        delivery.record(home, [job(30, "h17")], "COMPLETE")  # a change makes an entry young again
         assert sorted(seen(h)) == ["h16", "h17", "h18", "h19", "h20"]
-        status.record(home, [job(31, "h21")], "KEEP")
+        delivery.record(home, [job(31, "h21")], "KEEP")
         assert sorted(seen(h)) == ["h17", "h18", "h19", "h20", "h21"]
-        status.forget(home)
+        delivery.forget(home)
 
 
 def test_overwrite_rule() -> None:
     with tempfile.TemporaryDirectory() as d:
-        f = status.File(Path(d) / "s.db", 100)
+        f = delivery.File(Path(d) / "s.db", 100)
         try:
             def now() -> list[tuple[object, ...]]:
-                return [(r[0], r[2], r[4], r[5], r[6], r[8]) for r in f.select(status.Filter())]
+                return [(r[0], r[2], r[4], r[5], r[6], r[8]) for r in f.select(delivery.Filter())]
 
-            f.put([status.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEPING")])
-            f.put([status.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEP")])
-            f.put([status.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEPING")])  # KEEPING only begins an entry
+            f.put([delivery.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEPING")])
+            f.put([delivery.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEP")])
+            f.put([delivery.entry(job(5, "c", "C.AB.APP.0100.0000"), "KEEPING")])  # KEEPING only begins an entry
             assert now() == [("c", "AB", "0100", "0000", 5, "KEEP")]
-            f.put([status.entry(job(5, "c", "C.AB.APP.0100.0000"), "COMPLETE")])
-            f.put([status.entry(job(5, "c", "C.AB.APP.0100.0000"), "CLT_START_ERROR")])  # COMPLETE is final
+            f.put([delivery.entry(job(5, "c", "C.AB.APP.0100.0000"), "COMPLETE")])
+            f.put([delivery.entry(job(5, "c", "C.AB.APP.0100.0000"), "CLT_START_ERROR")])  # COMPLETE is final
             assert now() == [("c", "AB", "0100", "0000", 5, "COMPLETE")]
             # a re-delivery: another cabinet, version and generation, the same entry
-            f.put([status.entry(job(7, "c", "C.XY.APP.0300.0002"), "KEEPING")])
+            f.put([delivery.entry(job(7, "c", "C.XY.APP.0300.0002"), "KEEPING")])
             assert now() == [("c", "XY", "0300", "0002", 7, "KEEPING")]
-            f.put([status.entry(job(6, "c", "C.AB.APP.0200.0000"), "COMPLETE")])  # an older job: ignored
+            f.put([delivery.entry(job(6, "c", "C.AB.APP.0200.0000"), "COMPLETE")])  # an older job: ignored
             assert now() == [("c", "XY", "0300", "0002", 7, "KEEPING")]
             # another packager type or package, or another destination: other entries
-            f.put([status.entry(job(7, "c", "D.XY.APP.0300.0002"), "KEEP"),
-                   status.entry(job(7, "c", "C.XY.APP2.0300.0002"), "KEEP"),
-                   status.entry(job(7, "d", "C.XY.APP.0300.0002"), "KEEP")])
+            f.put([delivery.entry(job(7, "c", "D.XY.APP.0300.0002"), "KEEP"),
+                   delivery.entry(job(7, "c", "C.XY.APP2.0300.0002"), "KEEP"),
+                   delivery.entry(job(7, "d", "C.XY.APP.0300.0002"), "KEEP")])
             assert len(now()) == 4
         finally:
             f.close()

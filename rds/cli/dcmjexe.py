@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rds import manager, startup, state
+from rds import database, manager, startup
 from rds.cli import entry, multi, open_home
 from rds.errors import UsageError
 from rds.log import logger
@@ -35,7 +35,7 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tup
         raise UsageError("give the destinations with -h HOST [HOST...]")
     home = open_home()
     pid = PackageId.parse(package)
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts),
                                          type_=job_type.upper())
     for h in unknown:

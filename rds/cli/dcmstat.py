@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rds import manager, state
+from rds import database, manager
 from rds.cli import entry, open_home, print_json, table
 
 
@@ -20,8 +20,8 @@ def command(job_no: int | None, as_json: bool) -> int:
     """
     home = open_home()
     manager.require_managing_server(home)
-    db = state.connect(home.db_path)
-    rows = manager.status(db, job_no)
+    db = database.connect(home.db_path)
+    rows = manager.destinations(db, job_no)
     if as_json:
         print_json([r.to_json() for r in rows])
     elif rows:

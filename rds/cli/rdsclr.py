@@ -6,8 +6,8 @@ import click
 
 from rds import cleanup
 from rds.cli import entry, open_home, print_json, require_superuser, table
+from rds.clock import now_text
 from rds.errors import UsageError
-from rds.results import now_text
 
 
 @click.command(name="rdsclr", context_settings={"help_option_names": ["--help"]})

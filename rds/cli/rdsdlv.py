@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from rds import status
+from rds import delivery
 from rds.cli import SpreadCommand, entry, fast_table, open_home, print_json, require_superuser
+from rds.clock import now_text
 from rds.errors import InputError, UsageError
 
 NAME = "rdsdlv"
@@ -50,14 +49,14 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
         jobs = [int(n) for n in job_nos]
     except ValueError:
         raise InputError(f"bad job number in {' '.join(job_nos)}") from None
-    flt = status.Filter(dests=list(dict.fromkeys(dests)), statuses=[status.parse_status(s) for s in statuses],
-                        packages=[status.PackageFilter.parse(p) for p in packages], jobs=jobs)
+    flt = delivery.Filter(dests=list(dict.fromkeys(dests)), statuses=[delivery.parse_status(s) for s in statuses],
+                        packages=[delivery.PackageFilter.parse(p) for p in packages], jobs=jobs)
     if delete and flt.empty and not everything:
         raise UsageError("-d deletes the entries a filter selects: give -a, -e, -r or -n, or --all for all")
     home = open_home()
     require_superuser(home)
-    status.require_running(home)
-    f = status.open_file(home)
+    delivery.require_running(home)
+    f = delivery.open_file(home)
     try:
         if delete:
             n = f.delete(flt)
@@ -72,16 +71,16 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
     finally:
         f.close()
     if as_json:
-        print_json([dict(zip(status.COLUMNS, r, strict=True)) for r in rows])
+        print_json([dict(zip(delivery.COLUMNS, r, strict=True)) for r in rows])
     elif not rows:
         click.echo("no entries" if flt.empty else "no entry matches")
     else:
-        click.echo(fast_table([(r[0], r[1], r[2], r[3], r[4], r[5], str(r[6]), r[7], r[8], r[9], _when(r[10]),
+        click.echo(fast_table([(r[0], r[1], r[2], r[3], r[4], r[5], str(r[6]), r[7], r[8], r[9], now_text(r[10]),
                                 " ".join(r[11].split())) for r in rows], LONG))
     return 0
 
 
-def short_table(f: status.File, flt: status.Filter) -> list[str]:
+def short_table(f: delivery.File, flt: delivery.Filter) -> list[str]:
     """The lines of the short table, as ``table`` would print them; SQLite pads the cells.
 
     Formatting 100,000 rows in Python costs more than the whole second a
@@ -96,10 +95,6 @@ def short_table(f: status.File, flt: status.Filter) -> list[str]:
     fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])  # the last column (STATUS) is never empty
     rows = f.select(flt, [f"printf('{fmt}', {', '.join(SHORT_COLUMNS)})"])
     return [(fmt % tuple(SHORT)).rstrip(), *(r[0] for r in rows)]
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
 
 
 main = entry(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rds import status
+from rds import delivery
 from rds.cli import entry, open_home, require_superuser
 
 
@@ -16,7 +16,7 @@ def command() -> int:
     """
     home = open_home()
     require_superuser(home)
-    click.echo(f"initialised {status.clear(home)}")
+    click.echo(f"initialised {delivery.clear(home)}")
     return 0
 
 

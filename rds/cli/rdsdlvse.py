@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from rds import status
+from rds import delivery
 from rds.cli import entry, open_home, require_superuser, resident
 from rds.errors import UsageError
 from rds.home import Home
 
-NAME = status.FACILITY
+NAME = delivery.FACILITY
 TRIM_INTERVAL = 60.0  # seconds between two trims of the file to OrderOfDeliveryStatus
 
 
@@ -29,12 +29,12 @@ def command(stop: bool, foreground: bool) -> int:
     home = open_home()
     require_superuser(home)
     if not stop:
-        status.open_file(home).close()  # a bad path or a newer file is said now, not in the log
+        delivery.open_file(home).close()  # a bad path or a newer file is said now, not in the log
     return resident(home, NAME, stop, foreground, lambda: _trim(home), TRIM_INTERVAL)
 
 
 def _trim(home: Home) -> str:
-    f = status.open_file(home)
+    f = delivery.open_file(home)
     try:
         n = f.trim()
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rds import cleanup, poller, state
+from rds import cleanup, database, poller
 from rds.cli import entry, open_home, table
 from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
 from rds.home import Home, lock_timeout
@@ -52,7 +52,7 @@ def command(mode_a: bool, mode_c: bool, mode_init: bool, cabinet: str | None, pa
         if home.settings.is_managing_server:
             raise UsageError("this is the managing server: -init would delete the registered packages")
         with home.lock("rdsft"):  # not while a pass downloads into the storehouse
-            db = state.connect(home.db_path)
+            db = database.connect(home.db_path)
             try:
                 report = cleanup.remove_all(home, db, wait=lock_timeout())
             finally:

@@ -6,10 +6,10 @@ import re
 
 import click
 
-from rds import jobs, state
+from rds import database, jobs
 from rds.cli import entry, multi, open_home, print_json, require_superuser, table
+from rds.clock import now_text
 from rds.errors import InputError
-from rds.results import now_text
 
 
 def parse_key(text: str) -> tuple[int, str | None]:
@@ -33,7 +33,7 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...]) -> in
     """
     home = open_home()
     require_superuser(home)
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     if delete:
         keys = [parse_key(k) for k in multi(delete, more)]
         n = jobs.delete(db, keys)

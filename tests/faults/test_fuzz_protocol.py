@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from faults.hostile import clean_error, json_values, nasty_text, one_line, snapshot, wire
-from rds import jobs, manager, state
+from rds import database, jobs, manager
 from rds.errors import JobRecordError, ProtocolError, RdsError
 from rds.home import Home
 from rds.jobs import Job
@@ -78,7 +78,7 @@ def upper(tmp_path: Path) -> tuple[Home, Manifest]:
     (src / "bin").mkdir(parents=True)
     (src / "bin" / "app").write_text("echo app\n")
     m = Storehouse(home.packages).register(PID, src, "/opt/app")
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     jobs.record_checkin(db, "relay", ["c"], "mgr")
     jobs.record_checkin(db, "relay2", ["d"], "mgr")
     manager.create_job(db, home, PID, ["c", "d"])
@@ -115,7 +115,7 @@ def test_upper_service_answers_everything(tmp_path: Path, upper: tuple[Home, Man
         assert reply["error"] in ("refused", "protocol")
         one_line(reply["message"], limit=20_000)
     assert snapshot(tmp_path, skip=(home.path,)) == before, "the upper system wrote outside its home"
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         # whatever relay says, it never takes a job that is not routed through it
@@ -201,7 +201,7 @@ def checkin_answers() -> Any:
 
 @pytest.fixture
 def lower_db(tmp_path: Path) -> sqlite3.Connection:
-    db = state.connect(tmp_path / "lower.db")
+    db = database.connect(tmp_path / "lower.db")
     yield db
     db.close()
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from faults.hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
-from rds import jobs, manager, state
+from rds import database, jobs, manager
 from rds.errors import CommunicationError, ProtocolError, RdsError
 from rds.home import Home
 from rds.packages import PackageId, Storehouse
@@ -80,7 +80,7 @@ def upper(tmp_path: Path) -> Home:
     src.mkdir()
     (src / "app").write_text("echo app\n")
     Storehouse(home.packages).register(PID, src, "/opt/app")
-    db = state.connect(home.db_path)
+    db = database.connect(home.db_path)
     jobs.record_checkin(db, "relay", ["c"], "mgr")
     manager.create_job(db, home, PID, ["c"])
     db.close()

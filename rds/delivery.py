@@ -4,7 +4,7 @@ A home records it only while its distribution status server facility
 (``rdsdlvse``) runs; ``rdsdlv`` shows and deletes entries, ``rdsdlvclr``
 starts the file afresh.  It is a SQLite file of its own, at
 ``OutPutFileOfDeliveryStatus`` (default ``GROUP/delivery.db`` in the home),
-with its own schema version (``PRAGMA user_version``, MIGRATIONS below).
+with its own schema version (``PRAGMA user_version``, SCHEMA below).
 
 One entry per destination + packager type + package ID (JP1's rule): a
 re-delivery of the package -- another cabinet, version or generation, a later
@@ -49,7 +49,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rds import cache, daemon, states
+from rds import cache, codes, daemon
+from rds.database import Schema, open_db
 from rds.errors import AlreadyRunning, InputError, NotRunning, SettingsError
 from rds.home import Home
 from rds.jobs import Job
@@ -59,14 +60,16 @@ from rds.packages import PackageId, Storehouse, check_field
 FACILITY = "rdsdlvse"
 DEFAULT_NAME = "delivery.db"  # in the home's GROUP/
 SCHEMA_VERSION = 1
-CODES = states.DELIVERY_STATUS_CODES
+CODES = codes.DELIVERY_STATUS_CODES
 FINAL = ("COMPLETE", "ERROR")
 CHECK_EVERY = 1.0  # seconds a recorder trusts what it saw of the facility
 TRIM_EVERY = 256  # changes between two trims by a recorder
 MESSAGE_MAX = 2000
 
-# version -> statements that bring the schema from version-1 to version
-MIGRATIONS: dict[int, list[str]] = {
+# NORMAL, not FULL as in rds.db: a power loss may lose the last status changes (never the
+# file's consistency).  They describe what rds.db holds durably and the next event rewrites them;
+# a change then costs tens of microseconds instead of an fsync.
+SCHEMA = Schema("distribution situation file", 1, {
     1: [
         """CREATE TABLE entries (
             dest       TEXT NOT NULL,
@@ -85,7 +88,8 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (dest, packager, package)
         ) WITHOUT ROWID""",  # kept in display order: rdsdlv reads it front to back
     ],
-}
+}, synchronous="NORMAL")
+SCHEMA_VERSION = SCHEMA.version
 
 COLUMNS = ("dest", "packager", "cabinet", "package", "version", "generation", "job_no", "job_type",
            "status", "code", "updated", "message")
@@ -115,30 +119,9 @@ def connect(path: Path) -> sqlite3.Connection:
     """Open the file, creating or upgrading its schema."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL, not FULL as in rds.db: a power loss may lose the last status
-        # changes (never the file's consistency).  They describe what rds.db
-        # holds durably and the next event rewrites them; a change then costs
-        # tens of microseconds instead of an fsync.
-        db.execute("PRAGMA synchronous=NORMAL")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SettingsError(f"{path}: distribution situation file version {version} is newer than this rds "
-                                f"({SCHEMA_VERSION})")
-        if version < SCHEMA_VERSION:
-            db.execute("BEGIN IMMEDIATE")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS[v]:
-                    db.execute(stmt)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-    except sqlite3.DatabaseError as e:
-        raise SettingsError(f"{path}: cannot open the distribution situation file: {e}") from None
     except OSError as e:
         raise SettingsError(f"{path}: cannot open the distribution situation file: {e.strerror or e}") from None
-    return db
+    return open_db(path, SCHEMA, timeout=30, threads=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,8 +379,8 @@ def handed(home: Home, db: sqlite3.Connection, lower: str, keys: Iterable[tuple[
         _safely(home, "INS_WAIT", work)
 
 
-RESULT_STATUS = {states.COMPLETE: "COMPLETE", states.ERROR: "ERROR", states.SETUP_ERROR: "SETUP_ERROR",
-                 states.EXEC_ERROR: "CLT_START_ERROR", states.LINE_DOWN: "CLT_START_ERROR"}
+RESULT_STATUS = {codes.COMPLETE: "COMPLETE", codes.ERROR: "ERROR", codes.SETUP_ERROR: "SETUP_ERROR",
+                 codes.EXEC_ERROR: "CLT_START_ERROR", codes.LINE_DOWN: "CLT_START_ERROR"}
 
 
 def record_results(home: Home, db: sqlite3.Connection, results: Iterable[Any]) -> None:

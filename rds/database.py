@@ -1,0 +1,180 @@
+"""The home's SQLite databases: one opener, and the state database's schema.
+
+Both databases of a home open here, each described by a ``Schema``: its name
+in messages, its version (``PRAGMA user_version``) and the statements that
+bring it from one version to the next, run in one transaction on open.
+
+The state database (``GROUP/rds.db``, ``STATE`` below) holds the temporary
+job storehouse (``jobs``, written only by rds.jobs), the results waiting to go
+up or kept as seen (``results``, written only by rds.results), what lower
+systems reported about the hosts below them (``routes``, ``lowers``) and, on
+the managing server, the jobs created there (``orders``).  Journaling (WAL)
+and full synchronous commits stay on: a commit that returned survives
+``kill -9`` and power loss.  The distribution situation file has its schema
+in rds.delivery.
+
+A ``Database`` also carries its listeners: a module that changes a job's
+state announces it with ``db.announce(event)`` (rds.events), and the
+listeners hear it after the commit that made it true; a rollback drops it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rds.errors import SettingsError, SystemError_
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    what: str  # names the file in messages: "state database"
+    version: int
+    migrations: dict[int, list[str]]  # version -> statements that bring the schema from version-1 to it
+    synchronous: str = "FULL"
+
+
+STATE = Schema("state database", 2, {
+    1: [
+        """CREATE TABLE jobs (
+            job_no    INTEGER NOT NULL,
+            dest      TEXT NOT NULL,
+            type      TEXT NOT NULL,
+            package   TEXT NOT NULL,
+            created   TEXT NOT NULL,
+            received  REAL NOT NULL,
+            -- WAIT: held here; HANDED: taken by a lower system; INSTALLING; DONE; INVALID
+            state     TEXT NOT NULL,
+            handed_to TEXT,
+            attempts  INTEGER NOT NULL DEFAULT 0,
+            record    TEXT NOT NULL,
+            PRIMARY KEY (job_no, dest))""",
+        "CREATE INDEX jobs_state ON jobs (state, dest)",
+        """CREATE TABLE results (
+            job_no   INTEGER NOT NULL,
+            dest     TEXT NOT NULL,
+            status   TEXT NOT NULL,
+            message  TEXT NOT NULL,
+            finished TEXT NOT NULL,
+            sent     REAL,            -- NULL until the upper system acknowledged it
+            PRIMARY KEY (job_no, dest))""",
+        "CREATE INDEX results_unsent ON results (sent) WHERE sent IS NULL",
+        """CREATE TABLE routes (
+            host TEXT PRIMARY KEY,
+            via  TEXT NOT NULL,       -- the lower system that leads to host
+            seen REAL NOT NULL)""",
+        """CREATE TABLE orders (
+            job_no  INTEGER PRIMARY KEY AUTOINCREMENT,
+            type    TEXT NOT NULL,
+            package TEXT NOT NULL,
+            created TEXT NOT NULL)""",
+    ],
+    2: [
+        """CREATE TABLE lowers (
+            name TEXT PRIMARY KEY,    -- a lower system that checked in directly
+            wake TEXT,                -- where to send it a startup request (a home path), if it said
+            seen REAL NOT NULL)""",
+    ],
+})
+
+Listener = Callable[["Database", Any], None]
+
+
+class Database(sqlite3.Connection):
+    """An open database of a home, with the listeners that hear what changed in it."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.listeners: list[Listener] = []
+        self._heard: list[Any] = []  # announced inside the transaction under way
+
+    def listen(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def announce(self, event: Any) -> None:
+        """Tell the listeners of ``event`` once it is committed (now, outside a transaction)."""
+        if not self.listeners:
+            return
+        if self.in_transaction:
+            self._heard.append(event)
+        else:
+            self._tell([event])
+
+    def transaction(self) -> Transaction:
+        return Transaction(self)
+
+    def _ended(self, committed: bool) -> None:
+        heard, self._heard = self._heard, []
+        if committed:
+            self._tell(heard)
+
+    def _tell(self, events: list[Any]) -> None:
+        for event in events:
+            for listener in self.listeners:
+                listener(self, event)  # listeners keep their own failures (rds.delivery logs them)
+
+
+class Transaction:
+    """``with Transaction(db):`` runs the block in one immediate transaction; what was announced
+    in it is heard after the commit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if isinstance(self.db, Database):
+            self.db._ended(exc_type is None)
+
+
+def open_db(path: Path, schema: Schema, timeout: float = 60, threads: bool = False) -> Database:
+    """Open the database at ``path``, creating or upgrading its schema; every failure names the file."""
+    what = schema.what
+    try:
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=not threads,
+                             factory=Database)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={schema.synchronous}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > schema.version:
+            db.close()
+            raise SettingsError(f"{path}: {what} version {version} is newer than this rds ({schema.version})")
+        if version < schema.version:
+            with Transaction(db):
+                version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it
+                for v in range(version + 1, schema.version + 1):
+                    for stmt in schema.migrations[v]:
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version={schema.version}")
+    except sqlite3.DatabaseError as e:
+        if _full(path):  # SQLite says "disk I/O error" when it cannot even lay out its WAL index
+            raise SystemError_(f"{path}: cannot open the {what}: disk full") from None
+        raise SettingsError(f"{path}: cannot open the {what}: {e}") from None
+    except UnicodeDecodeError:  # sqlite's own message quotes the damaged schema, which is not UTF-8
+        raise SettingsError(f"{path}: cannot open the {what}: its schema is damaged") from None
+    except OSError as e:
+        raise SettingsError(f"{path}: cannot open the {what}: {e.strerror or e}") from None
+    return db
+
+
+def connect(path: Path) -> Database:
+    """Open a home's state database (rows as ``sqlite3.Row``)."""
+    db = open_db(path, STATE)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10
