@@ -37,10 +37,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rds import codes, crashpoints, database, fsutil, jobs, results
+from rds import codes, crashpoints, fsutil, jobs, results, session
 from rds.clock import now_text
 from rds.database import Transaction
-from rds.home import Home, lock_timeout
+from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.log import logger
 from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
 from rds.results import Result
@@ -140,14 +140,6 @@ def storage_period(entry: Entry, settings: Settings) -> float:
     return settings.life_of_resource
 
 
-def pending_packages(db: sqlite3.Connection) -> set[str]:
-    """Packages that jobs not yet ended here still need."""
-    marks = ",".join("?" * len(jobs.PENDING))
-    rows = db.execute(f"SELECT DISTINCT package FROM jobs WHERE type != ? AND state IN ({marks})",
-                      (jobs.DELETE, *jobs.PENDING))
-    return {r[0] for r in rows}
-
-
 def clean(home: Home, now: float | None = None, dry_run: bool = False, retention: bool = True,
           size: bool = True, defer: bool = False) -> Report:
     """Delete expired packages, then enforce the size limit; the caller holds the ``rdsft`` lock.
@@ -161,9 +153,9 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
     entries = scan(store)
     report = Report(packages=len(entries), dry_run=dry_run, limit=settings.cache_size_limit)
     report.use_before = sum(e.size for e in entries)
-    db = database.connect(home.db_path)
+    db = session.open_database(home)
     try:
-        pending = pending_packages(db)
+        pending = jobs.pending_packages(db)
         doomed: list[tuple[Entry, str]] = []
         keep = []
         for e in entries:
@@ -352,42 +344,25 @@ def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
     """
     auto = settings.id_command_delete_timing == "RESOURCE_DELETE"
     with_done = auto and settings.command_delete_with_resource
-    rows = db.execute("SELECT job_no, dest, type, package, state FROM jobs").fetchall()
     invalid = deleted = 0
     finished = now_text()
     with Transaction(db):
-        for job_no, dest, type_, package, st in rows:
-            key = (job_no, dest)
-            if package not in gone or type_ == jobs.DELETE or (only is not None and key not in only):
+        for key, type_, st, package in jobs.of_packages(db, gone):
+            if type_ == jobs.DELETE or (only is not None and key not in only):
                 continue
             if st in (jobs.WAIT, jobs.INSTALLING):
-                results.keep(db, Result(job_no, dest, codes.ERROR, gone[package] + "; the job is invalid", finished))
+                results.keep(db, Result(*key, codes.ERROR, gone[package] + "; the job is invalid", finished))
                 invalid += 1
                 if auto:
-                    deleted += _delete(db, key)
+                    deleted += jobs.drop(db, key)
                 else:
-                    _set(db, key, jobs.INVALID)
+                    jobs.invalidate(db, key)
             elif st == jobs.HANDED:
-                _set(db, key, jobs.INVALID)
+                jobs.invalidate(db, key)
                 invalid += 1
             elif st == jobs.DONE and with_done:
-                deleted += _delete(db, key)
+                deleted += jobs.drop(db, key)
     return invalid, deleted
-
-
-def _set(db: sqlite3.Connection, key: tuple[int, str], st: str) -> None:
-    db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (st, *key))
-
-
-def _delete(db: sqlite3.Connection, key: tuple[int, str]) -> int:
-    return db.execute("DELETE FROM jobs WHERE job_no=? AND dest=?", key).rowcount
-
-
-def handed_invalid(db: sqlite3.Connection, lower: str) -> list[list[object]]:
-    """Jobs handed to ``lower`` whose package left this storehouse before it reported on them."""
-    rows = db.execute("SELECT job_no, dest FROM jobs WHERE state=? AND handed_to=? ORDER BY job_no, dest",
-                      (jobs.INVALID, lower))
-    return [[r[0], r[1]] for r in rows]
 
 
 def upper_invalidated(db: sqlite3.Connection, store: Storehouse, keys: Iterable[tuple[int, str]], upper: str,
@@ -471,3 +446,9 @@ def delete_job(home: Home, db: sqlite3.Connection, job: jobs.Job) -> Result:
     return Result(job.job_no, job.dest, codes.COMPLETE,
                   f"deleted package {job.package} from the package storehouse of {home.host}; "
                   f"{report.invalidated} job(s) invalidated", now_text())
+
+
+def between_passes(home: Home) -> Report:
+    """rdsma's cleanup every CacheCleanupInterval: ``clean`` under the pass lock."""
+    with home.lock(PASS_LOCK):
+        return clean(home)

@@ -81,7 +81,7 @@ STATE = Schema("state database", 2, {
     ],
 })
 
-Listener = Callable[["Database", Any], None]
+Listener = Callable[["Database", list[Any]], None]  # hears the events of one commit at once
 
 
 class Database(sqlite3.Connection):
@@ -113,9 +113,9 @@ class Database(sqlite3.Connection):
             self._tell(heard)
 
     def _tell(self, events: list[Any]) -> None:
-        for event in events:
+        if events:
             for listener in self.listeners:
-                listener(self, event)  # listeners keep their own failures (rds.delivery logs them)
+                listener(self, events)  # listeners keep their own failures (rds.delivery logs them)
 
 
 class Transaction:
@@ -133,6 +133,12 @@ class Transaction:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         if isinstance(self.db, Database):
             self.db._ended(exc_type is None)
+
+
+def announce(db: sqlite3.Connection, event: Any) -> None:
+    """Tell the listeners of ``db`` of ``event`` once the transaction under way commits."""
+    if isinstance(db, Database):
+        db.announce(event)
 
 
 def open_db(path: Path, schema: Schema, timeout: float = 60, threads: bool = False) -> Database:

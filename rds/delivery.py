@@ -14,6 +14,23 @@ entry; a status of an older job never replaces a newer job's.  At most
 ``OrderOfDeliveryStatus`` entries are kept: the ones changed longest ago go
 first (``seq`` orders the changes).
 
+Nothing calls this module to record: it listens.  The modules that change a
+job announce what happened (rds.events) on the state database, and
+``Listener``, attached to every database a home opens for work
+(rds.session), turns what it hears into statuses after each commit:
+
+=================  ===========================================================
+event              status
+=================  ===========================================================
+Received           KEEPING
+Kept               KEEP, or KEEP_ERROR for the jobs whose package is missing
+Started            CLT_START, CLT_START_ERROR, or CLT_WAIT when none was sent
+Handed             INS_WAIT
+Reading, Installing  GEN_START
+Ended              COMPLETE, ERROR, SETUP_ERROR; CLT_START_ERROR for EXEC-ERROR
+                   and LINE-DOWN
+=================  ===========================================================
+
 When the statuses are recorded (see rdsdlv(1)):
 
 =================  ===========================================================
@@ -34,7 +51,7 @@ COMPLETE (60), ERROR (70), SETUP_ERROR (80)
 =================  ===========================================================
 
 Recording is best effort: a failure is logged and never fails the work that
-recorded it.
+was announced.
 """
 
 from __future__ import annotations
@@ -49,13 +66,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rds import cache, codes, daemon
+from rds import codes, daemon, events, jobs
 from rds.database import Schema, open_db
 from rds.errors import AlreadyRunning, InputError, NotRunning, SettingsError
+from rds.events import AJob
 from rds.home import Home
-from rds.jobs import Job
 from rds.log import logger
-from rds.packages import PackageId, Storehouse, check_field
+from rds.packages import check_field
 
 FACILITY = "rdsdlvse"
 DEFAULT_NAME = "delivery.db"  # in the home's GROUP/
@@ -144,7 +161,7 @@ class Entry:
         return f"{self.packager}.{self.cabinet}.{self.package}.{self.version}.{self.generation}"
 
 
-def entry(job: Job, status: str, message: str = "", now: float | None = None) -> Entry:
+def entry(job: AJob, status: str, message: str = "", now: float | None = None) -> Entry:
     p = job.package
     return Entry(job.dest, p.packager, p.cabinet, p.package, p.version, p.generation, job.job_no, job.type,
                  status, CODES[status], time.time() if now is None else now, message[:MESSAGE_MAX])
@@ -349,116 +366,71 @@ def _safely(home: Home, what: str, work: Any) -> None:
             logger(home).warning(f"distribution status {what} not recorded: {e}")
 
 
-def record(home: Home, jobs: Iterable[Job], status: str, message: str = "") -> None:
+def record(home: Home, these: Iterable[AJob], status: str, message: str = "") -> None:
     """Record ``status`` for these jobs, if the home's facility runs."""
-    jobs = list(jobs)
-    if jobs:
-        _safely(home, status, lambda f: f.put(entry(j, status, message) for j in jobs))
-
-
-def _jobs_by_key(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Job]:
-    out = {}
-    for job_no, dest in keys:
-        row = db.execute("SELECT job_no, dest, type, package, created FROM jobs WHERE job_no=? AND dest=?",
-                         (job_no, dest)).fetchone()
-        if row is not None:
-            out[(job_no, dest)] = Job(int(row[0]), str(row[1]), str(row[2]), PackageId.parse(row[3]), str(row[4]))
-    return out
-
-
-def handed(home: Home, db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> None:
-    """``lower`` acknowledged these jobs: INS_WAIT for those it now holds (no others: it may claim any)."""
-    def work(f: File) -> None:
-        held = _jobs_by_key(db, keys)
-        mine = {k for k in held if db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=? AND handed_to=?",
-                                               (*k, lower)).fetchone()}
-        f.put(entry(held[k], "INS_WAIT", f"taken by {lower}") for k in sorted(mine))
-
-    keys = list(keys)
-    if keys:
-        _safely(home, "INS_WAIT", work)
+    held = list(these)
+    if held:
+        _safely(home, status, lambda f: f.put(entry(j, status, message) for j in held))
 
 
 RESULT_STATUS = {codes.COMPLETE: "COMPLETE", codes.ERROR: "ERROR", codes.SETUP_ERROR: "SETUP_ERROR",
                  codes.EXEC_ERROR: "CLT_START_ERROR", codes.LINE_DOWN: "CLT_START_ERROR"}
 
 
-def record_results(home: Home, db: sqlite3.Connection, results: Iterable[Any]) -> None:
-    """Record the statuses that results (``rds.results.Result``) of jobs held in ``db`` say."""
-    results = list(results)
-    if not results:
-        return
-
-    def work(f: File) -> None:
-        held = _jobs_by_key(db, [(r.job_no, r.dest) for r in results])
-        f.put(entry(held[(r.job_no, r.dest)], RESULT_STATUS[r.status], r.message)
-              for r in results if (r.job_no, r.dest) in held)
-
-    _safely(home, "result", work)
+# what an event is recorded as, for the log line that says it was not
+HEARD_AS = {events.Received: "KEEPING", events.Kept: "KEEP", events.Started: "startup", events.Handed: "INS_WAIT",
+            events.Reading: "GEN_START", events.Installing: "GEN_START", events.Ended: "result"}
 
 
-def kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
-    """After the fetches of a pass: KEEP for the jobs whose package is here, KEEP_ERROR for the others.
+class Listener:
+    """Records what it hears of a home's jobs (rds.events), while the home's facility runs.
 
-    A job for a host below whose package this host may fetch on demand (JIT,
-    rds.cache) is kept as well: its package comes when the lower system asks.
-
-    Only jobs still waiting here are looked at, and KEEP replaces only KEEPING
-    or KEEP_ERROR (or nothing), so a later status is never set back.
+    The events of one commit become one change of the file.  KEEP replaces
+    only KEEPING or KEEP_ERROR (or nothing), so that a later status is never
+    set back by a pass that finds the package still here.
     """
-    def work(f: File) -> None:
-        rows = db.execute("SELECT job_no, dest, type, package, created FROM jobs WHERE state IN ('WAIT', 'INSTALLING')"
-                          " AND type != 'DELETE'")  # a DELETE job brings no package
-        waiting = [Job(int(r[0]), str(r[1]), str(r[2]), PackageId.parse(r[3]), str(r[4])) for r in rows]
-        if not waiting:
-            return
-        have = {str(p): store.has(p) for p in {j.package for j in waiting}}
-        now = f.current((j.dest, j.package.packager, j.package.package) for j in waiting)
-        todo = []
-        for j in waiting:
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+
+    def __call__(self, db: sqlite3.Connection, heard: list[Any]) -> None:
+        what = "/".join(dict.fromkeys(HEARD_AS.get(type(e), type(e).__name__) for e in heard))
+        _safely(self.home, what, lambda f: f.put(self.entries(f, db, heard)))
+
+    def entries(self, f: File, db: sqlite3.Connection, heard: list[Any]) -> list[Entry]:
+        out: list[Entry] = []
+        for e in heard:
+            if isinstance(e, events.Received):
+                out += [entry(j, "KEEPING") for j in e.jobs]
+            elif isinstance(e, events.Kept):
+                out += self.kept(f, e)
+            elif isinstance(e, events.Started):
+                status, why = (("CLT_WAIT", f"no startup request to {e.lower}: it gets the job when it polls")
+                               if e.reached is None else ("CLT_START", f"startup request to {e.lower}")
+                               if e.reached else
+                               ("CLT_START_ERROR", f"startup request to {e.lower} failed (see the log)"))
+                out += [entry(j, status, why) for j in e.jobs]
+            elif isinstance(e, events.Handed):
+                out += [entry(j, "INS_WAIT", f"taken by {e.lower}") for j in e.jobs]
+            elif isinstance(e, events.Reading):
+                out += [entry(j, "GEN_START", f"{e.lower} is reading the package") for j in e.jobs]
+            elif isinstance(e, events.Installing):
+                out.append(entry(e.job, "GEN_START"))
+            elif isinstance(e, events.Ended):
+                held = jobs.find(db, [(r.job_no, r.dest) for r in e.results])
+                out += [entry(held[(r.job_no, r.dest)], RESULT_STATUS[r.status], r.message)
+                        for r in e.results if (r.job_no, r.dest) in held]
+        return out
+
+    def kept(self, f: File, e: events.Kept) -> list[Entry]:
+        out = [entry(j, "KEEP_ERROR", f"package {j.package} could not be brought here (see the log)")
+               for j in e.missing]
+        now = f.current((j.dest, j.package.packager, j.package.package) for j in e.ready)
+        for j in e.ready:
             job_no, status = now.get((j.dest, j.package.packager, j.package.package), (j.job_no, "KEEPING"))
-            if job_no != j.job_no:
-                status = "KEEPING"  # another job's entry: this one starts afresh
-            if not have[str(j.package)] and (j.dest == home.host or not cache.may_fetch(home, db, j.package)):
-                todo.append(entry(j, "KEEP_ERROR", f"package {j.package} could not be brought here (see the log)"))
-            elif status in ("KEEPING", "KEEP_ERROR"):
-                todo.append(entry(j, "KEEP"))
-        f.put(todo)
-
-    _safely(home, "KEEP", work)
-
-
-def started(home: Home, waiting: dict[str, list[Job]], reached: dict[str, bool]) -> None:
-    """After the startup requests: CLT_START, CLT_START_ERROR, or CLT_WAIT for who was not asked.
-
-    A job whose package is not here yet keeps its KEEPING or KEEP_ERROR, unless
-    this host fetches packages when asked (JIT, rds.cache).
-    """
-    on_demand = not home.settings.is_managing_server and home.settings.caching_policy == cache.JIT
-
-    def work(f: File) -> None:
-        store = Storehouse(home.packages)
-        todo = []
-        for lower, held in waiting.items():
-            ok = reached.get(lower)
-            status, why = (("CLT_WAIT", f"no startup request to {lower}: it gets the job when it polls")
-                           if ok is None else ("CLT_START", f"startup request to {lower}") if ok
-                           else ("CLT_START_ERROR", f"startup request to {lower} failed (see the log)"))
-            todo += [entry(j, status, why) for j in held if store.has(j.package) or on_demand]
-        f.put(todo)
-
-    _safely(home, "startup", work)
-
-
-def reading(home: Home, db: sqlite3.Connection, lower: str, package: PackageId) -> None:
-    """``lower`` reads ``package``: for its own jobs here, the install begins (GEN_START)."""
-    def work(f: File) -> None:
-        rows = db.execute("SELECT job_no, dest, type, package, created FROM jobs"
-                          " WHERE dest=? AND package=? AND state='HANDED'", (lower, str(package)))
-        f.put(entry(Job(int(r[0]), str(r[1]), str(r[2]), package, str(r[4])), "GEN_START",
-                    f"{lower} is reading the package") for r in rows)
-
-    _safely(home, "GEN_START", work)
+            if job_no != j.job_no or status in ("KEEPING", "KEEP_ERROR"):  # another job's entry starts afresh
+                out.append(entry(j, "KEEP"))
+        return out
 
 
 # -- the facility and the file as a whole ----------------------------------

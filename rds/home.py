@@ -38,6 +38,10 @@ from rds.settings import Settings, load_settings
 FORMAT = "rds-home 1"
 ROOT_HOME = Path("/NETMRDS")
 DEFAULT_LOCK_TIMEOUT = 60.0
+# The pass lock: held by a pass (rdsft -a, rdsma) and by whatever removes packages under it
+# (rdsclr, rdsft -init, rdsma's cleanup).  Its file, run/rdsft.lock, keeps the name of the
+# command administrators know, so that a lock timeout names something they recognise.
+PASS_LOCK = "rdsft"
 
 
 def default_home() -> Path:

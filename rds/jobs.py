@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rds.database import Transaction
+from rds import events
+from rds.database import Transaction, announce
 from rds.errors import JobRecordError
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
@@ -85,10 +86,12 @@ def store(db: sqlite3.Connection, jobs: Iterable[Job], manifests: Mapping[str, M
           now: float | None = None) -> int:
     """Keep new jobs with their packages' manifests; a job already held (or done) is not taken twice."""
     now = time.time() if now is None else now
+    jobs = list(jobs)
     added = 0
     with Transaction(db):
         for j in jobs:
             added += insert(db, j, manifests[str(j.package)], now)
+        announce(db, events.Received(jobs))
     return added
 
 
@@ -125,11 +128,6 @@ def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> lis
     return [_job(r) for r in rows]
 
 
-def set_state(db: sqlite3.Connection, job: Job, state: str, handed_to: str | None = None) -> None:
-    db.execute("UPDATE jobs SET state=?, handed_to=COALESCE(?, handed_to) WHERE job_no=? AND dest=?",
-               (state, handed_to, job.job_no, job.dest))
-
-
 def state_of(db: sqlite3.Connection, job: Job) -> str | None:
     row = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
     return None if row is None else str(row[0])
@@ -140,6 +138,7 @@ def begin_install(db: sqlite3.Connection, job: Job) -> int:
     with Transaction(db):
         db.execute("UPDATE jobs SET state=?, attempts=attempts+1 WHERE job_no=? AND dest=?",
                    (INSTALLING, job.job_no, job.dest))
+        announce(db, events.Installing(job))
         return int(db.execute("SELECT attempts FROM jobs WHERE job_no=? AND dest=?",
                               (job.job_no, job.dest)).fetchone()[0])
 
@@ -155,8 +154,10 @@ def for_lower(db: sqlite3.Connection, lower: str) -> list[Job]:
 
 
 def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> int:
-    """The lower system acknowledged these jobs: they are its now."""
+    """The lower system acknowledged these jobs: they are its now (an acknowledgement of a job it may
+    not have changes nothing)."""
     n = 0
+    held = []
     with Transaction(db):
         for job_no, dest in keys:
             n += db.execute(
@@ -164,7 +165,72 @@ def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]
                 " AND dest IN (SELECT host FROM routes WHERE via=?)",
                 (HANDED, lower, job_no, dest, WAIT, lower),
             ).rowcount
+            row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=? AND handed_to=?",
+                             (job_no, dest, lower)).fetchone()
+            if row is not None:  # taken now, or already (an acknowledgement sent again)
+                held.append(_job(row))
+        announce(db, events.Handed(lower, held))
     return n
+
+
+def done(db: sqlite3.Connection, key: tuple[int, str]) -> None:
+    """The job's outcome is known (rds.results keeps it); call inside that transaction."""
+    db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (DONE, *key))
+
+
+def invalidate(db: sqlite3.Connection, key: tuple[int, str]) -> None:
+    """The job's package left the storehouse (rds.cleanup); call inside a transaction."""
+    db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (INVALID, *key))
+
+
+def drop(db: sqlite3.Connection, key: tuple[int, str]) -> int:
+    """Delete one job; call inside a transaction."""
+    return db.execute("DELETE FROM jobs WHERE job_no=? AND dest=?", key).rowcount
+
+
+def find(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Job]:
+    """The jobs held here among ``keys``."""
+    out = {}
+    for key in keys:
+        row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", key).fetchone()
+        if row is not None:
+            out[key] = _job(row)
+    return out
+
+
+def being_read(db: sqlite3.Connection, lower: str, package: PackageId) -> list[Job]:
+    """The jobs handed to ``lower`` for itself whose package is ``package``."""
+    rows = db.execute("SELECT record FROM jobs WHERE dest=? AND package=? AND state=? ORDER BY job_no",
+                      (lower, str(package), HANDED))
+    return [_job(r) for r in rows]
+
+
+def needed_below(db: sqlite3.Connection, lower: str, package: PackageId) -> bool:
+    """Whether a job for ``lower`` or a host below it needs ``package`` (a DELETE job needs none)."""
+    return db.execute("SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=?"
+                      " AND j.type!=? LIMIT 1", (lower, str(package), DELETE)).fetchone() is not None
+
+
+def pending_packages(db: sqlite3.Connection) -> set[str]:
+    """Packages that jobs not yet ended here still need."""
+    marks = ",".join("?" * len(PENDING))
+    rows = db.execute(f"SELECT DISTINCT package FROM jobs WHERE type != ? AND state IN ({marks})",
+                      (DELETE, *PENDING))
+    return {r[0] for r in rows}
+
+
+def of_packages(db: sqlite3.Connection, packages: Iterable[str]) -> list[tuple[tuple[int, str], str, str, str]]:
+    """(key, type, state, package) of every job here whose package is one of ``packages``."""
+    wanted = set(packages)
+    rows = db.execute("SELECT job_no, dest, type, package, state FROM jobs ORDER BY job_no, dest").fetchall()
+    return [((r[0], r[1]), r[2], r[4], r[3]) for r in rows if r[3] in wanted]
+
+
+def invalid_handed_to(db: sqlite3.Connection, lower: str) -> list[list[object]]:
+    """Jobs handed to ``lower`` whose package left this storehouse before it reported on them."""
+    rows = db.execute("SELECT job_no, dest FROM jobs WHERE state=? AND handed_to=? ORDER BY job_no, dest",
+                      (INVALID, lower))
+    return [[r[0], r[1]] for r in rows]
 
 
 def listing(db: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -180,7 +246,7 @@ def delete(db: sqlite3.Connection, keys: Iterable[tuple[int, str | None]]) -> in
             if dest is None:
                 n += db.execute("DELETE FROM jobs WHERE job_no=?", (job_no,)).rowcount
             else:
-                n += db.execute("DELETE FROM jobs WHERE job_no=? AND dest=?", (job_no, dest)).rowcount
+                n += drop(db, (job_no, dest))
     return n
 
 

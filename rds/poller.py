@@ -17,10 +17,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cache, cleanup, codes, crashpoints, database, delivery, fsutil, install, jobs, results, startup
+from rds import cache, cleanup, codes, crashpoints, database, events, fsutil, install, jobs, results, session, startup
 from rds.clock import now_text
 from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
-from rds.home import Home
+from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
 from rds.packages import Storehouse
@@ -44,17 +44,15 @@ class PassReport:
 def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassReport:
     log = logger(home)
     report = PassReport()
-    with home.lock("rdsft"):
+    with session.opened(home, PASS_LOCK) as db:
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
-        db = database.connect(home.db_path)
         store = Storehouse(home.packages)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
             crashpoints.reach("checked-in")
             report.received = jobs.store(db, found, manifests=manifests)
-            delivery.record(home, found, "KEEPING")
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
@@ -68,8 +66,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info)
-                delivery.kept(home, db, store)
-                delivery.record_results(home, db, ended)
+                announce_kept(home, db, store)
             finally:
                 if requests is not None:
                     requests.finish()
@@ -77,7 +74,6 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             report.sent = send_results(home, db, client)
         finally:
             client.link.close()
-            db.close()
     return report
 
 
@@ -138,6 +134,18 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
     return fetched, ended
 
 
+def announce_kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
+    """After the fetches of a pass: which jobs still waiting here have their package, or will get it
+    when a lower system asks (JIT, rds.cache), and which could not get it (rds.events.Kept)."""
+    waiting = [j for j in jobs.in_state(db, jobs.WAIT) + jobs.in_state(db, jobs.INSTALLING)
+               if j.type != jobs.DELETE]  # a DELETE job brings no package
+    have = {p: store.has(p) for p in {j.package for j in waiting}}
+    missing = [j for j in waiting
+               if not have[j.package] and (j.dest == home.host or not cache.may_fetch(home, db, j.package))]
+    gone = set(missing)
+    database.announce(db, events.Kept([j for j in waiting if j not in gone], missing))
+
+
 def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Callable[[str], None]) -> list[Result]:
     done = []
     host = home.host
@@ -149,7 +157,6 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if job.type == jobs.DELETE:
             res = cleanup.delete_job(home, db, job)
             results.record(db, res)
-            delivery.record_results(home, db, [res])
             log(f"job {job.job_no} {job.package}: {res.status}: {res.message}")
             done.append(res)
             continue
@@ -161,11 +168,9 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
-        delivery.record(home, [job], "GEN_START")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
         results.record(db, res)  # the job is DONE in the same commit
-        delivery.record_results(home, db, [res])
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)
@@ -185,8 +190,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
 
 
 def send_once(home: Home) -> int:
-    db = database.connect(home.db_path)
-    try:
+    with session.opened(home) as db:
         if not results.unsent(db, limit=1):
             return 0
         client = connect(home, log=logger(home).warning)
@@ -194,6 +198,4 @@ def send_once(home: Home) -> int:
             return send_results(home, db, client)
         finally:
             client.link.close()
-    finally:
-        db.close()
 

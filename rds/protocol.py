@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from rds import cache, cleanup, crashpoints, daemon, database, delivery, fsutil, jobs, results
+from rds import cache, crashpoints, daemon, database, events, fsutil, jobs, results, session
 from rds.errors import (
     CommunicationError,
     InputError,
@@ -92,7 +92,7 @@ class UpperService:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self._db = database.connect(self.home.db_path)
+            self._db = session.open_database(self.home)
         return self._db
 
     def close(self) -> None:
@@ -166,7 +166,7 @@ class UpperService:
                 manifests[key] = jobs.manifest(self.db, job).to_json()
             ready.append(job.to_json())
         return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
-                "invalid": cleanup.handed_invalid(self.db, self.lower)}
+                "invalid": jobs.invalid_handed_to(self.db, self.lower)}
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -176,7 +176,6 @@ class UpperService:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        delivery.handed(self.home, self.db, self.lower, pairs)
         return {"ok": True, "taken": taken}
 
     def report(self, items: Any) -> dict[str, Any]:
@@ -191,7 +190,6 @@ class UpperService:
         log = logger(self.home)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
-        delivery.record_results(self.home, self.db, parsed)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n}
@@ -201,10 +199,7 @@ class UpperService:
         if not isinstance(package, str):
             raise ProtocolError("'package' must be a package ID")
         pid = PackageId.parse(package)
-        row = self.db.execute(
-            "SELECT 1 FROM jobs j JOIN routes r ON r.host = j.dest WHERE r.via=? AND j.package=? AND j.type!=?"
-            " LIMIT 1", (self.lower, str(pid), jobs.DELETE)).fetchone()
-        if row is None:
+        if not jobs.needed_below(self.db, self.lower, pid):
             raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
         return pid
 
@@ -252,7 +247,7 @@ class UpperService:
         if offset > m.size:  # a hostile offset would overflow the seek
             raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
-        delivery.reading(self.home, self.db, self.lower, m.id)
+        database.announce(self.db, events.Reading(self.lower, jobs.being_read(self.db, self.lower, m.id)))
         path = self.store.payload(pid)
         return _counted(_blocks(path, offset, min(length, max(0, m.size - offset))),
                         lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "

@@ -3,6 +3,9 @@
 A result is keyed by its job like the job itself, ``(job_no, dest)``, at every
 level; a result that arrives twice is taken once.  An interim status
 (EXEC-ERROR...) may later give way to the install's outcome, never the reverse.
+Only this module writes the ``results`` table; a result that settles a job
+makes it DONE (rds.jobs) in the same commit, and each result kept is
+announced (``events.Ended``) after it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rds import codes, jobs
-from rds.database import Transaction
+from rds import codes, events, jobs
+from rds.database import Transaction, announce
 from rds.errors import ProtocolError
 from rds.settings import valid_hostname
 
@@ -62,7 +65,8 @@ def _keep(db: sqlite3.Connection, r: Result) -> bool:
         (r.job_no, r.dest, r.status, r.message[:MESSAGE_MAX], r.finished),
     )
     if r.status in codes.OUTCOMES:
-        db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (jobs.DONE, r.job_no, r.dest))
+        jobs.done(db, (r.job_no, r.dest))
+    announce(db, events.Ended([r]))
     return True
 
 

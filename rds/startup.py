@@ -37,9 +37,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rds import daemon
+from rds import cache, codes, daemon, database, events, flags, jobs, results
+from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError
 from rds.home import Home
+from rds.packages import Storehouse
+from rds.results import Result
 
 
 def wake_home(home: Home) -> str:
@@ -64,8 +67,6 @@ class Requests:
 
     def __init__(self, home: Home, db: sqlite3.Connection, log: Callable[[str], None],
                  jobs_of: list[int] | None = None) -> None:
-        from rds import flags, jobs
-
         self.home = home
         self.db = db
         self.log = log
@@ -106,10 +107,6 @@ class Requests:
 
     def finish(self) -> dict[str, bool]:
         """Send the requests, wait for their answers; returns who was reached."""
-        from rds import codes, delivery, flags, results
-        from rds.clock import now_text
-        from rds.results import Result
-
         self.go.set()
         reached = {}
         for lower, future in self.futures.items():
@@ -131,9 +128,18 @@ class Requests:
                          f"{len(self.waiting[lower])} job(s)")
         if self.pool is not None:
             self.pool.shutdown()
-        if self.waiting:
-            delivery.started(self.home, self.waiting, reached)  # who was not asked gets CLT_WAIT
+        self.announce(reached)
         return reached
+
+    def announce(self, reached: dict[str, bool]) -> None:
+        """Who was started, who not, who was not asked (rds.events.Started), for the jobs whose package
+        is here or comes when the lower system asks for it (a JIT relay, rds.cache)."""
+        s = self.home.settings
+        on_demand = not s.is_managing_server and s.caching_policy == cache.JIT
+        store = Storehouse(self.home.packages)
+        for lower, held in self.waiting.items():
+            ready = [j for j in held if on_demand or store.has(j.package)]
+            database.announce(self.db, events.Started(lower, ready, reached.get(lower)))
 
 
 def begin(home: Home, db: sqlite3.Connection, log: Callable[[str], None],

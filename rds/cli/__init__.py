@@ -1,15 +1,20 @@
 """The commands.  Each module is one thin click command; ``run`` alone turns
-exceptions into one line on stderr and the documented exit code (rds(7))."""
+exceptions into one line on stderr and the documented exit code (rds(7)), and
+``with_home`` is every command's one way into its home: it opens the home,
+checks the caller when asked, takes the named lock when asked, opens the state
+database (with the distribution status listening, rds.session) and closes it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import json
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -71,8 +76,34 @@ def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Call
     return 0
 
 
-def open_home() -> Home:
-    return Home.open()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_home(lock: str | None = None, database: bool = False, superuser: bool = False) -> Callable[[F], F]:
+    """Decorate a command (or the part of it that works on the home) like borg's ``with_repository``.
+
+    The function gets ``home=`` (rds.home.Home) and, with ``database``,
+    ``db=`` (the state database, closed when it returns), besides its own
+    arguments; ``lock`` names a lock of the home held meanwhile (PASS_LOCK);
+    ``superuser`` refuses a caller that may not run the command.  A command
+    checks its options first, then calls what this decorates, so that a
+    usage error is said before the home is opened.
+    """
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def inner(*args: Any, **kw: Any) -> Any:
+            from rds import session
+
+            home = Home.open()
+            if superuser:
+                require_superuser(home)
+            if not database:
+                with home.lock(lock) if lock is not None else contextlib.nullcontext():
+                    return f(*args, home=home, **kw)
+            with session.opened(home, lock) as db:
+                return f(*args, home=home, db=db, **kw)
+        return inner  # type: ignore[return-value]
+    return decorate
 
 
 def require_superuser(home: Home) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
-from rds import database, manager, startup
-from rds.cli import entry, multi, open_home
+from rds import manager, startup
+from rds.cli import entry, multi, with_home
+from rds.database import Database
 from rds.errors import UsageError
+from rds.home import Home
 from rds.log import logger
 from rds.packages import PackageId
 
@@ -33,11 +35,12 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tup
     """
     if not hosts:
         raise UsageError("give the destinations with -h HOST [HOST...]")
-    home = open_home()
-    pid = PackageId.parse(package)
-    db = database.connect(home.db_path)
-    job_no, unknown = manager.create_job(db, home, pid, multi(hosts, more_hosts),
-                                         type_=job_type.upper())
+    return create(PackageId.parse(package), multi(hosts, more_hosts), job_type.upper())
+
+
+@with_home(database=True)
+def create(pid: PackageId, hosts: list[str], job_type: str, *, home: Home, db: Database) -> int:
+    job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type)
     for h in unknown:
         click.echo(f"dcmjexe: {h} has not reported in yet; its job is held until it does", err=True)
     startup.start_lowers(home, db, logger(home).info, [job_no])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from rds import cleanup
-from rds.cli import entry, open_home, print_json, require_superuser, table
+from rds.cli import entry, print_json, table, with_home
 from rds.clock import now_text
 from rds.errors import UsageError
+from rds.home import PASS_LOCK, Home
 
 
 @click.command(name="rdsclr", context_settings={"help_option_names": ["--help"]})
@@ -15,7 +16,8 @@ from rds.errors import UsageError
 @click.option("--wait", is_flag=True,
               help="Delete the removed packages' files before returning (default: in the background).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-def command(dry_run: bool, wait: bool, as_json: bool) -> int:
+@with_home(lock=PASS_LOCK, superuser=True)  # not while a pass installs or fetches
+def command(dry_run: bool, wait: bool, as_json: bool, *, home: Home) -> int:
     """Delete the packages past their storage period from the temporary package
     storehouse, then, if CacheSizeLimit is exceeded, the least recently accessed
     ones until the storehouse is at CacheHighWaterMark percent of the limit.
@@ -25,13 +27,10 @@ def command(dry_run: bool, wait: bool, as_json: bool) -> int:
     package is gone from the storehouse when rdsclr returns; its files are
     deleted by a background process unless --wait is given.
     """
-    home = open_home()
-    require_superuser(home)
     if home.settings.is_managing_server:
         raise UsageError("this is the managing server: its storehouse holds the registered packages; "
                          "rdsclr runs on relays and clients")
-    with home.lock("rdsft"):  # not while a pass installs or fetches
-        report = cleanup.clean(home, dry_run=dry_run, defer=True)
+    report = cleanup.clean(home, dry_run=dry_run, defer=True)
     if wait:
         cleanup.reap(report.doomed)
         reaper = None

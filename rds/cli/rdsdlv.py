@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from rds import delivery
-from rds.cli import SpreadCommand, entry, fast_table, open_home, print_json, require_superuser
+from rds.cli import SpreadCommand, entry, fast_table, print_json, with_home
 from rds.clock import now_text
 from rds.errors import InputError, UsageError
+from rds.home import Home
 
 NAME = "rdsdlv"
 SHORT = ["DESTINATION", "TYPE", "CABINET", "PACKAGE", "VERSION", "GEN", "JOB", "STATUS"]
@@ -53,8 +54,11 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
                         packages=[delivery.PackageFilter.parse(p) for p in packages], jobs=jobs)
     if delete and flt.empty and not everything:
         raise UsageError("-d deletes the entries a filter selects: give -a, -e, -r or -n, or --all for all")
-    home = open_home()
-    require_superuser(home)
+    return show_or_delete(flt, delete, long or as_json, as_json)
+
+
+@with_home(superuser=True)
+def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool, *, home: Home) -> int:
     delivery.require_running(home)
     f = delivery.open_file(home)
     try:
@@ -63,7 +67,7 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
             click.echo(f"deleted {n} entr{'y' if n == 1 else 'ies'}")
             return 0
         f.trim()  # recorders trim every few hundred changes; show no more than OrderOfDeliveryStatus
-        if not (long or as_json):
+        if not long:
             lines = short_table(f, flt)
             click.echo("\n".join(lines) if lines else "no entries" if flt.empty else "no entry matches")
             return 0

@@ -5,17 +5,17 @@ from __future__ import annotations
 import click
 
 from rds import delivery
-from rds.cli import entry, open_home, require_superuser
+from rds.cli import entry, with_home
+from rds.home import Home
 
 
 @click.command(name="rdsdlvclr", context_settings={"help_option_names": ["--help"]})
-def command() -> int:
+@with_home(superuser=True)
+def command(*, home: Home) -> int:
     """Initialise the distribution situation file: empty, in the current format.
 
     The distribution status server facility must be stopped (rdsdlvse -p).
     """
-    home = open_home()
-    require_superuser(home)
     click.echo(f"initialised {delivery.clear(home)}")
     return 0
 

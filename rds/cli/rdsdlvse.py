@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rds import delivery
-from rds.cli import entry, open_home, require_superuser, resident
+from rds.cli import entry, resident, with_home
 from rds.errors import UsageError
 from rds.home import Home
 
@@ -26,8 +26,11 @@ def command(stop: bool, foreground: bool) -> int:
     """
     if stop and foreground:
         raise UsageError("-p stops; it takes no other option")
-    home = open_home()
-    require_superuser(home)
+    return start_or_stop(stop, foreground)
+
+
+@with_home(superuser=True)
+def start_or_stop(stop: bool, foreground: bool, *, home: Home) -> int:
     if not stop:
         delivery.open_file(home).close()  # a bad path or a newer file is said now, not in the log
     return resident(home, NAME, stop, foreground, lambda: _trim(home), TRIM_INTERVAL)

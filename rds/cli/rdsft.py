@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from rds import cleanup, database, poller
-from rds.cli import entry, open_home, table
+from rds import cleanup, poller
+from rds.cli import entry, table, with_home
+from rds.database import Database
 from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
-from rds.home import Home, lock_timeout
+from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.packages import PackageId, Storehouse
 
 
@@ -43,34 +44,17 @@ def command(mode_a: bool, mode_c: bool, mode_init: bool, cabinet: str | None, pa
     """
     if mode_a + mode_c + mode_init != 1:
         raise UsageError("give exactly one of -a, -c and -init")
-    home = open_home()
     if mode_c:
-        return package_cmd(home, cabinet, package, version, generation, install_dir, script, expire_days, source)
+        return register(cabinet, package, version, generation, install_dir, script, expire_days, source)
     if source is not None or any(v is not None for v in (cabinet, package, version, install_dir, script)):
         raise UsageError("-g, -r, -v, -G, -i, --script and SOURCE_DIR go with -c only")
-    if mode_init:
-        if home.settings.is_managing_server:
-            raise UsageError("this is the managing server: -init would delete the registered packages")
-        with home.lock("rdsft"):  # not while a pass downloads into the storehouse
-            db = database.connect(home.db_path)
-            try:
-                report = cleanup.remove_all(home, db, wait=lock_timeout())
-            finally:
-                db.close()
-        click.echo(f"deleted {len(report.removed)} package(s) from {home.packages}"
-                   + (f"; {report.invalidated} job(s) invalidated" if report.invalidated else ""))
-        if report.busy:
-            raise LockTimeout(f"kept {', '.join(r.package for r in report.busy)}: being read by a lower system")
-        return 0
-    report = poller.run_once(home)
-    show_pass(report)
-    if report.failed:
-        raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
-    return 0
+    return empty_storehouse() if mode_init else check_in()
 
 
-def package_cmd(home: Home, cabinet: str | None, package: str | None, version: str | None, generation: str,
-                install_dir: str | None, script: Path | None, expire_days: int | None, source: Path | None) -> int:
+@with_home()
+def register(cabinet: str | None, package: str | None, version: str | None, generation: str,
+             install_dir: str | None, script: Path | None, expire_days: int | None, source: Path | None, *,
+             home: Home) -> int:
     missing = [f for f, v in (("-g", cabinet), ("-r", package), ("-v", version), ("-i", install_dir),
                               ("SOURCE_DIR", source)) if v is None]
     if missing:
@@ -85,6 +69,27 @@ def package_cmd(home: Home, cabinet: str | None, package: str | None, version: s
             raise InputError(f"{script}: cannot read the script ({getattr(e, 'strerror', None) or e})") from None
     m = Storehouse(home.packages).register(pid, source, install_dir, script=text, expire_days=expire_days)
     click.echo(str(m.id))
+    return 0
+
+
+@with_home(lock=PASS_LOCK, database=True)  # not while a pass downloads into the storehouse
+def empty_storehouse(*, home: Home, db: Database) -> int:
+    if home.settings.is_managing_server:
+        raise UsageError("this is the managing server: -init would delete the registered packages")
+    report = cleanup.remove_all(home, db, wait=lock_timeout())
+    click.echo(f"deleted {len(report.removed)} package(s) from {home.packages}"
+               + (f"; {report.invalidated} job(s) invalidated" if report.invalidated else ""))
+    if report.busy:
+        raise LockTimeout(f"kept {', '.join(r.package for r in report.busy)}: being read by a lower system")
+    return 0
+
+
+@with_home()  # the pass takes the pass lock and opens the database itself, as rdsma's do
+def check_in(*, home: Home) -> int:
+    report = poller.run_once(home)
+    show_pass(report)
+    if report.failed:
+        raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
     return 0
 
 

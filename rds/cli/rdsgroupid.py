@@ -6,10 +6,12 @@ import re
 
 import click
 
-from rds import database, jobs
-from rds.cli import entry, multi, open_home, print_json, require_superuser, table
+from rds import jobs
+from rds.cli import entry, multi, print_json, table, with_home
 from rds.clock import now_text
+from rds.database import Database
 from rds.errors import InputError
+from rds.home import Home
 
 
 def parse_key(text: str) -> tuple[int, str | None]:
@@ -24,16 +26,14 @@ def parse_key(text: str) -> tuple[int, str | None]:
               help="Delete this job (all its destinations, or one); more may follow, space-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.argument("more", nargs=-1, metavar="[JOB[:HOST]...]")
-def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...]) -> int:
+@with_home(database=True, superuser=True)
+def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...], *, home: Home, db: Database) -> int:
     """List the jobs held in this host's temporary job storehouse, or delete some with -d.
 
     \b
     States: WAIT (held here), HANDED (taken by the lower system that leads to
     the destination), INSTALLING, DONE, INVALID (its package left the storehouse).
     """
-    home = open_home()
-    require_superuser(home)
-    db = database.connect(home.db_path)
     if delete:
         keys = [parse_key(k) for k in multi(delete, more)]
         n = jobs.delete(db, keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rds import cleanup, poller
-from rds.cli import entry, open_home, resident
+from rds.cli import entry, resident, with_home
 from rds.errors import UsageError
 from rds.home import Home
 
@@ -24,7 +24,11 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
     """
     if stop and (start or foreground):
         raise UsageError("-q stops; it takes no other option")
-    home = open_home()
+    return start_or_stop(stop, foreground)
+
+
+@with_home()
+def start_or_stop(stop: bool, foreground: bool, *, home: Home) -> int:
     if not stop and home.settings.is_managing_server:
         raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost); "
                          "rdsma runs on relays and clients")
@@ -34,8 +38,7 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
 
 def clean(home: Home) -> str:
     """The cache cleanup every CacheCleanupInterval, between passes."""
-    with home.lock("rdsft"):
-        report = cleanup.clean(home)
+    report = cleanup.between_passes(home)
     return "cache cleanup: " + report.summary() if report.removed or report.busy else ""
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from rds import poller
-from rds.cli import entry, open_home, resident
+from rds.cli import entry, resident, with_home
 from rds.errors import UsageError
+from rds.home import Home
 
 NAME = "rdssnd"
 
@@ -24,7 +25,11 @@ def command(start: bool, stop: bool, once: bool, foreground: bool) -> int:
     """
     if stop + once + (start or foreground) > 1:
         raise UsageError("give one of -a, -q and --once")
-    home = open_home()
+    return send(stop, once, foreground)
+
+
+@with_home()
+def send(stop: bool, once: bool, foreground: bool, *, home: Home) -> int:
     if stop:
         return resident(home, NAME, True, False, lambda: "", None)
     if home.settings.is_managing_server:

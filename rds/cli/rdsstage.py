@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from rds import staging
-from rds.cli import entry, multi, open_home, print_json, table
+from rds.cli import entry, multi, print_json, table, with_home
 from rds.errors import IntegrityError, UsageError
+from rds.home import Home
 from rds.packages import PackageId, Storehouse
 
 
@@ -40,8 +41,12 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
         raise UsageError("give exactly one of -o PATH and -i PATH")
     if more_packages and not packages:
         raise UsageError(f"unexpected argument {more_packages[0]!r} (packages go after -r)")
-    only = [PackageId.parse(p) for p in multi(packages, more_packages)]
-    home = open_home()
+    return carry(export_to, stage_from, [PackageId.parse(p) for p in multi(packages, more_packages)], as_json)
+
+
+@with_home()
+def carry(export_to: Path | None, stage_from: Path | None, only: list[PackageId], as_json: bool, *,
+          home: Home) -> int:
     if export_to is not None:
         outcomes = staging.export(Storehouse(home.packages), export_to, only)
     else:
