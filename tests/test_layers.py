@@ -77,3 +77,11 @@ def test_no_import_cycle_in_rds() -> None:
 
 def test_the_checker_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_distribution_status_is_fed_by_one_listener() -> None:
+    """Before issue 8, 10 call sites in poller, protocol and startup fed it; now the session attaches
+    its listener and only the facility's own commands (rdsdlv, rdsdlvse, rdsdlvclr) use it besides."""
+    users = {m for m, deps in imports().items() if "rds.delivery" in deps}
+    assert users - {"rds.cli.rdsdlv", "rds.cli.rdsdlvse", "rds.cli.rdsdlvclr"} == {"rds.session"}
+    assert "delivery.Listener(" in (RDS / "session.py").read_text()

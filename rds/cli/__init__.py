@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
@@ -76,10 +76,11 @@ def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Call
     return 0
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+Command = Callable[..., int]
 
 
-def with_home(lock: str | None = None, database: bool = False, superuser: bool = False) -> Callable[[F], F]:
+def with_home(lock: str | None = None, database: bool = False,
+              superuser: bool = False) -> Callable[[Command], Command]:
     """Decorate a command (or the part of it that works on the home) like borg's ``with_repository``.
 
     The function gets ``home=`` (rds.home.Home) and, with ``database``,
@@ -89,9 +90,9 @@ def with_home(lock: str | None = None, database: bool = False, superuser: bool =
     checks its options first, then calls what this decorates, so that a
     usage error is said before the home is opened.
     """
-    def decorate(f: F) -> F:
+    def decorate(f: Command) -> Command:
         @functools.wraps(f)
-        def inner(*args: Any, **kw: Any) -> Any:
+        def inner(*args: Any, **kw: Any) -> int:
             from rds import session
 
             home = Home.open()
@@ -102,7 +103,7 @@ def with_home(lock: str | None = None, database: bool = False, superuser: bool =
                     return f(*args, home=home, **kw)
             with session.opened(home, lock) as db:
                 return f(*args, home=home, db=db, **kw)
-        return inner  # type: ignore[return-value]
+        return inner
     return decorate
 
 
