@@ -71,10 +71,10 @@ class Job:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job.from_json(record(row["record"]))
+    return Job.from_json(parse_record(row["record"]))
 
 
-def record(text: str) -> Any:
+def parse_record(text: str) -> Any:
     """A job record as the state database holds it: JSON, unless the database was damaged."""
     try:
         return json.loads(text)
@@ -109,7 +109,7 @@ def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
     """The manifest the job record carries (a job travels with its package's manifest)."""
     row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
     try:
-        return Manifest.from_json(record(row[0])["manifest"])
+        return Manifest.from_json(parse_record(row[0])["manifest"])
     except (KeyError, TypeError):  # a damaged state database
         raise JobRecordError(f"job {job.key}: its record holds no valid manifest") from None
 
@@ -285,7 +285,7 @@ def waiting_lowers(db: sqlite3.Connection, jobs_of: Iterable[int] | None = None)
     rows = db.execute("SELECT r.via, j.record FROM jobs j JOIN routes r ON r.host = j.dest WHERE j.state=?"
                       " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
     for via, text in rows:
-        job = Job.from_json(record(text))
+        job = Job.from_json(parse_record(text))
         if wanted is None or job.job_no in wanted:
             out.setdefault(via, []).append(job)
     return out

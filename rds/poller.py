@@ -100,7 +100,7 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
 
     def end(job: Job, status: str, message: str) -> None:
         ended.append(Result(job.job_no, job.dest, status, message, now_text()))
-        results.record(db, ended[-1])  # the job is DONE in the same commit
+        results.keep(db, ended[-1])  # the job is DONE in the same commit
 
     own = jobs.in_state(db, jobs.WAIT, home.host) + jobs.in_state(db, jobs.INSTALLING, home.host)
     for job in [j for j in own if j.type == jobs.TRANSFER]:  # the emergency push: ahead of everything
@@ -156,7 +156,7 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
             continue  # a DELETE job before it invalidated it
         if job.type == jobs.DELETE:
             res = cleanup.delete_job(home, db, job)
-            results.record(db, res)
+            results.keep(db, res)
             log(f"job {job.job_no} {job.package}: {res.status}: {res.message}")
             done.append(res)
             continue
@@ -170,7 +170,7 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         crashpoints.reach("installing")
         res = install.install(home, store, job, m, resumed, log)
         crashpoints.reach("installed")
-        results.record(db, res)  # the job is DONE in the same commit
+        results.keep(db, res)  # the job is DONE in the same commit
         install.forget(home, job)
         log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
         done.append(res)

@@ -71,14 +71,12 @@ def _keep(db: sqlite3.Connection, r: Result) -> bool:
 
 
 def keep(db: sqlite3.Connection, r: Result) -> bool:
-    """Keep ``r`` as part of the caller's transaction; False when it was already known."""
-    return _keep(db, r)
-
-
-def record(db: sqlite3.Connection, result: Result) -> bool:
-    """Keep the result of a job that ended here; the job is DONE in the same commit."""
+    """Keep the result ``r`` (a job that ended settles as DONE in the same commit): in the caller's
+    transaction if one is open, else in a commit of its own; False when it was already known."""
+    if db.in_transaction:
+        return _keep(db, r)
     with Transaction(db):
-        return _keep(db, result)
+        return _keep(db, r)
 
 
 def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_host: str,

@@ -122,7 +122,7 @@ class Requests:
             self.log(f"startup request to {lower} failed: {error}")
             if flags.is_set(self.home, "cltstsud"):
                 for job in self.waiting[lower]:
-                    results.record(self.db, Result(job.job_no, job.dest, codes.EXEC_ERROR,
+                    results.keep(self.db, Result(job.job_no, job.dest, codes.EXEC_ERROR,
                                                    f"startup request to {lower} failed: {error}", now_text()))
                 self.log(f"{self.home.prm / flags.CLTSTSUD} exists: reported EXEC-ERROR for "
                          f"{len(self.waiting[lower])} job(s)")

@@ -107,7 +107,7 @@ def test_a_job_stored_twice_is_kept_once(db: sqlite3.Connection) -> None:
 def test_a_done_job_is_not_taken_again(db: sqlite3.Connection) -> None:
     manifests = {str(PID): manifest()}
     jobs.store(db, [job()], manifests)
-    results.record(db, Result(7, "c1", codes.COMPLETE, "ok", "t"))
+    results.keep(db, Result(7, "c1", codes.COMPLETE, "ok", "t"))
     assert jobs.store(db, [job()], manifests) == 0
     assert jobs.in_state(db, jobs.DONE) == [job()]
     assert jobs.in_state(db, jobs.WAIT) == []
