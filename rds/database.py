@@ -104,9 +104,6 @@ class Database(sqlite3.Connection):
         else:
             self._tell([event])
 
-    def transaction(self) -> Transaction:
-        return Transaction(self)
-
     def _ended(self, committed: bool) -> None:
         heard, self._heard = self._heard, []
         if committed:

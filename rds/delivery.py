@@ -76,9 +76,7 @@ from rds.packages import check_field
 
 FACILITY = "rdsdlvse"
 DEFAULT_NAME = "delivery.db"  # in the home's GROUP/
-SCHEMA_VERSION = 1
 CODES = codes.DELIVERY_STATUS_CODES
-FINAL = ("COMPLETE", "ERROR")
 CHECK_EVERY = 1.0  # seconds a recorder trusts what it saw of the facility
 TRIM_EVERY = 256  # changes between two trims by a recorder
 MESSAGE_MAX = 2000
@@ -155,10 +153,6 @@ class Entry:
     code: str
     updated: float
     message: str
-
-    @property
-    def package_id(self) -> str:
-        return f"{self.packager}.{self.cabinet}.{self.package}.{self.version}.{self.generation}"
 
 
 def entry(job: AJob, status: str, message: str = "", now: float | None = None) -> Entry:
