@@ -4,7 +4,14 @@ A job as it travels is one destination of one job created at the managing
 server: ``(job_no, dest)`` names it everywhere in the hierarchy.  Each home
 keeps the jobs for itself and for the hosts below it in its state database;
 a job is handed to the lower system that leads to its destination, which
-learns it by the check-ins of the systems below it.
+learns it by the check-ins of the systems below it (``routes``, ``lowers``).
+
+This module alone writes the ``jobs`` table.  A job's state goes WAIT (held
+here) -> HANDED (a lower system took it) or INSTALLING (this host installs it)
+-> DONE (its result is kept, rds.results) or INVALID (its package left the
+storehouse, rds.cleanup).  The changes that others want to hear of are
+announced (rds.events: Received, Handed, Installing) and heard after the
+commit.
 """
 
 from __future__ import annotations

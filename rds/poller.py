@@ -7,7 +7,10 @@ the hosts below get theirs when they ask), installs this host's own jobs, and
 sends the results upward.
 An install error ends that job only; a communication error ends the pass.
 Every step is committed before the next, so a pass killed at any point is
-finished by the next one: no job is lost or installed twice.
+finished by the next one: no job is lost or installed twice.  A pass holds the
+home's pass lock and its state database (rds.session) from start to end; what
+it changes is announced by the modules that change it, and after its fetches
+it says which waiting jobs have their package (``events.Kept``).
 """
 
 from __future__ import annotations
