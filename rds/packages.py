@@ -14,14 +14,13 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rds import fsutil
-from rds.errors import InputError, IntegrityError, UnsafeArchive
+from rds import archive, fsutil
+from rds.errors import InputError, IntegrityError
 
 PAYLOAD = "payload.tgz"
 MANIFEST = "manifest.json"
@@ -117,33 +116,6 @@ class Manifest:
             raise InputError(f"not a valid package manifest ({str(e)[:300]})") from None
 
 
-def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    """Refuse what must not be extracted; stricter than tarfile's ``data`` filter."""
-    name = member.name
-    if name.startswith("/") or ".." in PurePosixPath(name).parts:
-        raise UnsafeArchive(f"member {name!r} is outside the install directory")
-    if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise UnsafeArchive(f"member {name!r} is a device or special file")
-    if member.issym() and (member.linkname.startswith("/") or _escapes(name, member.linkname)):
-        raise UnsafeArchive(f"member {name!r} is a link pointing outside the install directory ({member.linkname})")
-    try:
-        return tarfile.data_filter(member, dest)
-    except tarfile.FilterError as e:
-        raise UnsafeArchive(f"member {name!r} refused: {e}") from None
-
-
-def _escapes(name: str, linkname: str) -> bool:
-    depth = len(PurePosixPath(name).parent.parts)
-    for part in PurePosixPath(linkname).parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part != ".":
-            depth += 1
-    return False
-
-
 class Storehouse:
     """The package storehouse of one home."""
 
@@ -205,11 +177,7 @@ class Storehouse:
             payload = work / PAYLOAD
             with fsutil.atomic_writer(payload) as raw:
                 hashing = HashingWriter(raw)
-                with tarfile.open(fileobj=hashing, mode="w:gz", compresslevel=6) as tar:  # type: ignore[call-overload]
-                    try:
-                        tar.add(source, arcname=".", filter=_packing_filter)
-                    except PermissionError as e:
-                        raise InputError(f"{e.filename}: cannot read ({e.strerror})") from None
+                archive.pack(source, hashing)
             manifest = Manifest(
                 id=pid,
                 size=hashing.size,
@@ -291,16 +259,6 @@ class Storehouse:
             return False
         fsutil.remove_tree(self.dir(pid))
         return True
-
-
-def _packing_filter(member: tarfile.TarInfo) -> tarfile.TarInfo:
-    if member.isdev() or member.isfifo():
-        raise InputError(f"{member.name}: device and special files cannot be packaged")
-    if member.issym() and (member.linkname.startswith("/") or _escapes(member.name, member.linkname)):
-        raise InputError(f"{member.name}: link points outside the source directory ({member.linkname})")
-    member.uid = member.gid = 0
-    member.uname = member.gname = "root"
-    return member
 
 
 class HashingWriter:

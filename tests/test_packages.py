@@ -379,7 +379,7 @@ def test_two_registrations_at_once_both_succeed(tree: Tree) -> None:
     # the first registration stops while it packs, until told to go on
     slow = (
         "import pathlib, sys, time\n"
-        "import rds.packages as p\n"
+        "import rds.archive as p\n"
         "orig = p._packing_filter\n"
         "ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
         "def wait(m):\n"
