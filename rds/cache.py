@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING
 from rds import crashpoints, fsutil, jobs
 from rds.errors import CommunicationError, InputError, IntegrityError, Refused, UnableToCache
 from rds.home import Home
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
+from rds.storehouse import Storehouse
 
 if TYPE_CHECKING:
     from rds.protocol import UpperClient

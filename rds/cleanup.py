@@ -42,9 +42,10 @@ from rds.clock import now_text
 from rds.database import Transaction
 from rds.home import Home, lock_timeout
 from rds.log import logger
-from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
+from rds.packages import PackageId
 from rds.results import Result
 from rds.settings import Settings
+from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
 
 EXPIRED, OVER_LIMIT, INIT, DELETE_JOB = "expired", "over size limit", "rdsft -init", "DELETE job"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")

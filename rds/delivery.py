@@ -55,7 +55,8 @@ from rds.errors import AlreadyRunning, InputError, NotRunning, SettingsError
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import PackageId, Storehouse, check_field
+from rds.packages import PackageId, check_field
+from rds.storehouse import Storehouse
 
 FACILITY = "rdsdlvse"
 DEFAULT_NAME = "delivery.db"  # in the home's GROUP/

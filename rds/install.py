@@ -29,8 +29,9 @@ from rds.clock import now_text
 from rds.errors import IntegrityError, RdsError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, Storehouse
+from rds.packages import Manifest
 from rds.results import Result
+from rds.storehouse import Storehouse
 
 
 def target_dir(home: Home, manifest: Manifest) -> Path:

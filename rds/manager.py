@@ -13,8 +13,9 @@ from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
+from rds.storehouse import Storehouse
 
 # dcmstat's exit codes, as JP1's
 ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32

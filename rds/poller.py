@@ -23,9 +23,9 @@ from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import Storehouse
 from rds.protocol import UpperClient
 from rds.results import Result
+from rds.storehouse import Storehouse
 from rds.transport import connect
 
 

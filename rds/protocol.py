@@ -54,9 +54,10 @@ from rds.errors import (
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.results import Result
 from rds.settings import startup_address, valid_hostname
+from rds.storehouse import Storehouse
 
 VERSION = 1
 MAX_BELOW = 1_000_000

@@ -35,7 +35,8 @@ from typing import IO, Any
 from rds import archive, cache, fsutil
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
-from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
+from rds.storehouse import MANIFEST, PAYLOAD, Storehouse
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MANIFEST_MAX = 1 << 20

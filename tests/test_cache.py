@@ -20,7 +20,8 @@ from sshd import serve_command
 
 from rds import cache
 from rds.home import Home
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 sshd_factory = sshd.sshd_factory
 

@@ -1,4 +1,4 @@
-"""Package IDs, manifests and the package storehouse (rds/packages.py)."""
+"""Package IDs, manifests and the package storehouse (rds/packages.py, rds/storehouse.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from conftest import BIN, Tree
 
 from rds import fsutil
 from rds.errors import InputError, IntegrityError
-from rds.packages import ACCESSED, MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
+from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 

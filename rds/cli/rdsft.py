@@ -10,7 +10,8 @@ from rds import cleanup, database, poller
 from rds.cli import entry, open_home, table
 from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
 from rds.home import Home, lock_timeout
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 
 @click.command(name="rdsft", context_settings={"help_option_names": ["--help"]})

@@ -9,7 +9,8 @@ import click
 from rds import staging
 from rds.cli import entry, multi, open_home, print_json, table
 from rds.errors import IntegrityError, UsageError
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 
 @click.command(name="rdsstage", context_settings={"help_option_names": ["--help"]})
