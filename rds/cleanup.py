@@ -45,7 +45,7 @@ from rds.log import logger
 from rds.packages import PackageId
 from rds.results import Result
 from rds.settings import Settings
-from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
+from rds.storehouse import ACCESSED, CHECKSUMS, MANIFEST, PAYLOAD, Storehouse
 
 EXPIRED, OVER_LIMIT, INIT, DELETE_JOB = "expired", "over size limit", "rdsft -init", "DELETE job"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -267,8 +267,6 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
 
 def forget_checksums(store: Storehouse) -> None:
     """Drop the remembered upstream checksums of packages no longer here (rds.cache)."""
-    from rds.cache import CHECKSUMS
-
     held = {e.name for e in os.scandir(store.root) if not e.name.startswith(".")}
     with contextlib.suppress(FileNotFoundError), os.scandir(store.root / CHECKSUMS) as it:
         for e in it:

@@ -40,7 +40,7 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
             raise InputError(f"malformed host name {h!r} (1-64 letters, digits, '-' and '.'; no IP address)")
         if h == home.host:
             raise InputError(f"{h} is this managing server itself, not a destination")
-    manifest = Storehouse(home.packages).get(package)
+    manifest = Storehouse.of(home).get(package)
     if manifest is None and type_ == jobs.DELETE:  # it may be gone here already; the ID is what counts
         manifest = Manifest(package, 0, hashlib.sha256(b"").hexdigest(), "/")
     if manifest is None:

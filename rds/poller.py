@@ -48,7 +48,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         db = database.connect(home.db_path)
-        store = Storehouse(home.packages)
+        store = Storehouse.of(home)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))

@@ -84,7 +84,7 @@ def package_cmd(home: Home, cabinet: str | None, package: str | None, version: s
             text = script.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{script}: cannot read the script ({getattr(e, 'strerror', None) or e})") from None
-    m = Storehouse(home.packages).register(pid, source, install_dir, script=text, expire_days=expire_days)
+    m = Storehouse.of(home).register(pid, source, install_dir, script=text, expire_days=expire_days)
     click.echo(str(m.id))
     return 0
 

@@ -44,7 +44,7 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
     only = [PackageId.parse(p) for p in multi(packages, more_packages)]
     home = open_home()
     if export_to is not None:
-        outcomes = staging.export(Storehouse(home.packages), export_to, only)
+        outcomes = staging.export(Storehouse.of(home), export_to, only)
     else:
         assert stage_from is not None
         outcomes = staging.stage(home, stage_from, only)
