@@ -10,18 +10,40 @@ A package's directory is built under a temporary name and renamed into place
 last, so a package is either wholly there, verified, or not there at all.
 Every payload that comes in (packed, staged or downloaded) passes through one
 ``HashingWriter``, so its SHA-256 is known when it is complete.
+
+Access times.  Each package directory holds an empty stamp file ``.accessed``
+whose mtime is the package's last access: it is created when the package is
+stored (fetched, staged or registered) and its mtime is set with
+``os.utime`` when the package is installed on this host (used) or read by a
+lower system (served).  A stamp rather than a table in the state database:
+the storehouse describes itself (a package and its access time come and go
+together, with no row left behind by ``rdsft -init`` or a crash), serving a
+package never writes to the database that passes are committing to, and a
+stamp costs one system call.  ``os.utime`` changes one inode at once; after a
+power loss it may come back older, which only makes the package look less
+recently used.  The time a package was stored is the mtime of its
+``manifest.json``, the file written last when the package was committed.
+
+Readers and removal.  A lower system reading a package holds a shared
+``flock`` on its payload (``blocks``).  A package leaves (``rds.cleanup``
+decides when) by being held against readers (``hold``), renamed out of sight
+under a temporary name no reader knows (``hide``), and deleted (``reap``);
+a crash leaves only strays that the next run removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,10 +54,21 @@ from rds.packages import Manifest, PackageId
 
 PAYLOAD = "payload.tgz"
 MANIFEST = "manifest.json"
-ACCESSED = ".accessed"  # its mtime is the package's last access (rds.cleanup)
+ACCESSED = ".accessed"
 VERIFIED = ".verified"
 PARTIAL = ".partial"
 CHECKSUMS = ".checksums"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One package in the storehouse, as cleanup sees it."""
+
+    id: str
+    size: int
+    stored: float
+    accessed: float
+    expire_days: int | None
 
 
 class HashingWriter:
@@ -88,6 +121,31 @@ class Storehouse:
 
     def has(self, pid: PackageId) -> bool:
         return (self.dir(pid) / MANIFEST).is_file()
+
+    def scan(self) -> list[Entry]:
+        """Every whole package in the storehouse with its size, stored and access times."""
+        out = []
+        with os.scandir(self.root) as it:
+            for d in it:
+                if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
+                    continue
+                try:  # the manifest was checked when the package was committed: read only what counts here
+                    with open(os.path.join(d.path, MANIFEST), "rb") as f:
+                        stored = os.fstat(f.fileno()).st_mtime
+                        m = json.loads(f.read())
+                    if m["id"] != d.name:
+                        continue
+                    size = int(m["size"])
+                    expire = m.get("expire_days")
+                    expire = None if expire is None else int(expire)
+                except (OSError, ValueError, KeyError, TypeError):  # half-made or foreign: not ours to judge
+                    continue
+                try:
+                    accessed = os.stat(os.path.join(d.path, ACCESSED)).st_mtime
+                except FileNotFoundError:
+                    accessed = stored
+                out.append(Entry(d.name, size, stored, accessed, expire))
+        return out
 
     def list(self) -> list[Manifest]:
         out = []
@@ -238,13 +296,25 @@ class Storehouse:
         fsutil.atomic_write(stamp_path, stamp.encode())
 
     def touch(self, pid: PackageId) -> None:
-        """Record that the package was used or served now (see rds.cleanup for why a stamp file)."""
+        """Record that the package was used or served now (see the module's docstring for why a stamp file)."""
         stamp = self.dir(pid) / ACCESSED
         try:
             os.utime(stamp)
         except FileNotFoundError:
             with contextlib.suppress(FileNotFoundError):  # the package itself may have just left
                 stamp.touch()
+
+    def blocks(self, pid: PackageId, offset: int, length: int) -> Iterator[bytes]:
+        """The payload's bytes from ``offset``, read under a shared lock that keeps removal out."""
+        with open(self.payload(pid), "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
+            f.seek(offset)
+            while length > 0:
+                block = f.read(min(length, 1 << 20))
+                if not block:
+                    break
+                length -= len(block)
+                yield block
 
     # -- the upper system's checksums -----------------------------------------------------------------
 
@@ -267,6 +337,15 @@ class Storehouse:
         fsutil.atomic_write(self._checksum_path(m.id),
                             json.dumps({"asked": asked, "manifest": m.to_json()}).encode())
 
+    def forget_checksums(self) -> None:
+        """Drop the remembered upstream checksums of packages no longer here."""
+        held = {e.name for e in os.scandir(self.root) if not e.name.startswith(".")}
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / CHECKSUMS) as it:
+            for e in it:
+                if e.name.endswith(".json") and e.name[:-5] not in held:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+
     # -- removing packages ----------------------------------------------------------------------------
 
     def remove(self, pid: PackageId) -> bool:
@@ -280,7 +359,90 @@ class Storehouse:
         n = 0
         for m in self.list():
             n += self.remove(m.id)
-        for part in self.partial.iterdir():
-            part.unlink()
-        fsutil.remove_strays(self.root)
+        self.clear_partial()
         return n
+
+    def clear_partial(self) -> None:
+        """Delete every partial download, and what a crash left in the storehouse."""
+        for part in self.partial.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        fsutil.remove_strays(self.root)
+
+    @contextlib.contextmanager
+    def hold(self, name: str, wait: float) -> Iterator[bool]:
+        """Hold the package ``name`` against readers for the block; False if a reader still has it after ``wait``."""
+        ok, fd = self._hold(self.root / name, wait)
+        try:
+            yield ok
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _hold(self, path: Path, wait: float) -> tuple[bool, int | None]:
+        """Lock a package against readers (they hold a shared flock on its payload while they read).
+
+        Returns (False, None) if a reader still holds it after ``wait`` seconds;
+        else True and the open file that keeps the lock (None: no payload).
+        """
+        deadline = time.monotonic() + wait
+        try:
+            fd = os.open(path / PAYLOAD, os.O_RDONLY)
+        except FileNotFoundError:
+            return True, None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True, fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False, None
+                time.sleep(0.05)
+
+    def hide(self, names: Iterable[str]) -> dict[str, Path]:
+        """Rename packages out of sight and flush the storehouse once; returns where each went.
+
+        Their files stay under temporary names that no reader knows, for
+        ``reap``; a package already gone is left out.
+        """
+        hidden = {}
+        for name in names:
+            path = self.root / name
+            target = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, target)
+                hidden[name] = target
+        fsutil.fsync_dir(self.root)
+        return hidden
+
+
+def reap(paths: Iterable[Path]) -> None:
+    """Delete the files of packages already out of sight (renamed to temporary names)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_in_background(paths: list[Path]) -> int | None:
+    """Delete them in a detached child; returns its pid (None when there is nothing to do).
+
+    The packages left the storehouse at the commit point: only their files
+    remain, under temporary names that no reader knows.  Deleting them costs
+    about one millisecond a package on a slow disk, which a command run by
+    hand need not wait for.  Should the child die, the next pass removes them
+    as strays.
+    """
+    if not paths:
+        return None
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the child: let go of the parent's locks and files, and of its terminal
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # whoever reads rdsclr's output (cron, a pipe) must not wait for the child
+            os.dup2(null, fd)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1024)
+        reap(paths)
+    finally:
+        os._exit(0)
