@@ -19,35 +19,32 @@ Seed 002's two policies (``CachingPolicy``):
   the policy, by the relay it is for and by every relay it passes through.
 
 The managing server is authoritative and asks no one.  A fetch holds the
-home's fetch lock of the package for its whole length (``fetch_lock``), so
-that several lower systems or passes needing one package cause one transfer
-from upstream: the second one finds the package there once it has the lock.
+home's fetch lock of the package for its whole length
+(``Storehouse.fetch_lock``), so that several lower systems or passes needing
+one package cause one transfer from upstream: the second one finds the
+package there once it has the lock.
 
-Remembered checksums: ``RDS/.checksums/PACKAGE.json`` holds the upper
-system's manifest and when it was asked.
+The storehouse remembers the upper system's answers
+(``Storehouse.remember``, in ``RDS/.checksums/``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rds import crashpoints, fsutil, jobs
-from rds.errors import CommunicationError, InputError, IntegrityError, Refused, UnableToCache
+from rds import crashpoints, jobs
+from rds.errors import CommunicationError, IntegrityError, Refused, UnableToCache
 from rds.home import Home
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
+from rds.storehouse import Storehouse
 
 if TYPE_CHECKING:
     from rds.protocol import UpperClient
 
 JIT, SNEAKERNET = "JIT", "SNEAKERNET"
-CHECKSUMS = ".checksums"
 
 Upper = Callable[[], "UpperClient"]
 Log = Callable[[str], None]
@@ -60,37 +57,6 @@ def unable(home: Home, pid: PackageId, why: str = "it was not staged") -> Unable
         f"server with 'rdsstage -o PATH -r {pid}', or push it with 'dcmjexe -t transfer -r {pid} -h {home.host}'")
 
 
-def fetch_lock(home: Home, pid: PackageId) -> contextlib.AbstractContextManager[None]:
-    """The lock held while ``pid`` is fetched or staged.
-
-    Packages share 256 lock files (``run/fetch-XX.lock``) by a hash of their
-    ID, so lock files do not pile up as packages come and go; two packages
-    that share one wait for each other's fetch, which is rare and harmless.
-    """
-    return home.lock(f"fetch-{hashlib.sha256(str(pid).encode()).hexdigest()[:2]}")
-
-
-def _checksum_path(store: Storehouse, pid: PackageId) -> Path:
-    return store.root / CHECKSUMS / f"{pid}.json"
-
-
-def remembered(home: Home, store: Storehouse, pid: PackageId, now: float) -> Manifest | None:
-    """The upper system's manifest of ``pid`` if it was asked less than ChecksumLifetime ago."""
-    try:
-        data = json.loads(_checksum_path(store, pid).read_text())
-        asked = float(data["asked"])
-        m = Manifest.from_json(data["manifest"])
-    except (OSError, ValueError, KeyError, TypeError, InputError):
-        return None
-    if m.id != pid or not asked <= now < asked + home.settings.checksum_lifetime:
-        return None
-    return m
-
-
-def remember(store: Storehouse, m: Manifest, asked: float) -> None:
-    fsutil.atomic_write(_checksum_path(store, m.id), json.dumps({"asked": asked, "manifest": m.to_json()}).encode())
-
-
 def current(home: Home, store: Storehouse, pid: PackageId, upper: Upper, log: Log, fetching: bool) -> Manifest:
     """The current manifest of ``pid`` as this host may know it (its upper's, or its own copy's)."""
     have = store.get(pid)
@@ -101,7 +67,7 @@ def current(home: Home, store: Storehouse, pid: PackageId, upper: Upper, log: Lo
             raise unable(home, pid)
         return have
     now = time.time()
-    m = remembered(home, store, pid, now)
+    m = store.remembered(pid, now, home.settings.checksum_lifetime)
     if m is not None:
         return m
     try:
@@ -114,7 +80,7 @@ def current(home: Home, store: Storehouse, pid: PackageId, upper: Upper, log: Lo
         log(f"package {pid}: cannot ask the upper system whether the copy here is current ({e}); "
             f"using the copy here, verified against its manifest")
         return have
-    remember(store, m, now)
+    store.remember(m, now)
     return m
 
 
@@ -134,7 +100,7 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
     CommunicationError when the upper system does not deliver.
     """
     fetching = may_fetch(home, db, pid, force)
-    with fetch_lock(home, pid):  # one transfer per package; a waiter finds it here afterwards
+    with store.fetch_lock(pid):  # one transfer per package; a waiter finds it here afterwards
         have = store.get(pid)
         cur = current(home, store, pid, upper, log, fetching)
         if have is not None and have.sha256 == cur.sha256:
@@ -155,12 +121,9 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
         if not fetching:  # SNEAKERNET: its own copy is authoritative, so it is current by definition
             raise unable(home, pid)
         client = upper()
-        part = store.partial_path(pid, cur.sha256)
-        for stale in store.partial.glob(f"{pid}.*.part"):  # a partial download of a version no longer current
-            if stale != part:
-                stale.unlink(missing_ok=True)
-        log(f"fetching package {pid} from {client.where} from byte {part.stat().st_size if part.exists() else 0}")
-        client.fetch(store, cur)
+        start = store.partial_size(cur)
+        log(f"fetching package {pid} from {client.where} from byte {start}")
+        store.receive(cur, lambda offset, length, out: client.link.read(str(pid), offset, length, out), client.where)
         crashpoints.reach("fetched")
         log(f"fetched package {pid} ({cur.size} bytes) from {client.where}")
         return cur, True

@@ -1,37 +1,22 @@
 """Cleanup of the package storehouse: retention, the cache size limit, and the jobs of packages that leave.
 
-Access times.  Each package directory holds an empty stamp file ``.accessed``
-whose mtime is the package's last access: it is created when the package is
-stored (fetched, staged or registered) and its mtime is set with
-``os.utime`` when the package is installed on this host (used) or read by a
-lower system (served).  A stamp rather than a table in the state database:
-the storehouse describes itself (a package and its access time come and go
-together, with no row left behind by ``rdsft -init`` or a crash), serving a
-package never writes to the database that passes are committing to, and a
-stamp costs one system call.  ``os.utime`` changes one inode at once; after a
-power loss it may come back older, which only makes the package look less
-recently used.  The time a package was stored is the mtime of its
-``manifest.json``, the file written last when the package was committed.
+The policy lives here; the files are the storehouse's (rds.storehouse, which
+also explains the access stamps that the size limit orders packages by).
 
 A package leaves the storehouse by retention (past its storage period), by
 the size limit, by ``rdsft -init`` or by a DELETE job; ``remove`` does all
 four the same way: it settles the jobs that needed the package
-(``invalidate``, one transaction: the commit point), then renames the
-package's directory out of sight and deletes the files.  A package that a
-lower system is reading right now holds a shared ``flock`` on its payload;
-it is not removed under the reader, but kept and named "busy".  Passes on
-this home (which install) are kept out by the caller holding the home's
-``rdsft`` lock.
+(``invalidate``, one transaction: the commit point), then has the storehouse
+rename the package's directory out of sight and delete the files.  A package
+that a lower system is reading right now is not removed under the reader
+(``Storehouse.hold``), but kept and named "busy".  Passes on this home (which
+install) are kept out by the caller holding the home's ``rdsft`` lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
-import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -42,23 +27,13 @@ from rds.clock import now_text
 from rds.database import Transaction
 from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.log import logger
-from rds.packages import ACCESSED, MANIFEST, PAYLOAD, PackageId, Storehouse
+from rds.packages import PackageId
 from rds.results import Result
 from rds.settings import Settings
+from rds.storehouse import Stored, Storehouse, reap
 
 EXPIRED, OVER_LIMIT, INIT, DELETE_JOB = "expired", "over size limit", "rdsft -init", "DELETE job"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One package in the storehouse, as cleanup sees it."""
-
-    id: str
-    size: int
-    stored: float
-    accessed: float
-    expire_days: int | None
 
 
 @dataclasses.dataclass
@@ -107,33 +82,7 @@ class Report:
         return line
 
 
-def scan(store: Storehouse) -> list[Entry]:
-    """Every whole package in the storehouse with its size, stored and access times."""
-    out = []
-    with os.scandir(store.root) as it:
-        for d in it:
-            if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
-                continue
-            try:  # the manifest was checked when the package was committed: read only what counts here
-                with open(os.path.join(d.path, MANIFEST), "rb") as f:
-                    stored = os.fstat(f.fileno()).st_mtime
-                    m = json.loads(f.read())
-                if m["id"] != d.name:
-                    continue
-                size = int(m["size"])
-                expire = m.get("expire_days")
-                expire = None if expire is None else int(expire)
-            except (OSError, ValueError, KeyError, TypeError):  # half-made or foreign: not ours to judge
-                continue
-            try:
-                accessed = os.stat(os.path.join(d.path, ACCESSED)).st_mtime
-            except FileNotFoundError:
-                accessed = stored
-            out.append(Entry(d.name, size, stored, accessed, expire))
-    return out
-
-
-def storage_period(entry: Entry, settings: Settings) -> float:
+def storage_period(entry: Stored, settings: Settings) -> float:
     """Seconds a package stays after it was stored; 0 keeps it without limit."""
     if entry.expire_days is not None:
         return entry.expire_days * 86400.0
@@ -149,14 +98,14 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
     """
     now = time.time() if now is None else now
     settings = home.settings
-    store = Storehouse(home.packages)
-    entries = scan(store)
+    store = Storehouse.of(home)
+    entries = store.scan()
     report = Report(packages=len(entries), dry_run=dry_run, limit=settings.cache_size_limit)
     report.use_before = sum(e.size for e in entries)
     db = session.open_database(home)
     try:
         pending = jobs.pending_packages(db)
-        doomed: list[tuple[Entry, str]] = []
+        doomed: list[tuple[Stored, str]] = []
         keep = []
         for e in entries:
             period = storage_period(e, settings)
@@ -166,7 +115,7 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                 keep.append(e)
         remove(home, db, store, doomed, dry_run=dry_run, wait=0.0, report=report, defer=defer)
         use = sum(e.size for e in keep) + sum(r.size for r in report.busy)  # busy ones still take room
-        over: list[tuple[Entry, str]] = []
+        over: list[tuple[Stored, str]] = []
         if size and settings.cache_size_limit:
             report.target = settings.cache_size_limit * settings.cache_high_water_mark // 100
             if use > settings.cache_size_limit:
@@ -180,7 +129,7 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
     finally:
         db.close()
     if not dry_run:
-        forget_checksums(store)
+        store.forget_checksums()
     if report.removed and not dry_run:
         log = logger(home)
         for r in report.removed:
@@ -192,7 +141,7 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
 CHUNK = 256  # packages held (one open file each) and settled per transaction
 
 
-def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Entry, str]],
+def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Stored, str]],
            dry_run: bool = False, wait: float = 0.0, report: Report | None = None,
            use: int | None = None, defer: bool = False) -> Report:
     """Remove packages and settle their jobs; with ``use`` stop once it is at the high-water mark.
@@ -209,8 +158,8 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
     todo = iter(todo)
     full = False
     while not full:
-        held: list[tuple[Removal, Path, int | None]] = []
-        try:
+        held: list[Removal] = []
+        with contextlib.ExitStack() as holding:
             for e, reason in todo:
                 if use is not None and use <= report.target:
                     full = True
@@ -220,35 +169,25 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
                 if dry_run:
                     report.removed.append(r)
                     continue
-                ok, fd = _hold(store.root / e.id, wait)
-                if not ok:
+                if not holding.enter_context(store.hold(e.id, wait)):
                     use = None if use is None else use + e.size  # a busy package stays, and counts
                     r.busy = True
                     report.busy.append(r)
                     continue
-                held.append((r, store.root / e.id, fd))
+                held.append(r)
                 if len(held) >= CHUNK:
                     break
             else:
                 full = True
             if not held:
                 break
-            inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r, _, _ in held})
+            inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r in held})
             report.invalidated += inv
             report.deleted_jobs += deleted
             crashpoints.reach("cleanup-settled")
-            doomed = []
-            for r, path, _ in held:
-                target = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(path, target)
-                    doomed.append(target)
-                    report.removed.append(r)
-            fsutil.fsync_dir(store.root)
-        finally:
-            for _, _, fd in held:
-                if fd is not None:
-                    os.close(fd)
+            hidden = store.hide(r.package for r in held)
+            report.removed += [r for r in held if r.package in hidden]
+            doomed = list(hidden.values())
         if defer:
             report.doomed += doomed  # the caller deletes them (reap); a pass removes what it leaves
         else:
@@ -256,75 +195,10 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
     return report
 
 
-def forget_checksums(store: Storehouse) -> None:
-    """Drop the remembered upstream checksums of packages no longer here (rds.cache)."""
-    from rds.cache import CHECKSUMS
-
-    held = {e.name for e in os.scandir(store.root) if not e.name.startswith(".")}
-    with contextlib.suppress(FileNotFoundError), os.scandir(store.root / CHECKSUMS) as it:
-        for e in it:
-            if e.name.endswith(".json") and e.name[:-5] not in held:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(e.path)
-
-
-def reap(paths: Iterable[Path]) -> None:
-    """Delete the files of packages already out of sight (renamed to temporary names)."""
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def reap_in_background(paths: list[Path]) -> int | None:
-    """Delete them in a detached child; returns its pid (None when there is nothing to do).
-
-    The packages left the storehouse at the commit point: only their files
-    remain, under temporary names that no reader knows.  Deleting them costs
-    about one millisecond a package on a slow disk, which a command run by
-    hand need not wait for.  Should the child die, the next pass removes them
-    as strays.
-    """
-    if not paths:
-        return None
-    pid = os.fork()
-    if pid:
-        return pid
-    try:  # the child: let go of the parent's locks and files, and of its terminal
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # whoever reads rdsclr's output (cron, a pipe) must not wait for the child
-            os.dup2(null, fd)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1024)
-        reap(paths)
-    finally:
-        os._exit(0)
-
-
 def _why(home: Home, r: Removal) -> str:
     return {EXPIRED: "its storage period ended", OVER_LIMIT: "the cache size limit",
             INIT: "rdsft -init", DELETE_JOB: "a DELETE job"}.get(r.reason, r.reason) + \
         f" removed package {r.package} from the package storehouse of {home.host}"
-
-
-def _hold(path: Path, wait: float) -> tuple[bool, int | None]:
-    """Lock a package against readers (they hold a shared flock on its payload while they read).
-
-    Returns (False, None) if a reader still holds it after ``wait`` seconds;
-    else True and the open file that keeps the lock (None: no payload).
-    """
-    deadline = time.monotonic() + wait
-    try:
-        fd = os.open(path / PAYLOAD, os.O_RDONLY)
-    except FileNotFoundError:
-        return True, None
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True, fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return False, None
-            time.sleep(0.05)
 
 
 def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
@@ -381,23 +255,20 @@ def upper_invalidated(db: sqlite3.Connection, store: Storehouse, keys: Iterable[
 
 def remove_all(home: Home, db: sqlite3.Connection, reason: str = INIT, wait: float = 0.0) -> Report:
     """``rdsft -init``: every package leaves, with its jobs settled; partial downloads go too."""
-    store = Storehouse(home.packages)
-    entries = scan(store)
+    store = Storehouse.of(home)
+    entries = store.scan()
     report = Report(packages=len(entries), use_before=sum(e.size for e in entries))
     remove(home, db, store, [(e, reason) for e in sorted(entries, key=lambda e: e.id)], wait=wait, report=report)
-    for part in store.partial.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-    fsutil.remove_strays(store.root)
+    store.clear_partial()
     report.use_after = report.use_before - sum(r.size for r in report.removed)
     return report
 
 
 def remove_one(home: Home, db: sqlite3.Connection, pid: PackageId, reason: str, wait: float = 0.0) -> Report:
     """Remove one package (a DELETE job), its jobs settled; an absent package removes nothing."""
-    store = Storehouse(home.packages)
+    store = Storehouse.of(home)
     report = Report()
-    entry = next((e for e in scan(store) if e.id == str(pid)), None)
+    entry = next((e for e in store.scan() if e.id == str(pid)), None)
     if entry is not None:
         report.packages = 1
         remove(home, db, store, [(entry, reason)], wait=wait, report=report)

@@ -11,7 +11,9 @@
           manifest.json         size, SHA-256, install directory...; written last (its mtime:
                                 when the package was stored)
           .accessed             empty; its mtime is the last access (stored, installed, served)
+          .verified             the payload as last checked against the manifest
         .partial/             downloads in progress, resumed from their size
+        .checksums/           the upper system's manifests and when they were asked (rds.storehouse)
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
       GROUP/delivery.db       distribution situation file (rds.status), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did

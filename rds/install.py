@@ -2,7 +2,8 @@
 
 The archive is checked whole before anything is written (absolute paths,
 ``..``, links pointing out and device files are refused), then extracted with
-a filter stricter than tarfile's ``data``.  Extraction can be repeated safely.
+a filter stricter than tarfile's ``data`` (rds.archive).  Extraction can be
+repeated safely.
 
 The script runs under a small ``sh`` wrapper that holds a lock on
 ``work/<job>.lock`` for its whole life and writes the script's exit status to
@@ -16,51 +17,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gzip
 import os
 import subprocess
 import sys
-import tarfile
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from rds import codes, crashpoints
+from rds import archive, codes, crashpoints
 from rds.clock import now_text
-from rds.errors import IntegrityError, RdsError, UnsafeArchive
+from rds.errors import IntegrityError, RdsError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, Storehouse, check_member
+from rds.packages import Manifest
 from rds.results import Result
+from rds.storehouse import Storehouse
 
 
 def target_dir(home: Home, manifest: Manifest) -> Path:
     return home.settings.install_root / manifest.install_dir.lstrip("/")
-
-
-def extract(archive: Path, dest: Path) -> int:
-    """Extract ``archive`` into ``dest`` after checking every member; returns the member count."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            links = {m.name.rstrip("/").removeprefix("./") for m in members if m.issym() or m.islnk()}
-            before: set[str] = set()  # tarfile finds a hard link's target only among the members before it
-            for m in members:
-                check_member(m, str(dest))
-                parents = Path(m.name.removeprefix("./")).parents
-                if any(str(p) in links for p in parents if str(p) != "."):
-                    raise UnsafeArchive(f"member {m.name!r} lies under a link of the archive")
-                if m.islnk() and m.linkname.removeprefix("./") not in before:
-                    raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, "
-                                        f"not an earlier member of the archive")
-                before.add(m.name.removeprefix("./"))
-            dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0].rstrip(":")  # tarfile's may run over several lines
-        raise UnsafeArchive(f"{archive.name}: not a readable archive ({why})") from None
-    return len(members)
 
 
 def _paths(home: Home, job: Job) -> tuple[Path, Path, Path, Path]:
@@ -156,7 +131,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
             store.touch(manifest.id)  # used: an access, for the cache's least-recently-accessed order
             store.verify(manifest)
             dest = target_dir(home, manifest)
-            n = extract(store.payload(manifest.id), dest)
+            n = archive.extract(store.payload(manifest.id), dest)
             log(f"job {job.job_no}: extracted {n} members of {manifest.id} into {dest}")
             crashpoints.reach("extracted")
             if not manifest.script:

@@ -13,8 +13,9 @@ from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
+from rds.storehouse import Storehouse
 
 # dcmstat's exit codes, as JP1's
 ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32
@@ -39,7 +40,7 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
             raise InputError(f"malformed host name {h!r} (1-64 letters, digits, '-' and '.'; no IP address)")
         if h == home.host:
             raise InputError(f"{h} is this managing server itself, not a destination")
-    manifest = Storehouse(home.packages).get(package)
+    manifest = Storehouse.of(home).get(package)
     if manifest is None and type_ == jobs.DELETE:  # it may be gone here already; the ID is what counts
         manifest = Manifest(package, 0, hashlib.sha256(b"").hexdigest(), "/")
     if manifest is None:

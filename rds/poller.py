@@ -26,9 +26,9 @@ from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import Storehouse
 from rds.protocol import UpperClient
 from rds.results import Result
+from rds.storehouse import Storehouse
 from rds.transport import connect
 
 
@@ -50,7 +50,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     with session.opened(home, PASS_LOCK) as db:
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
-        store = Storehouse(home.packages)
+        store = Storehouse.of(home)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))

@@ -54,9 +54,10 @@ from rds.errors import (
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.results import Result
 from rds.settings import startup_address, valid_hostname
+from rds.storehouse import Storehouse
 
 VERSION = 1
 MAX_BELOW = 1_000_000
@@ -85,7 +86,7 @@ class UpperService:
         self.home = home
         self.lower = lower
         self.remote = remote  # over SSH: a lower system on another machine names no home on this one
-        self.store = Storehouse(home.packages)
+        self.store = Storehouse.of(home)
         self._db: sqlite3.Connection | None = None
         self._upper: UpperClient | None = None
 

@@ -12,31 +12,30 @@ Nothing from the medium is trusted: an archive may hold only those regular
 files (anything else, a link, a device, a path outside, rejects the whole
 archive before anything is staged); each payload is copied into a temporary
 file while it is hashed, and must have the manifest's size and SHA-256, and
-its own members must pass the install's checks.  A package is added under its
-``fetch`` lock (rds.cache) with the storehouse's atomic commit: it appears
-whole or not at all.
+its own members must pass the install's checks (rds.archive).  A package is
+added under its fetch lock (``Storehouse.fetch_lock``) with the storehouse's
+atomic commit: it appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rds import cache, fsutil
+from rds import archive, fsutil
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
-from rds.packages import MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse, check_member
+from rds.packages import Manifest, PackageId
+from rds.storehouse import MANIFEST, PAYLOAD, HashingWriter, Storehouse
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MANIFEST_MAX = 1 << 20
@@ -128,12 +127,13 @@ class _Medium:
         if self.source.is_dir():
             return self
         try:
-            self.tar = tarfile.open(self.source, "r:*")
-            members = self.tar.getmembers()
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            raise UnsafeArchive(f"{self.source}: not a readable archive ({e})") from None
+            with archive.reading(self.source):
+                self.tar = tarfile.open(self.source, "r:*")
+                members = self.tar.getmembers()
+        except OSError as e:  # a medium that cannot be read is refused as one that is damaged
+            raise archive.unreadable(self.source, e) from None
         for member in members:  # the whole archive is checked before anything is staged
-            check_member(member, "/staging")
+            archive.check_member(member, "/staging")
             match = _MEMBER.fullmatch(member.name)
             if match is None or (match.group(2) is None) != member.isdir() or not (member.isdir() or member.isfile()):
                 raise UnsafeArchive(f"{self.source}: member {member.name!r} is not a package's "
@@ -182,19 +182,9 @@ def _read_manifest(medium: _Medium, package: str) -> Manifest:
     return m
 
 
-def check_payload(path: Path) -> None:
-    """The package archive's own members must be extractable safely (as the install checks them)."""
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                check_member(member, "/staging")
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise UnsafeArchive(f"{PAYLOAD}: not a readable archive ({e})") from None
-
-
 def stage(home: Home, source: Path, only: list[PackageId] | None = None) -> list[Outcome]:
     """Stage every package (or ``only``) of ``source`` into ``home``'s storehouse, each verified."""
-    store = Storehouse(home.packages)
+    store = Storehouse.of(home)
     out = []
     with _Medium(source) as medium:
         names = medium.packages()
@@ -218,20 +208,17 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
     fd, tmp = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), dir=store.partial)
     part = Path(tmp)
     try:
-        sha = hashlib.sha256()
-        size = 0
         with os.fdopen(fd, "wb") as dst, medium.open(name, PAYLOAD) as src:
-            while block := src.read(1 << 20):
-                sha.update(block)
-                size += len(block)
-                dst.write(block)
+            copy = HashingWriter(dst)
+            shutil.copyfileobj(src, copy, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())
-        if size != m.size or sha.hexdigest() != m.sha256:
-            raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {sha.hexdigest()[:16]}..., but the "
+        size, digest = copy.size, copy.sha.hexdigest()
+        if size != m.size or digest != m.sha256:
+            raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {digest[:16]}..., but the "
                                  f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")
-        check_payload(part)
-        with cache.fetch_lock(home, m.id):  # not while a fetch of the same package runs
+        archive.check_payload(part, PAYLOAD)
+        with store.fetch_lock(m.id):  # not while a fetch of the same package runs
             have = store.get(m.id)
             if have is not None and have.sha256 == m.sha256:
                 with contextlib.suppress(RdsError):
@@ -241,7 +228,7 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
                 raise InputError(f"package {m.id} is registered here with other content; not replaced")
             if have is not None:
                 store.remove(m.id)
-            store.add_downloaded(m, part, sha.hexdigest())
+            store.add_downloaded(m, part, digest)
             return Outcome(name, "replaced" if have is not None else "staged", str(store.dir(m.id)), m.size)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -41,8 +41,8 @@ from rds import cache, codes, daemon, database, events, flags, jobs, results
 from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError
 from rds.home import Home
-from rds.packages import Storehouse
 from rds.results import Result
+from rds.storehouse import Storehouse
 
 
 def wake_home(home: Home) -> str:
@@ -136,7 +136,7 @@ class Requests:
         is here or comes when the lower system asks for it (a JIT relay, rds.cache)."""
         s = self.home.settings
         on_demand = not s.is_managing_server and s.caching_policy == cache.JIT
-        store = Storehouse(self.home.packages)
+        store = Storehouse.of(self.home)
         for lower, held in self.waiting.items():
             ready = [j for j in held if on_demand or store.has(j.package)]
             database.announce(self.db, events.Started(lower, ready, reached.get(lower)))

@@ -38,7 +38,8 @@ from typing import Any
 import pytest
 
 from rds.home import Home
-from rds.packages import MANIFEST, PAYLOAD, HashingWriter, Manifest, PackageId
+from rds.packages import Manifest, PackageId
+from rds.storehouse import MANIFEST, PAYLOAD, HashingWriter
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"

@@ -18,9 +18,10 @@ import sshd
 from conftest import BIN, Host, Tree, installs
 from sshd import serve_command
 
-from rds import cache
+from rds import storehouse
 from rds.home import Home
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 sshd_factory = sshd.sshd_factory
 
@@ -266,7 +267,7 @@ def test_checksum_lifetime_decides_when_the_upper_is_asked_again(tree: Tree) -> 
     assert installs(c) == installs(zero) == 2
     assert bytes_sent(mgr, pid) == 2 * size  # one download each
     # the lifetime runs out: asked again, the copy matches, nothing is fetched
-    remembered = c.path / "RDS" / cache.CHECKSUMS / f"{pid}.json"
+    remembered = c.path / "RDS" / storehouse.CHECKSUMS / f"{pid}.json"
     data = json.loads(remembered.read_text())
     data["asked"] -= 61 * 60
     remembered.write_text(json.dumps(data))
@@ -389,7 +390,7 @@ def test_a_read_that_waits_too_long_for_a_fetch_is_asked_again_later(tree: Tree)
     pid = tree.package()
     job = mgr.run("dcmjexe", "-r", pid, "-h", "c").stdout.strip()
     relay.run("rdsft", "-a")
-    with cache.fetch_lock(relay.home(), PackageId.parse(pid)):  # another fetch of the package that takes long
+    with Storehouse.of(relay.home()).fetch_lock(PackageId.parse(pid)):  # another fetch of the package that takes long
         proc = c.run("rdsft", "-a", env=c.env(RDS_LOCK_TIMEOUT="1"))
     assert "packages fetched: 0" in proc.stdout and installs(c) == 0
     assert f"relay is still fetching {pid} for another system" in log_of(c)
@@ -424,6 +425,6 @@ def test_fetch_locks_do_not_pile_up(tmp_path: Path) -> None:
     """Regression: every package fetched left its own lock file in run/ for good."""
     home = Home.open(tmp_path / "h")
     for i in range(600):
-        with cache.fetch_lock(home, PackageId.make("AB", f"P{i}", "1")):
+        with Storehouse.of(home).fetch_lock(PackageId.make("AB", f"P{i}", "1")):
             pass
     assert len(list(home.run.glob("fetch-*.lock"))) <= 256

@@ -15,7 +15,8 @@ from conftest import Host, Tree
 
 from rds import database, jobs
 from rds.cli import run
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 SETUP_CFG = Path(__file__).resolve().parent.parent / "setup.cfg"
 

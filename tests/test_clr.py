@@ -14,7 +14,8 @@ from conftest import BIN, installs, wait_for
 
 from rds import cleanup, protocol
 from rds.home import Home
-from rds.packages import ACCESSED, MANIFEST, PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import ACCESSED, MANIFEST, Storehouse
 
 DAY = 86400.0
 

@@ -1,4 +1,4 @@
-"""Installing on a host (rds/install.py, packages.check_member): hostile archives, SHA-256, scripts."""
+"""Installing on a host (rds/install.py, rds/archive.py): hostile archives, SHA-256, scripts."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from conftest import Host, Tree, installs
 
 from rds import fsutil
+from rds.archive import check_member, extract
 from rds.errors import UnsafeArchive
-from rds.install import extract, last_line
-from rds.packages import check_member
+from rds.install import last_line
 
 
 def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",

@@ -12,9 +12,10 @@ from rds import codes, database, jobs, manager, results
 from rds.errors import IntegrityError, JobRecordError, ProtocolError, Refused
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.protocol import VERSION, UpperService
 from rds.results import Result
+from rds.storehouse import Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 GOOD_JOB: dict[str, Any] = {"job": 7, "dest": "c1", "type": "INSTALL", "package": "C.AB.APP.0100.0000",

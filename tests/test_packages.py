@@ -1,4 +1,4 @@
-"""Package IDs, manifests and the package storehouse (rds/packages.py)."""
+"""Package IDs, manifests and the package storehouse (rds/packages.py, rds/storehouse.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from conftest import BIN, Tree
 
 from rds import fsutil
 from rds.errors import InputError, IntegrityError
-from rds.packages import ACCESSED, MANIFEST, PAYLOAD, Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
+from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 
@@ -379,7 +380,7 @@ def test_two_registrations_at_once_both_succeed(tree: Tree) -> None:
     # the first registration stops while it packs, until told to go on
     slow = (
         "import pathlib, sys, time\n"
-        "import rds.packages as p\n"
+        "import rds.archive as p\n"
         "orig = p._packing_filter\n"
         "ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
         "def wait(m):\n"

@@ -23,8 +23,9 @@ from sshd import CutProxy, Sshd, free_port, keygen, make_package, serve_command
 from rds import database, manager
 from rds.errors import CommunicationError, ProtocolError, Refused
 from rds.home import Home
-from rds.packages import Manifest, Storehouse
+from rds.packages import Manifest
 from rds.protocol import UpperClient
+from rds.storehouse import Storehouse
 from rds.transport import ssh
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rds import cleanup
+from rds import cleanup, storehouse
 from rds.cli import entry, print_json, table, with_home
 from rds.clock import now_text
 from rds.errors import UsageError
@@ -32,10 +32,10 @@ def command(dry_run: bool, wait: bool, as_json: bool, *, home: Home) -> int:
                          "rdsclr runs on relays and clients")
     report = cleanup.clean(home, dry_run=dry_run, defer=True)
     if wait:
-        cleanup.reap(report.doomed)
+        storehouse.reap(report.doomed)
         reaper = None
     else:
-        reaper = cleanup.reap_in_background(report.doomed)
+        reaper = storehouse.reap_in_background(report.doomed)
     if as_json:
         print_json({**report.to_json(), "reaper_pid": reaper})
         return 0

@@ -11,7 +11,8 @@ from rds.cli import entry, table, with_home
 from rds.database import Database
 from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
 from rds.home import PASS_LOCK, Home, lock_timeout
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 
 @click.command(name="rdsft", context_settings={"help_option_names": ["--help"]})
@@ -67,7 +68,7 @@ def register(cabinet: str | None, package: str | None, version: str | None, gene
             text = script.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{script}: cannot read the script ({getattr(e, 'strerror', None) or e})") from None
-    m = Storehouse(home.packages).register(pid, source, install_dir, script=text, expire_days=expire_days)
+    m = Storehouse.of(home).register(pid, source, install_dir, script=text, expire_days=expire_days)
     click.echo(str(m.id))
     return 0
 

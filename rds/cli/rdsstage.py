@@ -10,7 +10,8 @@ from rds import staging
 from rds.cli import entry, multi, print_json, table, with_home
 from rds.errors import IntegrityError, UsageError
 from rds.home import Home
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
+from rds.storehouse import Storehouse
 
 
 @click.command(name="rdsstage", context_settings={"help_option_names": ["--help"]})
@@ -48,7 +49,7 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
 def carry(export_to: Path | None, stage_from: Path | None, only: list[PackageId], as_json: bool, *,
           home: Home) -> int:
     if export_to is not None:
-        outcomes = staging.export(Storehouse(home.packages), export_to, only)
+        outcomes = staging.export(Storehouse.of(home), export_to, only)
     else:
         assert stage_from is not None
         outcomes = staging.stage(home, stage_from, only)

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faults.hostile import BIN, not_built
-from rds.packages import Storehouse
+from rds.storehouse import Storehouse
 
 BOUND = 120.0  # seconds any one command may take; longer is a deadlock
 PACKAGES = ("APP", "TOOL", "LIB")

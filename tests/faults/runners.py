@@ -40,7 +40,7 @@ from sshd import SSHD, CutProxy, Sshd, serve_command
 from sshd import make_package as big_package
 
 from rds import fsutil
-from rds.packages import MANIFEST, PAYLOAD
+from rds.storehouse import MANIFEST, PAYLOAD
 
 
 @dataclasses.dataclass

@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 
 from faults.hostile import clean_error, one_line, snapshot
 from rds import install, jobs
+from rds.archive import check_member
 from rds.errors import UnsafeArchive
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, PackageId, Storehouse, check_member
+from rds.packages import Manifest, PackageId
+from rds.storehouse import Storehouse
 
 ABS = "{ABS}"  # replaced by an absolute path inside the sandbox
 NAMES = ["a", "b", "d", "d/", "d/f", "d/e/f", "./a", ".", "./", "", "lnk", "lnk/f", "lnk/", "h", "../victim",

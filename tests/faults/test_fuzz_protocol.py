@@ -23,8 +23,9 @@ from rds import database, jobs, manager
 from rds.errors import JobRecordError, ProtocolError, RdsError
 from rds.home import Home
 from rds.jobs import Job
-from rds.packages import Manifest, PackageId, Storehouse
+from rds.packages import Manifest, PackageId
 from rds.protocol import VERSION, UpperClient, UpperService
+from rds.storehouse import Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 

@@ -24,8 +24,9 @@ from faults.hostile import BIN, clean_error, clean_stderr, documented_codes, jso
 from rds import database, jobs, manager
 from rds.errors import CommunicationError, ProtocolError, RdsError
 from rds.home import Home
-from rds.packages import PackageId, Storehouse
+from rds.packages import PackageId
 from rds.protocol import VERSION, UpperClient
+from rds.storehouse import Storehouse
 from rds.transport import ssh
 
 PID = PackageId.make("AB", "APP", "0100")

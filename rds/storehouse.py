@@ -1,0 +1,448 @@
+"""The package storehouse: everything about a package on disk.
+
+The storehouse is a home's ``RDS/`` (its tree is drawn in rds.home): one
+directory a package, named by its full ID, holding the payload, the manifest
+and the stamps ``.accessed`` and ``.verified``; beside them ``.partial/``
+(downloads in progress) and ``.checksums/`` (the upper system's manifests,
+remembered for rds.cache).  The fetch locks are in the home's ``run/``.
+
+A package's directory is built under a temporary name and renamed into place
+last, so a package is either wholly there, verified, or not there at all.
+Every payload that comes in (packed, staged or downloaded) passes through one
+``HashingWriter``, so its SHA-256 is known when it is complete.
+
+Access times.  Each package directory holds an empty stamp file ``.accessed``
+whose mtime is the package's last access: it is created when the package is
+stored (fetched, staged or registered) and its mtime is set with
+``os.utime`` when the package is installed on this host (used) or read by a
+lower system (served).  A stamp rather than a table in the state database:
+the storehouse describes itself (a package and its access time come and go
+together, with no row left behind by ``rdsft -init`` or a crash), serving a
+package never writes to the database that passes are committing to, and a
+stamp costs one system call.  ``os.utime`` changes one inode at once; after a
+power loss it may come back older, which only makes the package look less
+recently used.  The time a package was stored is the mtime of its
+``manifest.json``, the file written last when the package was committed.
+
+Readers and removal.  A lower system reading a package holds a shared
+``flock`` on its payload (``blocks``).  A package leaves (``rds.cleanup``
+decides when) by being held against readers (``hold``), renamed out of sight
+under a temporary name no reader knows (``hide``), and deleted (``reap``);
+a crash leaves only strays that the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rds import archive, crashpoints, fsutil
+from rds.errors import InputError, IntegrityError, ProtocolError, SystemError_
+from rds.home import Home
+from rds.packages import Manifest, PackageId
+
+PAYLOAD = "payload.tgz"
+MANIFEST = "manifest.json"
+ACCESSED = ".accessed"
+VERIFIED = ".verified"
+PARTIAL = ".partial"
+CHECKSUMS = ".checksums"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """One package in the storehouse, as cleanup sees it."""
+
+    id: str
+    size: int
+    stored: float
+    accessed: float
+    expire_days: int | None
+
+
+class HashingWriter:
+    """A write-only file that hashes and counts what passes through it; ``point``: a crash point per block."""
+
+    def __init__(self, raw: Any, sha: Any = None, point: str | None = None) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256() if sha is None else sha
+        self.size = 0
+        self.point = point
+
+    def write(self, data: bytes) -> int:
+        n: int = self.raw.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        if self.point is not None:
+            crashpoints.reach(self.point)
+        return n
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class Storehouse:
+    """The package storehouse of one home."""
+
+    def __init__(self, root: Path, home: Home | None = None) -> None:
+        self.root = root
+        self.partial = root / PARTIAL
+        self.home = home if home is not None else Home(root.parent)  # the storehouse is its home's RDS/
+
+    @classmethod
+    def of(cls, home: Home) -> Storehouse:
+        return cls(home.packages, home)
+
+    def dir(self, pid: PackageId) -> Path:
+        return self.root / str(pid)
+
+    def payload(self, pid: PackageId) -> Path:
+        return self.dir(pid) / PAYLOAD
+
+    def get(self, pid: PackageId) -> Manifest | None:
+        try:
+            data = json.loads((self.dir(pid) / MANIFEST).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting, [[[[...
+            raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({str(e)[:200]})") from None
+        return Manifest.from_json(data)
+
+    def has(self, pid: PackageId) -> bool:
+        return (self.dir(pid) / MANIFEST).is_file()
+
+    def scan(self) -> list[Stored]:
+        """Every whole package in the storehouse with its size, stored and access times."""
+        out = []
+        with os.scandir(self.root) as it:
+            for d in it:
+                if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
+                    continue
+                try:  # the manifest was checked when the package was committed: read only what counts here
+                    with open(os.path.join(d.path, MANIFEST), "rb") as f:
+                        stored = os.fstat(f.fileno()).st_mtime
+                        m = json.loads(f.read())
+                    if m["id"] != d.name:
+                        continue
+                    size = int(m["size"])
+                    expire = m.get("expire_days")
+                    expire = None if expire is None else int(expire)
+                except (OSError, ValueError, KeyError, TypeError):  # half-made or foreign: not ours to judge
+                    continue
+                try:
+                    accessed = os.stat(os.path.join(d.path, ACCESSED)).st_mtime
+                except FileNotFoundError:
+                    accessed = stored
+                out.append(Stored(d.name, size, stored, accessed, expire))
+        return out
+
+    def list(self) -> list[Manifest]:
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                m = self.get(PackageId.parse(d.name))
+            except InputError:
+                continue
+            if m is not None:
+                out.append(m)
+        return out
+
+    # -- adding packages ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        pid: PackageId,
+        source: Path,
+        install_dir: str,
+        script: str | None = None,
+        expire_days: int | None = None,
+    ) -> Manifest:
+        """Pack ``source`` into a new package and add it; the rename into place comes last."""
+        if not source.is_dir():
+            raise InputError(f"{source}: no such directory")
+        if not os.access(source, os.R_OK | os.X_OK):
+            raise InputError(f"{source}: cannot read this directory")
+        if not install_dir.startswith("/") or ".." in PurePosixPath(install_dir).parts:
+            raise InputError(f"install directory {install_dir!r} must be an absolute path without '..'")
+        if self.has(pid):
+            raise InputError(f"package {pid} is already registered")
+        fsutil.remove_strays(self.root)
+        work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
+        try:
+            payload = work / PAYLOAD
+            with fsutil.atomic_writer(payload) as raw:
+                hashing = HashingWriter(raw)
+                archive.pack(source, hashing)
+            manifest = Manifest(
+                id=pid,
+                size=hashing.size,
+                sha256=hashing.sha.hexdigest(),
+                install_dir=install_dir,
+                expire_days=expire_days,
+                script=script,
+                packaged=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
+            self._commit(work, manifest)
+        except BaseException:
+            fsutil.remove_tree(work) if work.exists() else None
+            raise
+        return manifest
+
+    def _commit(self, work: Path, manifest: Manifest) -> None:
+        (work / ACCESSED).touch()  # stored counts as an access
+        fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+        target = self.dir(manifest.id)
+        if target.exists():
+            raise InputError(f"package {manifest.id} is already in the storehouse")
+        fsutil.durable_rename(work, target)  # the commit point: the package is visible whole
+
+    def partial_path(self, pid: PackageId, sha256: str) -> Path:
+        return self.partial / f"{pid}.{sha256[:16]}.part"
+
+    def partial_size(self, manifest: Manifest) -> int:
+        """How much of the download of ``manifest`` is here; partial downloads of other versions go."""
+        part = self.partial_path(manifest.id, manifest.sha256)
+        for stale in self.partial.glob(f"{manifest.id}.*.part"):  # a version no longer current
+            if stale != part:
+                stale.unlink(missing_ok=True)
+        return part.stat().st_size if part.exists() else 0
+
+    def receive(self, manifest: Manifest, read: Callable[[int, int, Any], None], where: str) -> None:
+        """Download a package from ``where``, resuming a partial download; verify it and add it.
+
+        ``read(offset, length, out)`` writes that many bytes of the payload
+        to ``out``; they are hashed as they arrive.
+        """
+        part = self.partial_path(manifest.id, manifest.sha256)
+        have = part.stat().st_size if part.exists() else 0
+        if have > manifest.size:
+            part.unlink()
+            have = 0
+        sha = fsutil.sha256_of(part) if have else hashlib.sha256()
+        if have < manifest.size:
+            try:
+                with open(part, "ab") as out:
+                    read(have, manifest.size - have, HashingWriter(out, sha, "downloading"))
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                kept = part.stat().st_size if part.exists() else 0
+                raise SystemError_(f"{part}: disk full; the {kept} bytes of package {manifest.id} received "
+                                   "are kept and the next run resumes after them") from None
+            finally:
+                if part.exists() and part.stat().st_size == 0:
+                    part.unlink()  # nothing came: leave no empty partial download
+        got = part.stat().st_size if part.exists() else 0  # nothing came: no partial file was left
+        if got != manifest.size:
+            raise ProtocolError(f"{where}: package {manifest.id} came "
+                                f"{'short' if got < manifest.size else 'too long'} ({got} of {manifest.size} bytes)")
+        self.add_downloaded(manifest, part, sha.hexdigest())
+
+    def add_downloaded(self, manifest: Manifest, part: Path, digest: str | None = None) -> None:
+        """Move a complete download into place after checking its SHA-256 (``digest``, if hashed already)."""
+        digest = digest or fsutil.sha256_file(part)
+        if digest != manifest.sha256:
+            part.unlink()
+            raise IntegrityError(f"package {manifest.id}: SHA-256 mismatch (got {digest[:16]}..., "
+                                 f"expected {manifest.sha256[:16]}...); the download was discarded")
+        work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
+        try:
+            os.replace(part, work / PAYLOAD)
+            self._commit(work, manifest)
+        except BaseException:
+            fsutil.remove_tree(work)
+            raise
+
+    def fetch_lock(self, pid: PackageId) -> contextlib.AbstractContextManager[None]:
+        """The lock held while ``pid`` is fetched or staged.
+
+        Packages share 256 lock files (``run/fetch-XX.lock``) by a hash of their
+        ID, so lock files do not pile up as packages come and go; two packages
+        that share one wait for each other's fetch, which is rare and harmless.
+        """
+        return self.home.lock(f"fetch-{hashlib.sha256(str(pid).encode()).hexdigest()[:2]}")
+
+    # -- using packages -------------------------------------------------------------------------------
+
+    def verify(self, manifest: Manifest) -> None:
+        """Check the payload against its manifest; a check is remembered until the file changes."""
+        path = self.payload(manifest.id)
+        st = path.stat()
+        stamp_path = self.dir(manifest.id) / VERIFIED
+        stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {manifest.sha256}"
+        try:
+            if stamp_path.read_text() == stamp:
+                return
+        except FileNotFoundError:
+            pass
+        digest = fsutil.sha256_file(path)
+        if digest != manifest.sha256:
+            raise IntegrityError(f"package {manifest.id}: SHA-256 of {path} does not match its manifest; not used")
+        fsutil.atomic_write(stamp_path, stamp.encode())
+
+    def touch(self, pid: PackageId) -> None:
+        """Record that the package was used or served now (see the module's docstring for why a stamp file)."""
+        stamp = self.dir(pid) / ACCESSED
+        try:
+            os.utime(stamp)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):  # the package itself may have just left
+                stamp.touch()
+
+    def blocks(self, pid: PackageId, offset: int, length: int) -> Iterator[bytes]:
+        """The payload's bytes from ``offset``, read under a shared lock that keeps removal out."""
+        with open(self.payload(pid), "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
+            f.seek(offset)
+            while length > 0:
+                block = f.read(min(length, 1 << 20))
+                if not block:
+                    break
+                length -= len(block)
+                yield block
+
+    # -- the upper system's checksums -----------------------------------------------------------------
+
+    def _checksum_path(self, pid: PackageId) -> Path:
+        return self.root / CHECKSUMS / f"{pid}.json"
+
+    def remembered(self, pid: PackageId, now: float, lifetime: float) -> Manifest | None:
+        """The upper system's manifest of ``pid`` if it was asked less than ``lifetime`` seconds ago."""
+        try:
+            data = json.loads(self._checksum_path(pid).read_text())
+            asked = float(data["asked"])
+            m = Manifest.from_json(data["manifest"])
+        except (OSError, ValueError, KeyError, TypeError, InputError):
+            return None
+        if m.id != pid or not asked <= now < asked + lifetime:
+            return None
+        return m
+
+    def remember(self, m: Manifest, asked: float) -> None:
+        fsutil.atomic_write(self._checksum_path(m.id),
+                            json.dumps({"asked": asked, "manifest": m.to_json()}).encode())
+
+    def forget_checksums(self) -> None:
+        """Drop the remembered upstream checksums of packages no longer here."""
+        held = {e.name for e in os.scandir(self.root) if not e.name.startswith(".")}
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / CHECKSUMS) as it:
+            for e in it:
+                if e.name.endswith(".json") and e.name[:-5] not in held:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+
+    # -- removing packages ----------------------------------------------------------------------------
+
+    def remove(self, pid: PackageId) -> bool:
+        if not self.dir(pid).exists():
+            return False
+        fsutil.remove_tree(self.dir(pid))
+        return True
+
+    def clear(self) -> int:
+        """Delete every package and every partial download; returns how many packages went."""
+        n = 0
+        for m in self.list():
+            n += self.remove(m.id)
+        self.clear_partial()
+        return n
+
+    def clear_partial(self) -> None:
+        """Delete every partial download, and what a crash left in the storehouse."""
+        for part in self.partial.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        fsutil.remove_strays(self.root)
+
+    @contextlib.contextmanager
+    def hold(self, name: str, wait: float) -> Iterator[bool]:
+        """Hold the package ``name`` against readers for the block; False if a reader still has it after ``wait``."""
+        ok, fd = self._hold(self.root / name, wait)
+        try:
+            yield ok
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _hold(self, path: Path, wait: float) -> tuple[bool, int | None]:
+        """Lock a package against readers (they hold a shared flock on its payload while they read).
+
+        Returns (False, None) if a reader still holds it after ``wait`` seconds;
+        else True and the open file that keeps the lock (None: no payload).
+        """
+        deadline = time.monotonic() + wait
+        try:
+            fd = os.open(path / PAYLOAD, os.O_RDONLY)
+        except FileNotFoundError:
+            return True, None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True, fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False, None
+                time.sleep(0.05)
+
+    def hide(self, names: Iterable[str]) -> dict[str, Path]:
+        """Rename packages out of sight and flush the storehouse once; returns where each went.
+
+        Their files stay under temporary names that no reader knows, for
+        ``reap``; a package already gone is left out.
+        """
+        hidden = {}
+        for name in names:
+            path = self.root / name
+            target = path.with_name(f"{fsutil.tmp_prefix()}del-{path.name}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, target)
+                hidden[name] = target
+        fsutil.fsync_dir(self.root)
+        return hidden
+
+
+def reap(paths: Iterable[Path]) -> None:
+    """Delete the files of packages already out of sight (renamed to temporary names)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_in_background(paths: list[Path]) -> int | None:
+    """Delete them in a detached child; returns its pid (None when there is nothing to do).
+
+    The packages left the storehouse at the commit point: only their files
+    remain, under temporary names that no reader knows.  Deleting them costs
+    about one millisecond a package on a slow disk, which a command run by
+    hand need not wait for.  Should the child die, the next pass removes them
+    as strays.
+    """
+    if not paths:
+        return None
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the child: let go of the parent's locks and files, and of its terminal
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # whoever reads rdsclr's output (cron, a pipe) must not wait for the child
+            os.dup2(null, fd)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1024)
+        reap(paths)
+    finally:
+        os._exit(0)
