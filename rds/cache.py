@@ -36,15 +36,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rds import crashpoints, fsutil, jobs
+from rds.client import UpperClient
 from rds.errors import CommunicationError, InputError, IntegrityError, Refused, UnableToCache
 from rds.home import Home
 from rds.packages import Manifest, PackageId, Storehouse
-
-if TYPE_CHECKING:
-    from rds.protocol import UpperClient
 
 JIT, SNEAKERNET = "JIT", "SNEAKERNET"
 CHECKSUMS = ".checksums"

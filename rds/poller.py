@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 
 from rds import cache, cleanup, codes, crashpoints, database, delivery, fsutil, install, jobs, results, startup
+from rds.client import UpperClient
 from rds.clock import now_text
 from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import Home
 from rds.jobs import Job
 from rds.log import logger
 from rds.packages import Storehouse
-from rds.protocol import UpperClient
 from rds.results import Result
 from rds.transport import connect
 

@@ -21,10 +21,10 @@ from conftest import Host, Tree
 from sshd import CutProxy, Sshd, free_port, keygen, make_package, serve_command
 
 from rds import database, manager
+from rds.client import UpperClient
 from rds.errors import CommunicationError, ProtocolError, Refused
 from rds.home import Home
 from rds.packages import Manifest, Storehouse
-from rds.protocol import UpperClient
 from rds.transport import ssh
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",

@@ -21,11 +21,11 @@ import sshd
 from conftest import Tree, installs, wait_for
 from sshd import CutProxy, Sshd, free_port, ssh_hierarchy
 
+from rds.client import UpperClient
 from rds.errors import ProtocolError, SettingsError
 from rds.home import Home
-from rds.protocol import UpperClient, UpperService
 from rds.settings import parse_settings
-from rds.transport import ssh
+from rds.transport import serving, ssh
 from rds.transport.wake import WakeRequest
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
@@ -203,7 +203,7 @@ GOOD_WAKE = ["/NETMRDS", "ssh://relay1", "ssh://rds@relay1.example.com:2222", "s
 @pytest.mark.parametrize("wake", BAD_WAKE + GOOD_WAKE, ids=repr)
 def test_check_in_takes_only_a_strict_startup_address(tree: Tree, wake: object) -> None:
     mgr = tree.add("mgr")
-    service = UpperService(Home.open(mgr.path), "relay1")
+    service = serving(Home.open(mgr.path), "relay1")
     try:
         answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": wake})
     finally:
@@ -297,7 +297,7 @@ def test_at_most_max_connect_clients_requests_are_under_way(tree: Tree, sshd_fac
 def test_a_lower_over_ssh_cannot_name_a_home_on_the_upper_system(tree: Tree) -> None:
     """Else its StartupAddress could make the upper system run rdsft -a for any home it has."""
     mgr = tree.add("mgr")
-    service = UpperService(Home.open(mgr.path), "relay1", remote=True)
+    service = serving(Home.open(mgr.path), "relay1", remote=True)
     try:
         answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": str(mgr.path)})
         assert answer == {"ok": False, "error": "protocol", "message":

@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rds.errors import CommunicationError, ProtocolError, RdsError, Refused, SettingsError, UnableToCache
+from rds import wire
+from rds.errors import CommunicationError, ProtocolError, RdsError, Refused, SettingsError
 from rds.home import Home
 from rds.log import logger
-from rds.protocol import ANSWERED, READ_MAX, VERSION, UpperService, error_answer, said
+from rds.service import UpperService
 from rds.settings import Settings
 
 SERVE = "rds-serve"
@@ -128,17 +129,19 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     which may only repeat them.
     """
     try:
-        service = UpperService(_serve_home(home_path), lower, remote=True)
+        from rds.transport import serving
+
+        service = serving(_serve_home(home_path), lower, remote=True)
         _check_original(original, lower, service.home.path)
     except Refused as e:
-        _send(out, {"ok": False, "error": "refused", "message": str(e)})
+        _send(out, wire.error_answer(e))
         return 1
     except RdsError as e:
-        _send(out, {"ok": False, "error": "upper", "message": str(e)})
+        _send(out, wire.upper_answer(str(e)))
         return 1
     requests = sent = 0
     try:
-        _send(out, {"ok": True, "serve": VERSION, "upper": service.home.host})
+        _send(out, {"ok": True, "serve": wire.VERSION, "upper": service.home.host})
         while True:
             msg = _read_request(inp)
             if msg is None:
@@ -150,7 +153,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
                 try:
                     reply = service.handle(msg)
                 except RdsError as e:  # the upper home itself is broken: say so and stop
-                    _send(out, {"ok": False, "error": "upper", "message": str(e)})
+                    _send(out, wire.upper_answer(str(e)))
                     return 1
                 _send(out, reply)
     except (BrokenPipeError, ConnectionResetError):
@@ -158,7 +161,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
         with contextlib.suppress(OSError):
             out.close()  # drop what is buffered, so that exiting does not try to flush it
     except ProtocolError as e:
-        _send_quietly(out, {"ok": False, "error": "protocol", "message": str(e)})
+        _send_quietly(out, wire.error_answer(e))
         return 1
     finally:
         service.close()
@@ -207,14 +210,14 @@ def _read_request(inp: BinaryIO) -> Any:
 
 def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
     try:
-        service.check(msg)
+        wire.check(msg, service.lower)
         blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
-    except ANSWERED as e:
-        _send(out, error_answer(e))
+    except wire.ANSWERED as e:
+        _send(out, wire.error_answer(e))
         return 0
     except (RdsError, OSError) as e:  # the upper's own storehouse
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        _send(out, {"ok": False, "error": "upper", "message": f"reading {msg.get('package')}: {why}"})
+        _send(out, wire.upper_answer(f"reading {msg.get('package')}: {why}"))
         return 0
     out.write(encode({"ok": True}))
     sent = 0
@@ -227,7 +230,7 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> in
         if isinstance(e, (BrokenPipeError, ConnectionResetError)):
             raise
         out.write(HEADER.pack(FAILED))
-        _send(out, {"ok": False, "error": "upper", "message": f"reading {msg.get('package')}: {e.strerror}"})
+        _send(out, wire.upper_answer(f"reading {msg.get('package')}: {e.strerror}"))
         return sent
     out.write(HEADER.pack(END))
     out.flush()
@@ -283,14 +286,13 @@ class SSHLink:
         self._got = 0
         # A resumed download follows a cut, and a link that was cut may well be cut again: a reset
         # loses what was on its way (the window, up to WINDOW), so ask for little at a time.
-        most = READ_MAX if offset == 0 else RESUME_READ
+        most = wire.READ_MAX if offset == 0 else RESUME_READ
         while length > 0:
             n = min(length, most)
-            self._request({"op": "read", "v": VERSION, "host": self.host, "package": package, "offset": offset,
-                           "length": n})
+            self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
             answer = self._answer()
             if not answer.get("ok"):
-                self._raise(answer, "read")
+                raise wire.exception(answer, self.where, "read")
             got = self._blocks(package, out)
             self._got += got
             offset += got
@@ -320,22 +322,12 @@ class SSHLink:
             hello = self._frame()
             self._greeted = True
             if not hello.get("ok"):
-                self._raise(hello, "the session")
+                raise wire.exception(hello, self.where, "the session")
             self.upper = hello.get("upper")
         reply = self._frame()
-        if not reply.get("ok") and reply.get("error") == "upper":
-            raise CommunicationError(f"{self.where}: {said(reply.get('message', ''))}")
+        if not reply.get("ok") and reply.get("error") == "upper":  # the upper system itself failed: a cut link
+            raise wire.exception(reply, self.where, "the request")
         return reply
-
-    def _raise(self, answer: dict[str, Any], what: str) -> None:
-        message = said(answer.get("message", ""))
-        if answer.get("error") == "refused":
-            raise Refused(f"{self.where} refused {what}: {message}")
-        if answer.get("error") == "uncacheable":
-            raise UnableToCache(message)
-        if answer.get("error") == "upper":
-            raise CommunicationError(f"{self.where}: {message}")
-        raise ProtocolError(f"{self.where} rejected {what}: {message}")
 
     def _frame(self) -> dict[str, Any]:
         head = self._exact(HEADER.size, "an answer")
@@ -360,8 +352,8 @@ class SSHLink:
             if n == END:
                 return got
             if n == FAILED:
-                self._raise(self._frame(), "read")
-            if n > READ_MAX:
+                raise wire.exception(self._frame(), self.where, "read")
+            if n > wire.READ_MAX:
                 raise ProtocolError(f"{self.where}: a block of {n} bytes in package {package}")
             got += self._copy(n, out, package, self._got + got)
 

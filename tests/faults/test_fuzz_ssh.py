@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 from faults.hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
 from rds import database, jobs, manager
+from rds.client import UpperClient
 from rds.errors import CommunicationError, ProtocolError, RdsError
 from rds.home import Home
 from rds.packages import PackageId, Storehouse
-from rds.protocol import VERSION, UpperClient
 from rds.transport import ssh
+from rds.wire import READ_MAX, VERSION
 
 PID = PackageId.make("AB", "APP", "0100")
 HEAD = struct.Struct(">I")
@@ -161,7 +162,7 @@ def link(data: bytes, piece: int) -> ssh.SSHLink:
 HELLO = ssh.encode({"ok": True, "serve": 1, "upper": "mgr"})
 blocks = st.lists(st.one_of(
     st.binary(max_size=20).map(frame),
-    st.sampled_from([HEAD.pack(ssh.END), HEAD.pack(ssh.FAILED), HEAD.pack(ssh.READ_MAX + 1), HEAD.pack(5)]),
+    st.sampled_from([HEAD.pack(ssh.END), HEAD.pack(ssh.FAILED), HEAD.pack(READ_MAX + 1), HEAD.pack(5)]),
     frames), max_size=4).map(b"".join)
 
 
