@@ -1,7 +1,7 @@
 """The upper system's side of the protocol (rds.wire): it answers one lower system's requests.
 
 A transport hands each request to ``UpperService``: ``transport.local``
-directly, ``transport.ssh`` (rds-serve under sshd) from the SSH channel.
+directly, ``transport.serve`` (rds-serve under sshd) from the SSH channel.
 The service checks that the request is the lower system's own, answers it from
 this home (its jobs, routes, results and storehouse) and, for a package that
 is missing or not current here, asks this home's own upper system, which the

@@ -30,8 +30,8 @@ failed (its home, its storehouse), which the lower system takes as a cut link.
 
 This module is where both sides meet: ``rds.service`` answers on the upper
 system, ``rds.client`` asks on the lower one, and a transport carries the
-messages: ``transport.local`` calls the upper home directly, ``transport.ssh``
-runs ``rds-serve`` on the upper system.
+messages: ``transport.local`` calls the upper home directly, the SSH transport
+(``transport.link``) runs ``rds-serve`` (``transport.serve``) on the upper system.
 """
 
 from __future__ import annotations

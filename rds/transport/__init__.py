@@ -1,7 +1,8 @@
 """Reaching the upper system: ``ManagingHost`` picks the transport.
 
-``ssh://...`` goes through ``transport.ssh`` (which alone connects with paramiko);
-a path is a home on this machine, reached by ``transport.local``.  Failures to connect are retried
+``ssh://...`` goes through the SSH transport (``transport.link``, which
+connects with paramiko through ``transport.connection``); a path is a home on
+this machine, reached by ``transport.local``.  Failures to connect are retried
 ``RetryCount`` times, ``RetryInterval`` apart (9 means for ever), then become
 one CommunicationError naming the upper system.  ``serving`` makes the upper
 side (rds.service) for both transports, with the way to its own upper system.
@@ -24,9 +25,9 @@ def open_link(home: Home) -> tuple[Link, str]:
     if target is None:
         raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost)")
     if target.startswith("ssh://"):
-        from rds.transport import ssh
+        from rds.transport.link import SSHLink
 
-        return ssh.SSHLink.open(home.settings, target), target
+        return SSHLink.open(home.settings, target), target
     from rds.transport.local import LocalLink, upper_home
 
     return LocalLink(serving(upper_home(target), home.host), target), target
