@@ -33,20 +33,17 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rds import crashpoints, jobs
+from rds.client import UpperClient
 from rds.errors import CommunicationError, IntegrityError, Refused, UnableToCache
 from rds.home import Home
 from rds.packages import Manifest, PackageId
 from rds.storehouse import Storehouse
 
-if TYPE_CHECKING:
-    from rds.protocol import UpperClient
-
 JIT, SNEAKERNET = "JIT", "SNEAKERNET"
 
-Upper = Callable[[], "UpperClient"]
+Upper = Callable[[], UpperClient]
 Log = Callable[[str], None]
 
 
@@ -123,7 +120,7 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
         client = upper()
         start = store.partial_size(cur)
         log(f"fetching package {pid} from {client.where} from byte {start}")
-        store.receive(cur, lambda offset, length, out: client.link.read(str(pid), offset, length, out), client.where)
+        client.fetch(store, cur)
         crashpoints.reach("fetched")
         log(f"fetched package {pid} ({cur.size} bytes) from {client.where}")
         return cur, True

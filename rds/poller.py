@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 
 from rds import cache, cleanup, codes, crashpoints, database, events, fsutil, install, jobs, results, session, startup
+from rds.client import UpperClient
 from rds.clock import now_text
 from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
-from rds.protocol import UpperClient
 from rds.results import Result
 from rds.storehouse import Storehouse
 from rds.transport import connect

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import BIN, installs, wait_for
 
-from rds import cleanup, protocol
+from rds import cleanup
 from rds.home import Home
 from rds.packages import PackageId
 from rds.storehouse import ACCESSED, MANIFEST, Storehouse
+from rds.transport import serving
 
 DAY = 86400.0
 
@@ -390,7 +391,7 @@ def relay_holding_a_job_for_c(tree, relay_settings: str = "") -> tuple:  # type:
 
 def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  # type: ignore[no-untyped-def]
     relay, pkg = relay_holding_a_job_for_c(tree, "CacheSizeLimit\t1\n")
-    service = protocol.UpperService(Home.open(relay.path), "c")
+    service = serving(Home.open(relay.path), "c")
     try:
         blocks = service.read(pkg, 0, 1 << 40)
         first = next(blocks)  # c is in the middle of reading it
@@ -405,7 +406,7 @@ def test_a_package_being_served_is_not_removed_under_the_reader(tree) -> None:  
 
 def test_rdsft_init_waits_for_a_reader_then_keeps_the_package_and_says_so(tree) -> None:  # type: ignore[no-untyped-def]
     relay, pkg = relay_holding_a_job_for_c(tree)
-    service = protocol.UpperService(Home.open(relay.path), "c")
+    service = serving(Home.open(relay.path), "c")
     try:
         blocks = service.read(pkg, 0, 1 << 40)
         next(blocks)

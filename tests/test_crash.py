@@ -15,7 +15,7 @@ from conftest import installs
 
 from rds.home import Home
 
-# Points of rdsft -a (rds/poller.py, rds/protocol.py, rds/install.py) where the process kills itself.
+# Points of rdsft -a (rds/poller.py, rds/client.py, rds/install.py) where the process kills itself.
 CLIENT_POINTS = ["checked-in", "stored", "acked", "downloading", "fetched", "installing", "extracted",
                  "script-started", "installed", "reported"]
 RELAY_POINTS = ["checked-in", "stored", "acked", "reported"]

@@ -1,4 +1,4 @@
-"""Jobs and routing (rds/jobs.py), results (rds/results.py) and the upper system's side (rds/protocol.py)."""
+"""Jobs and routing (rds/jobs.py), results (rds/results.py) and the upper system's side (rds/service.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from rds.errors import IntegrityError, JobRecordError, ProtocolError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
-from rds.protocol import VERSION, UpperService
 from rds.results import Result
+from rds.service import UpperService
 from rds.storehouse import Storehouse
+from rds.transport import serving
+from rds.wire import VERSION
 
 PID = PackageId.make("AB", "APP", "0100")
 GOOD_JOB: dict[str, Any] = {"job": 7, "dest": "c1", "type": "INSTALL", "package": "C.AB.APP.0100.0000",
@@ -281,7 +283,7 @@ def mgr(tmp_path: Path) -> Home:
 
 @pytest.fixture
 def service(mgr: Home) -> UpperService:
-    svc = UpperService(mgr, "r1")
+    svc = serving(mgr, "r1")
     yield svc  # type: ignore[misc]
     svc.close()
 
@@ -318,7 +320,7 @@ def test_request_for_another_host_is_refused(service: UpperService) -> None:
 
 def test_results_for_hosts_not_below_are_refused(mgr: Home, service: UpperService) -> None:
     n = create_job(mgr, "c1")
-    other = UpperService(mgr, "r2")
+    other = serving(mgr, "r2")
     other.handle(req("checkin", host="r2", below=["c2"]))
     other.close()
     service.handle(req("checkin", below=["c1"]))

@@ -21,12 +21,13 @@ from conftest import Host, Tree
 from sshd import CutProxy, Sshd, free_port, keygen, make_package, serve_command
 
 from rds import database, manager
+from rds.client import UpperClient
 from rds.errors import CommunicationError, ProtocolError, Refused
 from rds.home import Home
 from rds.packages import Manifest
-from rds.protocol import UpperClient
 from rds.storehouse import Storehouse
-from rds.transport import ssh
+from rds.transport import connection
+from rds.transport.link import SSHLink
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                                 reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
@@ -58,7 +59,7 @@ def one_line(proc: subprocess.CompletedProcess[str]) -> str:
 def open_link(host: Host) -> UpperClient:
     home = host.home()
     assert home.settings.managing_host is not None
-    link = ssh.SSHLink.open(home.settings, home.settings.managing_host)
+    link = SSHLink.open(home.settings, home.settings.managing_host)
     return UpperClient(link, home.host, link.where)
 
 
@@ -105,10 +106,10 @@ def test_idle_check_in_is_one_connection_and_one_request(pair: tuple[Tree, Sshd]
     home = tree["relay1"].home()
     from rds import poller
 
-    before = dict(ssh.STATS)
+    before = dict(connection.STATS)
     poller.run_once(home)
-    assert ssh.STATS["connections"] - before["connections"] == 1
-    assert ssh.STATS["requests"] - before["requests"] == 1
+    assert connection.STATS["connections"] - before["connections"] == 1
+    assert connection.STATS["requests"] - before["requests"] == 1
 
 
 def test_unknown_host_key_is_refused_with_how_to_accept(pair: tuple[Tree, Sshd]) -> None:
@@ -250,7 +251,7 @@ def test_silent_link_times_out_instead_of_hanging(pair: tuple[Tree, Sshd], monke
     rdssetfl.write_text(rdssetfl.read_text().replace(f":{server.port}", f":{proxy.port}")
                         .replace("ConnectTimeout\t5s", "ConnectTimeout\t1s"))
     server.known_hosts.write_text(server.known_hosts.read_text().replace(f"]:{server.port} ", f"]:{proxy.port} "))
-    monkeypatch.setattr(ssh, "IDLE_MIN", 2.0)  # 4 x ConnectTimeout now
+    monkeypatch.setattr(connection, "IDLE_MIN", 2.0)  # 4 x ConnectTimeout now
     try:
         client = open_link(relay)
         client.checkin([])
@@ -311,15 +312,15 @@ def test_renegotiations_in_both_directions_during_transfers(tree: Tree, sshd_fac
     relay.run("rdsft", "-a")
     m = make_package(mgr.path, 40 << 20)
     mgr.run("dcmjexe", "-r", str(m.id), "-h", "relay1")
-    monkeypatch.setattr(ssh, "REKEY_BYTES", 3 << 20)
-    before = ssh.STATS["rekeys"]
+    monkeypatch.setattr(connection, "REKEY_BYTES", 3 << 20)
+    before = connection.STATS["rekeys"]
     client = open_link(relay)
     client.checkin([])
     store = Storehouse(relay.home().packages)
     client.fetch(store, m)
     client.link.close()
     assert store.get(m.id) == m
-    assert ssh.STATS["rekeys"] - before >= 10
+    assert connection.STATS["rekeys"] - before >= 10
 
 
 def test_channel_closing_during_renegotiation_does_not_hang(sshd_factory: Factory,
@@ -335,18 +336,18 @@ def test_channel_closing_during_renegotiation_does_not_hang(sshd_factory: Factor
     server = sshd_factory()
     key = server.add_key("stream", command="head -c 24M /dev/zero")
     server.start()
-    monkeypatch.setattr(ssh, "REKEY_BYTES", 256 << 10)
+    monkeypatch.setattr(connection, "REKEY_BYTES", 256 << 10)
     for _ in range(5):
         client = paramiko.SSHClient()
         client.load_system_host_keys(str(server.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect("127.0.0.1", port=server.port, username=server.user, key_filename=str(key),
-                       allow_agent=False, look_for_keys=False, transport_factory=ssh.transport_class())
-        chan = client.get_transport().open_session(window_size=ssh.WINDOW, max_packet_size=ssh.PACKET)
+                       allow_agent=False, look_for_keys=False, transport_factory=connection.transport_class())
+        chan = client.get_transport().open_session(window_size=connection.WINDOW, max_packet_size=connection.PACKET)
         chan.settimeout(20)
         chan.exec_command("stream")
         start, n = time.monotonic(), 0
-        while data := chan.recv(ssh.RECV):
+        while data := chan.recv(connection.RECV):
             n += len(data)
         assert chan.recv_exit_status() == 0
         assert n == 24 << 20 and time.monotonic() - start < 15
@@ -362,19 +363,20 @@ def test_package_over_1_gib_crosses_two_renegotiations(pair: tuple[Tree, Sshd]) 
     db = database.connect(mgr.home().db_path)
     manager.create_job(db, mgr.home(), m.id, ["relay1"])
     db.close()
-    before = ssh.STATS["rekeys"]
+    before = connection.STATS["rekeys"]
     client = open_link(relay)
     found, manifests = client.checkin([])
     store = Storehouse(relay.home().packages)
     client.fetch(store, Manifest.from_json(manifests[str(m.id)].to_json()))
     client.link.close()
     assert store.get(m.id) == m  # fetch verified the SHA-256 of the whole file
-    assert ssh.STATS["rekeys"] - before >= 2
+    assert connection.STATS["rekeys"] - before >= 2
     store.remove(m.id)
 
 
 def test_rds_serve_starts_without_paramiko() -> None:
-    code = "import sys, rds.cli.serve, rds.transport.ssh; print('paramiko' in sys.modules)"
+    code = ("import sys, rds.cli.serve, rds.transport.serve, rds.transport.link, rds.transport.connection; "
+            "print('paramiko' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     proc = subprocess.run([sys.executable, "-m", "rds.cli.serve", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "restrict,command=" in proc.stdout

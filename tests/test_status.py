@@ -385,14 +385,14 @@ def test_fast_table_looks_like_tabulate() -> None:
 
 
 def test_a_lower_system_cannot_mark_another_ones_job_taken(tree: Tree) -> None:
-    from rds.protocol import UpperService
+    from rds.transport import serving
 
     mgr, b = tree.add("mgr"), tree.add("b", "mgr")
     tree.add("a", "mgr")
     tree.check_in_upward(["a", "b"])
     with facility(mgr):
         mgr.run("dcmjexe", "-r", tree.package(), "-h", "b")
-        service = UpperService(mgr.home(), "a")
+        service = serving(mgr.home(), "a")
         try:
             assert service.handle({"op": "ack", "v": 1, "host": "a", "jobs": [[1, "b"]]}) == {"ok": True, "taken": 0}
         finally:

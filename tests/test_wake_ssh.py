@@ -21,11 +21,12 @@ import sshd
 from conftest import Tree, installs, wait_for
 from sshd import CutProxy, Sshd, free_port, ssh_hierarchy
 
+from rds.client import UpperClient
 from rds.errors import ProtocolError, SettingsError
 from rds.home import Home
-from rds.protocol import UpperClient, UpperService
 from rds.settings import parse_settings
-from rds.transport import ssh
+from rds.transport import connection, serving
+from rds.transport.link import SSHLink
 from rds.transport.wake import WakeRequest
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
@@ -106,8 +107,8 @@ def test_wake_key_is_limited_to_its_forced_command(tree: Tree, sshd_factory: Fac
     servers = ssh_hierarchy(tree, sshd_factory, ["mgr", "relay"])
     mgr, relay = tree["mgr"], tree["relay"]
     settings = mgr.home().settings
-    target = ssh.Target.parse(servers["relay"].address())
-    client = ssh.open_client(settings, target, "test", "lower system")
+    target = connection.Target.parse(servers["relay"].address())
+    client = connection.open_client(settings, target, "test", "lower system")
     try:
         for asked in ("cat /etc/passwd", f"rds-serve --lower mgr --home {relay.path}", "sh -i"):
             chan = client.get_transport().open_session()
@@ -124,11 +125,11 @@ def test_wake_key_is_limited_to_its_forced_command(tree: Tree, sshd_factory: Fac
     as_lower = parse_settings(f"HostName\tmgr\nIdentityFile\t{settings.identity_file}\n"
                               f"KnownHostsFile\t{settings.known_hosts_file}\nConnectTimeout\t5s\n",
                               Path("RDSSETFL"), mgr.path)
-    link = ssh.SSHLink.open(as_lower, servers["relay"].url(relay.path))
+    link = SSHLink.open(as_lower, servers["relay"].url(relay.path))
     with pytest.raises(ProtocolError, match="the other side is not rds-serve"):
         UpperClient(link, "mgr", link.where).checkin([])
     link.close()
-    link = ssh.SSHLink.open(as_lower, servers["relay"].url(relay.path))
+    link = SSHLink.open(as_lower, servers["relay"].url(relay.path))
     with pytest.raises(ProtocolError, match="the other side is not rds-serve"):
         link.read("C.AB.APP.0100.0000", 0, 100, io.BytesIO())
     link.close()
@@ -203,7 +204,7 @@ GOOD_WAKE = ["/NETMRDS", "ssh://relay1", "ssh://rds@relay1.example.com:2222", "s
 @pytest.mark.parametrize("wake", BAD_WAKE + GOOD_WAKE, ids=repr)
 def test_check_in_takes_only_a_strict_startup_address(tree: Tree, wake: object) -> None:
     mgr = tree.add("mgr")
-    service = UpperService(Home.open(mgr.path), "relay1")
+    service = serving(Home.open(mgr.path), "relay1")
     try:
         answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": wake})
     finally:
@@ -297,7 +298,7 @@ def test_at_most_max_connect_clients_requests_are_under_way(tree: Tree, sshd_fac
 def test_a_lower_over_ssh_cannot_name_a_home_on_the_upper_system(tree: Tree) -> None:
     """Else its StartupAddress could make the upper system run rdsft -a for any home it has."""
     mgr = tree.add("mgr")
-    service = UpperService(Home.open(mgr.path), "relay1", remote=True)
+    service = serving(Home.open(mgr.path), "relay1", remote=True)
     try:
         answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": str(mgr.path)})
         assert answer == {"ok": False, "error": "protocol", "message":

@@ -32,11 +32,11 @@ def command(lower: str, home: Path | None) -> int:
     """
     if not valid_hostname(lower):
         raise UsageError(f"--lower {lower!r}: not a host name")
-    from rds.transport import ssh
+    from rds.transport import serve
 
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else prints goes to stderr, never into the protocol stream
-    return ssh.serve(lower, home, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
+    return serve.serve(lower, home, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
 
 
 main = entry(command)

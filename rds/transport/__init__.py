@@ -1,9 +1,11 @@
 """Reaching the upper system: ``ManagingHost`` picks the transport.
 
-``ssh://...`` goes through ``transport.ssh`` (which alone connects with paramiko);
-a path is a home on this machine, reached by ``transport.local``.  Failures
-to connect are retried ``RetryCount`` times, ``RetryInterval`` apart (9 means
-for ever), then become one CommunicationError naming the upper system.
+``ssh://...`` goes through the SSH transport (``transport.link``, which
+connects with paramiko through ``transport.connection``); a path is a home on
+this machine, reached by ``transport.local``.  Failures to connect are retried
+``RetryCount`` times, ``RetryInterval`` apart (9 means for ever), then become
+one CommunicationError naming the upper system.  ``serving`` makes the upper
+side (rds.service) for both transports, with the way to its own upper system.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from rds.client import Link, UpperClient
 from rds.errors import CommunicationError, Refused, UsageError
 from rds.home import Home
-from rds.protocol import Link, UpperClient
+from rds.log import logger
+from rds.service import UpperService
 
 
 def open_link(home: Home) -> tuple[Link, str]:
@@ -21,12 +25,17 @@ def open_link(home: Home) -> tuple[Link, str]:
     if target is None:
         raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost)")
     if target.startswith("ssh://"):
-        from rds.transport import ssh
+        from rds.transport.link import SSHLink
 
-        return ssh.SSHLink.open(home.settings, target), target
-    from rds.transport import local
+        return SSHLink.open(home.settings, target), target
+    from rds.transport.local import LocalLink, upper_home
 
-    return local.LocalLink.open(home, target), target
+    return LocalLink(serving(upper_home(target), home.host), target), target
+
+
+def serving(home: Home, lower: str, remote: bool = False) -> UpperService:
+    """``home``'s side for ``lower``, which reaches ``home``'s own upper system when a lower system needs it."""
+    return UpperService(home, lower, upper=lambda: connect(home, log=logger(home).warning), remote=remote)
 
 
 def connect(home: Home, sleep: Callable[[float], None] = time.sleep,

@@ -1,7 +1,10 @@
 """The protocol between two homes on one machine, without SSH.
 
-Each request is encoded to JSON and decoded again on the way in and out, so
-that the local path carries exactly what the SSH path carries.
+``LocalLink`` is the Link (rds.client) that ``ManagingHost PATH`` gives: it
+hands each request to an UpperService (rds.service) of the upper home, which
+rds.transport makes.  Each request is encoded to JSON and decoded again on
+the way in and out, so that the local path carries exactly what the SSH path
+carries.
 """
 
 from __future__ import annotations
@@ -12,24 +15,24 @@ from typing import Any, BinaryIO
 
 from rds.errors import CommunicationError, RdsError, Refused
 from rds.home import Home
-from rds.protocol import UpperService
+from rds.service import UpperService
+
+
+def upper_home(target: str) -> Home:
+    """The upper system's home at ``target``, a path on this machine."""
+    path = Path(target)
+    if not path.is_dir():
+        raise CommunicationError(f"upper system {target}: no such directory")
+    try:
+        return Home.open(path)
+    except RdsError as e:
+        raise CommunicationError(f"upper system {target}: {e}") from None
 
 
 class LocalLink:
     def __init__(self, service: UpperService, where: str) -> None:
         self.service = service
         self.where = where
-
-    @classmethod
-    def open(cls, lower: Home, target: str) -> LocalLink:
-        path = Path(target)
-        if not path.is_dir():
-            raise CommunicationError(f"upper system {target}: no such directory")
-        try:
-            upper = Home.open(path)
-            return cls(UpperService(upper, lower.host), target)
-        except RdsError as e:
-            raise CommunicationError(f"upper system {target}: {e}") from None
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from rds.errors import CommunicationError, ProtocolError
 from rds.settings import Settings
-from rds.transport import ssh
+from rds.transport import connection
 
 WAKE = "rds-wake"
 PREFIX = b"rds-wake: "
@@ -39,7 +39,7 @@ class WakeRequest:
 
     def __init__(self, settings: Settings, address: str, lower: str) -> None:
         self.settings = settings
-        self.target = ssh.Target.parse(address)
+        self.target = connection.Target.parse(address)
         self.where = f"lower system {lower} at {self.target.where}"
         self.client: Any = None
         self.chan: Any = None
@@ -50,14 +50,14 @@ class WakeRequest:
         import paramiko
 
         timeout = self.settings.connect_timeout
-        client = ssh.open_client(self.settings, self.target, self.where, "lower system")
+        client = connection.open_client(self.settings, self.target, self.where, "lower system")
         try:
             chan = client.get_transport().open_session(timeout=timeout)
             chan.settimeout(timeout)
             chan.exec_command(WAKE)  # the forced command replaces it: whatever is asked, rds-wake runs
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
-            raise CommunicationError(f"{self.where}: SSH failed: {ssh._why(e)}") from None
+            raise CommunicationError(f"{self.where}: SSH failed: {connection.reason(e)}") from None
         self.client, self.chan, self.opened = client, chan, time.monotonic()
 
     def send(self) -> str:
@@ -94,7 +94,7 @@ class WakeRequest:
             raise CommunicationError(f"{self.where}: rds-wake did not answer within {timeout:g}s "
                                      f"(ConnectTimeout)") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise CommunicationError(f"{self.where}: SSH failed: {ssh._why(e)}") from None
+            raise CommunicationError(f"{self.where}: SSH failed: {connection.reason(e)}") from None
         line = out.strip().splitlines()[-1] if out.strip() else b""
         if status == 0 and line.startswith(PREFIX):
             return line[len(PREFIX):].decode("utf-8", "replace")[:300]

@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 
 from faults.hostile import clean_error, json_values, nasty_text, one_line, snapshot, wire
 from rds import database, jobs, manager
+from rds.client import UpperClient
 from rds.errors import JobRecordError, ProtocolError, RdsError
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
-from rds.protocol import VERSION, UpperClient, UpperService
 from rds.storehouse import Storehouse
+from rds.transport import serving
+from rds.wire import VERSION
 
 PID = PackageId.make("AB", "APP", "0100")
 
@@ -106,7 +108,7 @@ def requests() -> Any:
 def test_upper_service_answers_everything(tmp_path: Path, upper: tuple[Home, Manifest], msg: Any) -> None:
     home, _ = upper
     before = snapshot(tmp_path, skip=(home.path,))
-    service = UpperService(home, "relay")
+    service = serving(home, "relay")
     try:
         reply = wire(service.handle(wire(msg)))  # what the transport would carry back
     finally:
@@ -130,7 +132,7 @@ def test_upper_service_answers_everything(tmp_path: Path, upper: tuple[Home, Man
 @given(package=package_ids | json_values(), offset=numbers, length=numbers)
 def test_upper_service_reads(upper: tuple[Home, Manifest], package: Any, offset: Any, length: Any) -> None:
     home, m = upper
-    service = UpperService(home, "relay")
+    service = serving(home, "relay")
     try:
         data = b"".join(service.read(wire(package), wire(offset), wire(length)))
     except RdsError as e:
@@ -146,7 +148,7 @@ def test_read_beyond_the_end_is_refused(upper: tuple[Home, Manifest]) -> None:
     """Bug found by fuzzing: a read with an offset past 2**63 made rds-serve (or the local link) fail with
     OverflowError and a traceback when it seeked; an offset beyond the package is a protocol error now."""
     home, m = upper
-    service = UpperService(home, "relay")
+    service = serving(home, "relay")
     for offset in (m.size + 1, 2**63, 2**64):
         with pytest.raises(ProtocolError, match="beyond"):
             b"".join(service.read(str(PID), offset, 10))
@@ -157,7 +159,7 @@ def test_read_beyond_the_end_is_refused(upper: tuple[Home, Manifest]) -> None:
 def test_ack_with_an_infinite_job_number_is_answered(upper: tuple[Home, Manifest]) -> None:
     """Bug found by fuzzing: ``ack`` with a job number of Infinity (which Python's json reads) raised
     OverflowError out of UpperService.handle instead of giving an error answer."""
-    service = UpperService(upper[0], "relay")
+    service = serving(upper[0], "relay")
     for number in (float("inf"), float("-inf"), float("nan")):
         reply = service.handle(wire({"op": "ack", "v": VERSION, "host": "relay", "jobs": [[number, "c"]]}))
         assert reply == {"ok": False, "error": "protocol", "message": "'jobs' must be a list of [job, dest] pairs"}

@@ -1,4 +1,4 @@
-"""Fuzzing the SSH frames (rds/transport/ssh.py): 4-byte big-endian lengths and JSON.
+"""Fuzzing the SSH frames (rds/transport/frames.py, serve.py, link.py): 4-byte big-endian lengths and JSON.
 
 rds-serve reads whatever a hostile lower system writes on its channel; SSHLink reads whatever a
 hostile upper system (or whatever runs instead of rds-serve) writes back.  Truncated, oversized,
@@ -22,12 +22,16 @@ from hypothesis import strategies as st
 
 from faults.hostile import BIN, clean_error, clean_stderr, documented_codes, json_values, snapshot, wire
 from rds import database, jobs, manager
+from rds.client import UpperClient
 from rds.errors import CommunicationError, ProtocolError, RdsError
 from rds.home import Home
 from rds.packages import PackageId
-from rds.protocol import VERSION, UpperClient
 from rds.storehouse import Storehouse
-from rds.transport import ssh
+from rds.transport.connection import Target
+from rds.transport.frames import END, FAILED, MAX_FRAME, encode, read_request
+from rds.transport.link import SSHLink
+from rds.transport.serve import serve
+from rds.wire import READ_MAX, VERSION
 
 PID = PackageId.make("AB", "APP", "0100")
 HEAD = struct.Struct(">I")
@@ -44,8 +48,8 @@ def frame(body: bytes, length: int | None = None) -> bytes:
 
 frames = st.one_of(
     hostile_bodies.map(frame),
-    json_values().map(lambda v: ssh.encode(wire(v))),
-    st.tuples(hostile_bodies, st.sampled_from([0, 1, 2**31, ssh.MAX_FRAME, ssh.MAX_FRAME + 1, 2**32 - 1])).map(
+    json_values().map(lambda v: encode(wire(v))),
+    st.tuples(hostile_bodies, st.sampled_from([0, 1, 2**31, MAX_FRAME, MAX_FRAME + 1, 2**32 - 1])).map(
         lambda t: frame(t[0], t[1])),
     st.binary(max_size=12),
 )
@@ -56,7 +60,7 @@ def test_deeply_nested_json_is_a_protocol_error() -> None:
     """Bug found by fuzzing: a frame of deeply nested JSON (``[[[[...``) made json.loads raise RecursionError,
     which went past rds-serve's error handling (and SSHLink's) as a traceback."""
     with pytest.raises(ProtocolError, match="not JSON"):
-        ssh._read_request(io.BytesIO(frame(DEEP)))
+        read_request(io.BytesIO(frame(DEEP)))
 
 
 @given(streams)
@@ -64,7 +68,7 @@ def test_read_request(data: bytes) -> None:
     inp = io.BytesIO(data)
     for _ in range(10):
         try:
-            if ssh._read_request(inp) is None:
+            if read_request(inp) is None:
                 break
         except ProtocolError as e:
             clean_error(e)
@@ -96,7 +100,7 @@ def good_requests() -> Any:
                   "offset": st.sampled_from([0, 5, 10**6, -1, 2**64]) | json_values(),
                   "length": st.sampled_from([0, 10, 2**40, -1]) | json_values(),
                   "below": st.lists(st.sampled_from(["c", "d", "mgr"])) | json_values(),
-                  "jobs": json_values(), "results": json_values()}).map(ssh.encode)
+                  "jobs": json_values(), "results": json_values()}).map(encode)
 
 
 @given(stream=st.lists(good_requests() | frames, max_size=5).map(b"".join),
@@ -106,11 +110,11 @@ def good_requests() -> Any:
 def test_serve(tmp_path: Path, upper: Home, stream: bytes, original: str | None) -> None:
     before = snapshot(tmp_path, skip=(upper.path,))
     out = io.BytesIO()
-    status = ssh.serve("relay", upper.path, original, io.BytesIO(stream), out)
+    status = serve("relay", upper.path, original, io.BytesIO(stream), out)
     assert status in (0, 1)
     assert snapshot(tmp_path, skip=(upper.path,)) == before, "rds-serve wrote outside its home"
     answers = io.BytesIO(out.getvalue())
-    hello = ssh._read_request(answers)
+    hello = read_request(answers)
     assert isinstance(hello, dict) and isinstance(hello["ok"], bool)
 
 
@@ -155,14 +159,14 @@ class FakeClient:
         pass
 
 
-def link(data: bytes, piece: int) -> ssh.SSHLink:
-    return ssh.SSHLink(FakeClient(), FakeChan(data, piece), ssh.Target(None, "mgr", 22, None), "relay")
+def link(data: bytes, piece: int) -> SSHLink:
+    return SSHLink(FakeClient(), FakeChan(data, piece), Target(None, "mgr", 22, None), "relay")
 
 
-HELLO = ssh.encode({"ok": True, "serve": 1, "upper": "mgr"})
+HELLO = encode({"ok": True, "serve": 1, "upper": "mgr"})
 blocks = st.lists(st.one_of(
     st.binary(max_size=20).map(frame),
-    st.sampled_from([HEAD.pack(ssh.END), HEAD.pack(ssh.FAILED), HEAD.pack(ssh.READ_MAX + 1), HEAD.pack(5)]),
+    st.sampled_from([HEAD.pack(END), HEAD.pack(FAILED), HEAD.pack(READ_MAX + 1), HEAD.pack(5)]),
     frames), max_size=4).map(b"".join)
 
 
@@ -176,7 +180,7 @@ def test_link_call(hello: bytes, answers: bytes, piece: int) -> None:
         clean_error(e, limit=20_000)
 
 
-@given(st.just(HELLO) | frames, st.just(ssh.encode({"ok": True})) | frames, blocks, st.sampled_from([1, 7, 4096]))
+@given(st.just(HELLO) | frames, st.just(encode({"ok": True})) | frames, blocks, st.sampled_from([1, 7, 4096]))
 def test_link_read(hello: bytes, answer: bytes, data: bytes, piece: int) -> None:
     out = io.BytesIO()
     try:
@@ -198,7 +202,7 @@ def test_a_shell_banner_instead_of_rds_serve() -> None:
 def test_a_refusal_with_line_breaks_is_one_line() -> None:
     """Bug found by fuzzing: what rds-serve (or whatever answers instead) says in an error answer was quoted
     with its line breaks."""
-    hello = ssh.encode({"ok": False, "error": "refused", "message": "a\nb\rc"})
+    hello = encode({"ok": False, "error": "refused", "message": "a\nb\rc"})
     with pytest.raises(RdsError) as e:
         link(hello, 4096).call({"op": "checkin"})
     clean_error(e.value)
@@ -207,9 +211,9 @@ def test_a_refusal_with_line_breaks_is_one_line() -> None:
 
 @pytest.mark.parametrize("stream", [
     frame(DEEP), HEAD.pack(2**32 - 1) + b"x", HEAD.pack(10) + b"{}", b"\x00\x00", b"GET / HTTP/1.0\r\n\r\n",
-    ssh.encode({"op": "checkin", "v": 1, "host": "relay", "below": ["c"]}) + frame(b"[" * 3000),
-    ssh.encode({"op": "read", "v": 1, "host": "relay", "package": str(PID), "offset": 2**64, "length": 1}),
-    ssh.encode({"op": "ack", "v": 1, "host": "relay", "jobs": [[1e400, "c"]]}),
+    encode({"op": "checkin", "v": 1, "host": "relay", "below": ["c"]}) + frame(b"[" * 3000),
+    encode({"op": "read", "v": 1, "host": "relay", "package": str(PID), "offset": 2**64, "length": 1}),
+    encode({"op": "ack", "v": 1, "host": "relay", "jobs": [[1e400, "c"]]}),
 ], ids=["deep", "oversized", "truncated", "short-header", "http", "checkin-then-deep", "read-past-end", "ack-inf"])
 def test_rds_serve_process(upper: Home, stream: bytes) -> None:
     """The real rds-serve, as sshd would run it, fed what a hostile lower system writes."""
@@ -218,6 +222,6 @@ def test_rds_serve_process(upper: Home, stream: bytes) -> None:
     assert proc.returncode in documented_codes("rds-serve")
     clean_stderr(proc.stderr.decode())
     out = io.BytesIO(proc.stdout)
-    assert ssh._read_request(out)["ok"] is True  # the hello
-    answer = ssh._read_request(out)
+    assert read_request(out)["ok"] is True  # the hello
+    answer = read_request(out)
     assert answer is None or isinstance(answer, dict) and "ok" in answer

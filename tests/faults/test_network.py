@@ -64,7 +64,7 @@ def test_resets_of_a_resumed_download_lose_at_most_one_request(tmp_path: Path) -
     the package (the network row of bench/faults).  A resumed download now asks for RESUME_READ
     bytes at a time, so after the first cut a reset loses at most that much; this test holds
     each cut to that bound (a single run shows the old loss only when the reader lags)."""
-    from rds.transport.ssh import RESUME_READ
+    from rds.transport.link import RESUME_READ
 
     first, *resumed = cuts(tmp_path, reset=True, n=8)
     for down, kept in resumed:
@@ -80,11 +80,11 @@ def test_window_adjustment_on_a_dead_link_does_not_raise() -> None:
 
     import paramiko
 
-    from rds.transport import ssh
+    from rds.transport import connection
 
     a, b = socket.socketpair()
     b.close()
-    t = ssh.transport_class()(a)
+    t = connection.transport_class()(a)
     try:
         t.active = True  # as between the peer's hang-up and the transport thread noticing it
         t.clear_to_send.set()

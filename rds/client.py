@@ -1,0 +1,94 @@
+"""The lower system's side of the protocol (rds.wire): it asks its upper system through a Link.
+
+A transport (rds.transport) opens the Link; ``UpperClient`` builds the
+requests, checks the answers and turns error answers into the project's
+errors.  ``fetch`` downloads a package into the storehouse, which resumes a
+partial download and verifies it.  The upper system's side is rds.service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from rds import wire
+from rds.errors import ProtocolError, RdsError
+from rds.jobs import Job
+from rds.packages import Manifest, PackageId
+from rds.results import Result
+from rds.storehouse import Storehouse
+
+
+class Link(Protocol):
+    """What a transport gives the lower system: one conversation with its upper."""
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]: ...
+
+    def read(self, package: str, offset: int, length: int, out: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class UpperClient:
+    """The lower system's side: builds requests and checks answers."""
+
+    def __init__(self, link: Link, host: str, where: str) -> None:
+        self.link = link
+        self.host = host
+        self.where = where
+        self.invalid: list[tuple[int, str]] = []
+
+    def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        reply = self.link.call(wire.request(op, self.host, **fields))
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise ProtocolError(f"{self.where}: answered {op} with something that is not a reply")
+        if not reply["ok"]:
+            raise wire.exception(reply, self.where, op)
+        return reply
+
+    def checkin(self, below: list[str], wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
+        fields: dict[str, Any] = {"below": below}
+        if wake is not None:
+            fields["wake"] = wake
+        reply = self._call("checkin", **fields)
+        try:
+            found = [Job.from_json(j) for j in reply.get("jobs", [])]
+            manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}
+        except (RdsError, AttributeError, TypeError) as e:
+            raise ProtocolError(f"{self.where}: bad check-in answer: {e}") from None
+        for job in found:
+            m = manifests.get(str(job.package))
+            if m is None or m.id != job.package:
+                raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
+        try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
+            self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
+        return found, manifests
+
+    def ack(self, taken: list[Job]) -> None:
+        if taken:
+            self._call("ack", jobs=[[j.job_no, j.dest] for j in taken])
+
+    def report(self, items: list[Result]) -> int:
+        reply = self._call("report", results=[r.to_json() for r in items])
+        accepted = reply.get("accepted", 0)
+        if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted < 0:
+            raise ProtocolError(f"{self.where}: answered report with a bad count {str(accepted)[:40]!r}")
+        return accepted
+
+    def stat(self, pid: PackageId) -> Manifest:
+        """The upper system's current manifest of ``pid``."""
+        reply = self._call("stat", package=str(pid))
+        try:
+            m = Manifest.from_json(reply.get("manifest"))
+        except RdsError as e:
+            raise ProtocolError(f"{self.where}: bad stat answer: {e}") from None
+        if m.id != pid:
+            raise ProtocolError(f"{self.where}: asked about {pid}, answered about {m.id}")
+        return m
+
+    def fetch(self, store: Storehouse, manifest: Manifest) -> None:
+        """Download a package into ``store``: resumed from what a cut left, hashed as it comes, verified,
+        committed (rds.storehouse, ``receive``)."""
+        package = str(manifest.id)
+        store.receive(manifest, lambda offset, length, out: self.link.read(package, offset, length, out), self.where)

@@ -1,0 +1,208 @@
+"""The upper system's side of the protocol (rds.wire): it answers one lower system's requests.
+
+A transport hands each request to ``UpperService``: ``transport.local``
+directly, ``transport.serve`` (rds-serve under sshd) from the SSH channel.
+The service checks that the request is the lower system's own, answers it from
+this home (its jobs, routes, results and storehouse) and, for a package that
+is missing or not current here, asks this home's own upper system, which the
+transport passes in.  The lower system's side is rds.client.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rds import cache, daemon, database, events, jobs, results, session, wire
+from rds.client import UpperClient
+from rds.errors import (
+    CommunicationError,
+    IntegrityError,
+    LockTimeout,
+    ProtocolError,
+    Refused,
+    UnableToCache,
+)
+from rds.home import Home
+from rds.log import logger
+from rds.packages import Manifest, PackageId
+from rds.results import Result
+from rds.settings import startup_address, valid_hostname
+from rds.storehouse import Storehouse
+
+
+class UpperService:
+    """The upper system's side, for one lower system whose name is trusted.
+
+    ``lower`` comes from the transport (the forced command of the lower
+    system's SSH key, or the lower home's own settings on this machine).  A
+    request that claims another host is refused.  ``upper`` reaches this
+    home's own upper system (rds.transport.serving passes connect), once,
+    when a lower system needs what is not here.
+    """
+
+    def __init__(self, home: Home, lower: str, upper: Callable[[], UpperClient], remote: bool = False) -> None:
+        self.home = home
+        self.lower = lower
+        self.remote = remote  # over SSH: a lower system on another machine names no home on this one
+        self.store = Storehouse.of(home)
+        self._db: sqlite3.Connection | None = None
+        self._connect = upper
+        self._upper: UpperClient | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = session.open_database(self.home)
+        return self._db
+
+    def close(self) -> None:
+        if self._upper is not None:
+            self._upper.link.close()
+            self._upper = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def upper(self) -> UpperClient:
+        """This home's own upper system, reached when a lower system needs what is not here."""
+        if self._upper is None:
+            self._upper = self._connect()
+        return self._upper
+
+    def handle(self, msg: Any) -> dict[str, Any]:
+        """Answer one request; errors become error answers, never exceptions."""
+        try:
+            op = wire.check(msg, self.lower)
+            if op == "checkin":
+                return self.checkin(msg.get("below", []), msg.get("wake"))
+            if op == "ack":
+                return self.ack(msg.get("jobs", []))
+            if op == "report":
+                return self.report(msg.get("results", []))
+            if op == "stat":
+                return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
+            raise ProtocolError(f"unknown request {op!r}")
+        except wire.ANSWERED as e:
+            return wire.error_answer(e)
+
+    def checkin(self, below: Any, wake: Any = None) -> dict[str, Any]:
+        if not isinstance(below, list) or len(below) > wire.MAX_BELOW:
+            raise ProtocolError("'below' must be a list of host names")
+        for h in below:
+            if not isinstance(h, str) or not valid_hostname(h):
+                raise ProtocolError(f"'below' holds a bad host name: {h!r}")
+        if wake is not None:
+            try:
+                wake = startup_address(wake)
+            except (TypeError, ValueError, AttributeError):
+                raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
+            if self.remote and not wake.startswith("ssh://"):
+                raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
+        jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
+        ready: list[dict[str, Any]] = []
+        manifests: dict[str, dict[str, Any]] = {}
+        for job in jobs.for_lower(self.db, self.lower):
+            # handed out whether the package is here or not: the record carries its manifest,
+            # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            key = str(job.package)
+            if key not in manifests or job.type != jobs.DELETE:
+                manifests[key] = jobs.manifest(self.db, job).to_json()
+            ready.append(job.to_json())
+        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                "invalid": jobs.invalid_handed_to(self.db, self.lower)}
+
+    def ack(self, keys: Any) -> dict[str, Any]:
+        try:
+            pairs = [(int(j), str(d)) for j, d in keys]
+            if any(not 0 < j < 2**63 for j, _ in pairs):
+                raise ValueError("job number")
+        except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
+            raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
+        taken = jobs.hand_over(self.db, self.lower, pairs)
+        return {"ok": True, "taken": taken}
+
+    def report(self, items: Any) -> dict[str, Any]:
+        if not isinstance(items, list):
+            raise ProtocolError("'results' must be a list")
+        parsed = [Result.from_json(r) for r in items]
+        kept: list[Result] = []
+        try:
+            n = results.accept(self.db, self.lower, parsed, self.home.host, kept)
+        except ProtocolError as e:
+            raise Refused(str(e)) from None
+        log = logger(self.home)
+        for r in kept:  # once per result and status: a resent batch logs nothing
+            log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
+        if n and not self.home.settings.is_managing_server:
+            daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
+        return {"ok": True, "accepted": n}
+
+    def authorize(self, package: Any) -> PackageId:
+        """A package that a job of the lower system's subtree needs; any other is refused."""
+        if not isinstance(package, str):
+            raise ProtocolError("'package' must be a package ID")
+        pid = PackageId.parse(package)
+        if not jobs.needed_below(self.db, self.lower, pid):
+            raise Refused(f"no job for {self.lower} or the hosts below it needs package {pid}")
+        return pid
+
+    def stat(self, package: Any) -> Manifest:
+        pid = self.authorize(package)
+        log = logger(self.home).info
+        log(f"stat of {pid} asked by {self.lower}")
+        try:
+            return cache.current(self.home, self.store, pid, self.upper, log,
+                                 cache.may_fetch(self.home, self.db, pid))
+        except Refused:
+            raise
+        except CommunicationError as e:
+            raise Refused(f"{self.home.host} cannot ask its upper system about {pid}: {e}; ask again later") \
+                from None
+
+    def obtain(self, pid: PackageId) -> Manifest:
+        """A current, verified copy of ``pid`` here, fetched from this home's upper system if need be."""
+        log = logger(self.home).info
+        try:
+            return cache.obtain(self.home, self.store, self.db, pid, self.upper, log)[0]
+        except UnableToCache:
+            raise
+        except IntegrityError as e:
+            raise Refused(str(e)) from None
+        except Refused as e:
+            if self.home.settings.is_managing_server:
+                raise
+            raise Refused(f"{self.home.host} could not get {pid} from its upper system: {e}") from None
+        except CommunicationError as e:
+            raise Refused(f"{self.home.host} could not get {pid} from its upper system: {e}; "
+                          f"ask again later") from None
+        except LockTimeout as e:
+            raise Refused(f"{self.home.host} is still fetching {pid} for another system ({e}); "
+                          f"ask again later") from None
+
+    def read(self, package: Any, offset: Any, length: Any) -> Iterator[bytes]:
+        """Check the request now (fetching the package first if need be); the blocks come from the iterator."""
+        pid = self.authorize(package)
+        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
+            raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        m = self.store.get(pid)
+        if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
+            m = self.obtain(pid)
+        if offset > m.size:  # a hostile offset would overflow the seek
+            raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
+        self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
+        database.announce(self.db, events.Reading(self.lower, jobs.being_read(self.db, self.lower, m.id)))
+        return _counted(self.store.blocks(pid, offset, min(length, max(0, m.size - offset))),
+                        lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "
+                                                         f"starting at byte {offset}"))
+
+
+def _counted(blocks: Iterator[bytes], done: Any) -> Iterator[bytes]:
+    """Pass the blocks on and say how many bytes went (the fan-out benchmark and tests count them)."""
+    n = 0
+    for block in blocks:
+        n += len(block)
+        yield block
+    done(n)
+

@@ -1,0 +1,207 @@
+"""The lower system's end of the SSH transport: one connection and one rds-serve session on it.
+
+``SSHLink`` is the Link (rds.client) that ``ManagingHost ssh://...`` gives:
+it sends request frames (transport.frames) on the channel that
+transport.connection opened, reads the answers, and copies a package's
+blocks straight to the download file.  A link that breaks is one
+CommunicationError that names the cause and what rds-serve said, if it said
+anything; a hello that is not rds-serve's names what answered instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from typing import Any, BinaryIO
+
+from rds import wire
+from rds.errors import CommunicationError, ProtocolError
+from rds.settings import Settings
+from rds.transport.connection import RECV, STATS, Target, open_serve, reason
+from rds.transport.frames import END, FAILED, HEADER, MAX_FRAME, SERVE, decode, encode
+
+# after a cut: requests this large, one at a time, so a reset loses at most this much (issue 7)
+RESUME_READ = 1 << 20
+
+
+class SSHLink:
+    """One SSH connection to the upper system and one rds-serve session on it."""
+
+    def __init__(self, client: Any, chan: Any, target: Target, host: str) -> None:
+        self.client = client
+        self.chan = chan
+        self.target = target
+        self.where = f"upper system {target.where}"
+        self.host = host
+        self.upper: str | None = None
+        self._buf = b""
+        self._pos = 0
+        self._greeted = False
+        self._got = 0
+
+    @classmethod
+    def open(cls, settings: Settings, url: str) -> SSHLink:
+        target = Target.parse(url)
+        client, chan = open_serve(settings, target)
+        return cls(client, chan, target, settings.host_name)
+
+    # the Link protocol
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self._request(msg)
+        return self._answer()
+
+    def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
+        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, in requests of READ_MAX at most.
+
+        Everything received is written before a cut is reported, so the next
+        run resumes from the last byte that arrived.
+        """
+        self._got = 0
+        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset
+        # loses what was on its way (the window, up to WINDOW), so ask for little at a time.
+        most = wire.READ_MAX if offset == 0 else RESUME_READ
+        while length > 0:
+            n = min(length, most)
+            self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
+            answer = self._answer()
+            if not answer.get("ok"):
+                raise wire.exception(answer, self.where, "read")
+            got = self._blocks(package, out)
+            self._got += got
+            offset += got
+            length -= got
+            if got < n:
+                return  # the package is shorter than asked: the caller sees it
+
+    def close(self) -> None:
+        # Closing the whole connection, not the channel: a channel close that crosses a key
+        # renegotiation is where paramiko can hang.  rds-serve sees end of input and exits.
+        with contextlib.suppress(Exception):  # a link that is already broken
+            self.client.close()
+
+    # frames over the channel
+
+    def _request(self, msg: dict[str, Any]) -> None:
+        STATS["requests"] += 1
+        try:
+            self.chan.sendall(encode(msg))
+        except (OSError, EOFError) as e:
+            raise self._cut(f"sending {msg.get('op')}: {reason(e)}") from None
+        except Exception as e:  # paramiko.SSHException: the transport died
+            raise self._cut(f"sending {msg.get('op')}: {e}") from None
+
+    def _answer(self) -> dict[str, Any]:
+        if not self._greeted:
+            hello = self._frame()
+            self._greeted = True
+            if not hello.get("ok"):
+                raise wire.exception(hello, self.where, "the session")
+            self.upper = hello.get("upper")
+        reply = self._frame()
+        if not reply.get("ok") and reply.get("error") == "upper":  # the upper system itself failed: a cut link
+            raise wire.exception(reply, self.where, "the request")
+        return reply
+
+    def _frame(self) -> dict[str, Any]:
+        head = self._exact(HEADER.size, "an answer")
+        (n,) = HEADER.unpack(head)
+        if n > MAX_FRAME:
+            self._not_serve(head + self._buf[self._pos:self._pos + 76])
+        data = self._exact(n, "an answer")
+        msg = decode(data)
+        if not isinstance(msg, dict) or "ok" not in msg:
+            self._not_serve(head + data)
+        return msg  # type: ignore[no-any-return]
+
+    def _not_serve(self, got: bytes) -> None:
+        text = got[:80].decode("utf-8", "replace").strip()
+        raise ProtocolError(f"{self.where}: the other side is not {SERVE} (it sent {text!r}); "
+                            f"check the forced command in the upper system's authorized_keys")
+
+    def _blocks(self, package: str, out: BinaryIO) -> int:
+        got = 0
+        while True:
+            (n,) = HEADER.unpack(self._exact(HEADER.size, f"package {package}", self._got + got))
+            if n == END:
+                return got
+            if n == FAILED:
+                raise wire.exception(self._frame(), self.where, "read")
+            if n > wire.READ_MAX:
+                raise ProtocolError(f"{self.where}: a block of {n} bytes in package {package}")
+            got += self._copy(n, out, package, self._got + got)
+
+    def _more(self, what: str, done: int | None) -> None:
+        try:
+            data = self.chan.recv(RECV)
+        except TimeoutError:
+            raise self._cut(f"nothing received for {self.chan.gettimeout():g}s while waiting for {what}",
+                            done) from None
+        except (OSError, EOFError) as e:
+            raise self._cut(f"while waiting for {what}: {reason(e)}", done) from None
+        if not data:
+            raise self._cut(f"the connection ended while waiting for {what}", done)
+        self._buf, self._pos = data, 0
+
+    def _exact(self, n: int, what: str, done: int | None = None) -> bytes:
+        parts = []
+        while n > 0:
+            if self._pos >= len(self._buf):
+                self._more(what, done)
+            piece = self._buf[self._pos:self._pos + n]
+            self._pos += len(piece)
+            n -= len(piece)
+            parts.append(piece)
+        return b"".join(parts)
+
+    def _copy(self, n: int, out: BinaryIO, package: str, done: int) -> int:
+        left = n
+        while left > 0:
+            if self._pos >= len(self._buf):
+                self._more(f"package {package}", done + n - left)
+            end = min(len(self._buf), self._pos + left)
+            if self._pos == 0 and end == len(self._buf):
+                out.write(self._buf)
+            else:
+                out.write(memoryview(self._buf)[self._pos:end])
+            left -= end - self._pos
+            self._pos = end
+        return n
+
+    def _cut(self, why: str, done: int | None = None) -> CommunicationError:
+        """The link broke: name the cause, and what rds-serve said if it ended."""
+        said = self._stderr()
+        if said:
+            why = f"{why} (the command on the upper system said: {said})"
+        elif self.chan.exit_status_ready() and self.chan.recv_exit_status() >= 0:  # -1: none came
+            why = f"{why} (the command on the upper system exited with status {self.chan.recv_exit_status()})"
+        if done:
+            why = f"{why}; the {done} bytes received are kept and the next run resumes after them"
+        return CommunicationError(f"{self.where}: {why}")
+
+    def _stderr(self) -> str:
+        try:
+            deadline = time.monotonic() + 1
+            while not self.chan.exit_status_ready() and self.client.get_transport().is_active() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            data = b""
+            while self.chan.recv_stderr_ready():
+                data += self.chan.recv_stderr(65536)
+        except Exception:  # noqa: BLE001 - only a better message is lost
+            return ""
+        lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
+
+
+def traffic(link: SSHLink) -> tuple[int, int] | None:
+    """Bytes (sent, received) on the link's TCP connection, from Linux TCP_INFO; None elsewhere."""
+    try:
+        sock = link.client.get_transport().sock
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        acked, received = struct.unpack_from("=QQ", info, 120)
+        return acked, received
+    except (AttributeError, OSError, struct.error):
+        return None

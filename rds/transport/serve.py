@@ -1,0 +1,131 @@
+"""rds-serve: the upper system's end of the SSH transport, run by sshd as a key's forced command.
+
+The upper system's ``authorized_keys`` forces the command for each lower
+system's key::
+
+    restrict,command="rds-serve --lower relay1 --home /NETMRDS" ssh-ed25519 AAAA... rds-relay1
+
+so the key can do nothing but speak this protocol as ``relay1`` for that home
+(see rds-serve(1)).  What the lower asks to run only carries what it expects
+(``rds-serve --lower NAME [--home PATH]``, transport.connection.serve_command);
+the forced command wins, and rds-serve refuses a session whose expectations
+differ from what it serves.  It reads request frames (transport.frames) on
+standard input, hands them to an UpperService (rds.service) and writes the
+answers, and a package's bytes, on standard output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from rds import wire
+from rds.errors import ProtocolError, RdsError, Refused, SettingsError
+from rds.home import Home
+from rds.log import logger
+from rds.service import UpperService
+from rds.transport import serving
+from rds.transport.frames import END, FAILED, HEADER, SERVE, encode, read_request, send
+
+
+def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryIO, out: BinaryIO) -> int:
+    """Answer one lower system's requests until it hangs up; returns the exit status.
+
+    ``lower`` and ``home_path`` come from the forced command and are trusted;
+    ``original`` is what the lower system asked to run (SSH_ORIGINAL_COMMAND),
+    which may only repeat them.
+    """
+    try:
+        service = serving(_serve_home(home_path), lower, remote=True)
+        _check_original(original, lower, service.home.path)
+    except Refused as e:
+        send(out, wire.error_answer(e))
+        return 1
+    except RdsError as e:
+        send(out, wire.upper_answer(str(e)))
+        return 1
+    requests = sent = 0
+    try:
+        send(out, {"ok": True, "serve": wire.VERSION, "upper": service.home.host})
+        while True:
+            msg = read_request(inp)
+            if msg is None:
+                break
+            requests += 1
+            if isinstance(msg, dict) and msg.get("op") == "read":
+                sent += _serve_read(service, msg, out)
+            else:
+                try:
+                    reply = service.handle(msg)
+                except RdsError as e:  # the upper home itself is broken: say so and stop
+                    send(out, wire.upper_answer(str(e)))
+                    return 1
+                send(out, reply)
+    except (BrokenPipeError, ConnectionResetError):
+        # the lower system went away; what it did not acknowledge, it asks again
+        with contextlib.suppress(OSError):
+            out.close()  # drop what is buffered, so that exiting does not try to flush it
+    except ProtocolError as e:
+        _send_quietly(out, wire.error_answer(e))
+        return 1
+    finally:
+        service.close()
+        logger(service.home).info(f"served {lower}: {requests} request(s), {sent} package byte(s)")
+    return 0
+
+
+def _serve_home(path: Path | None) -> Home:
+    if path is not None and not (path / "FORMAT").is_file():
+        raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
+    return Home.open(path)
+
+
+def _check_original(original: str | None, lower: str, home: Path) -> None:
+    """The lower system's own command line may name who it is and which home it wants: both must match."""
+    if not original:
+        return
+    try:
+        words = shlex.split(original)
+    except ValueError:
+        raise Refused(f"cannot parse the requested command {original[:200]!r}") from None
+    want = dict(zip(words[1::2], words[2::2], strict=False)) if words and words[0].endswith(SERVE) else {}
+    if "--lower" in want and want["--lower"] != lower:
+        raise Refused(f"this key belongs to {lower}; a system calling itself {want['--lower']!r} may not use it")
+    if "--home" in want and Path(want["--home"]).resolve() != home.resolve():
+        raise Refused(f"this key serves the home {home}, not {want['--home']}")
+
+
+def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
+    try:
+        wire.check(msg, service.lower)
+        blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+    except wire.ANSWERED as e:
+        send(out, wire.error_answer(e))
+        return 0
+    except (RdsError, OSError) as e:  # the upper's own storehouse
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        send(out, wire.upper_answer(f"reading {msg.get('package')}: {why}"))
+        return 0
+    out.write(encode({"ok": True}))
+    sent = 0
+    try:
+        for block in blocks:
+            out.write(HEADER.pack(len(block)))
+            out.write(block)
+            sent += len(block)
+    except OSError as e:
+        if isinstance(e, (BrokenPipeError, ConnectionResetError)):
+            raise
+        out.write(HEADER.pack(FAILED))
+        send(out, wire.upper_answer(f"reading {msg.get('package')}: {e.strerror}"))
+        return sent
+    out.write(HEADER.pack(END))
+    out.flush()
+    return sent
+
+
+def _send_quietly(out: BinaryIO, msg: Any) -> None:
+    with contextlib.suppress(OSError):
+        send(out, msg)

@@ -1,0 +1,97 @@
+"""The messages between a lower system and its upper system: their form and their errors.
+
+The lower system always asks; the upper system answers.  Every request is a
+JSON object with ``op``, the protocol version ``v`` and the asking ``host``
+(``request``):
+
+``checkin``  ``below``: every host under the asking one; ``wake``: where a
+             startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
+             or the absolute path of its home (rds.startup).  The upper system
+             learns its routes from it and answers with the jobs waiting for
+             the asker's whole subtree and the manifests of their packages,
+             and ``invalid``: the jobs it handed the asker whose package has
+             left its storehouse since (rds.cleanup).
+``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
+             system will not hand them out again.
+``report``   ``results``: how jobs ended in the asker's subtree.
+``read``     ``package``, ``offset``, ``length``: bytes of a package's archive
+             (only a package that a job of the asker's subtree needs).  A relay
+             that lacks the package, or whose copy is not current, fetches it
+             from its own upper system first (rds.cache) while the asker waits.
+``stat``     ``package``: the upper system's current ``manifest`` of a package
+             (SHA-256 and size; authorized like ``read``).
+
+An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
+"message": ...}`` where KIND is ``refused``, ``protocol`` or ``uncacheable``
+(the caching policy of a system on the way forbids fetching the package: the
+jobs that need it end in ERROR), or ``upper`` when the upper system itself
+failed (its home, its storehouse), which the lower system takes as a cut link.
+``error_answer`` and ``upper_answer`` make them, ``exception`` reads them.
+
+This module is where both sides meet: ``rds.service`` answers on the upper
+system, ``rds.client`` asks on the lower one, and a transport carries the
+messages: ``transport.local`` calls the upper home directly, the SSH transport
+(``transport.link``) runs ``rds-serve`` (``transport.serve``) on the upper system.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
+
+VERSION = 1
+MAX_BELOW = 1_000_000
+READ_MAX = 64 << 20
+
+
+def request(op: str, host: str, **fields: Any) -> dict[str, Any]:
+    """A request of ``op`` from ``host``."""
+    return {"op": op, "v": VERSION, "host": host, **fields}
+
+
+def check(msg: Any, lower: str) -> str:
+    """The request's op, once its form, version and asking host (it must be ``lower``) are checked."""
+    if not isinstance(msg, dict):
+        raise ProtocolError("a request must be a JSON object")
+    if msg.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {msg.get('v')!r} is not supported (this side speaks {VERSION})")
+    host = msg.get("host")
+    if host != lower:
+        raise Refused(f"{lower} may not act as {host!r}")
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("a request needs an op")
+    return op
+
+
+# the errors a lower system is told of in an answer (rds-serve turns any other into "upper")
+ANSWERED = (UnableToCache, Refused, ProtocolError, InputError)
+
+
+def error_answer(e: Exception) -> dict[str, Any]:
+    """The answer that tells the lower system of ``e``, one of ANSWERED."""
+    kind = "uncacheable" if isinstance(e, UnableToCache) else "refused" if isinstance(e, Refused) else "protocol"
+    return {"ok": False, "error": kind, "message": str(e)}
+
+
+def upper_answer(message: str) -> dict[str, Any]:
+    """The answer that says the upper system itself failed."""
+    return {"ok": False, "error": "upper", "message": message}
+
+
+def exception(answer: dict[str, Any], where: str, what: str) -> RdsError:
+    """The error an error answer to ``what`` from ``where`` stands for (error_answer's and upper_answer's reverse)."""
+    kind, message = answer.get("error"), said(answer.get("message", ""))
+    if kind == "refused":
+        return Refused(f"{where} refused {what}: {message}")
+    if kind == "uncacheable":
+        return UnableToCache(message)
+    if kind == "upper":
+        return CommunicationError(f"{where}: {message}")
+    return ProtocolError(f"{where} rejected {what}: {message}")
+
+
+def said(message: Any) -> str:
+    """What the other system said, as one line of at most 500 characters: it may be hostile."""
+    return " ".join(str(message).splitlines())[:500]
