@@ -10,7 +10,7 @@ four the same way: it settles the jobs that needed the package
 rename the package's directory out of sight and delete the files.  A package
 that a lower system is reading right now is not removed under the reader
 (``Storehouse.hold``), but kept and named "busy".  Passes on this home (which
-install) are kept out by the caller holding the home's ``rdsft`` lock.
+install) are kept out by the caller holding the home's pass lock (``PASS_LOCK``).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def storage_period(entry: Stored, settings: Settings) -> float:
 
 def clean(home: Home, now: float | None = None, dry_run: bool = False, retention: bool = True,
           size: bool = True, defer: bool = False) -> Report:
-    """Delete expired packages, then enforce the size limit; the caller holds the ``rdsft`` lock.
+    """Delete expired packages, then enforce the size limit; the caller holds the pass lock.
 
     With ``defer`` the removed packages' files are left, out of sight, in
     ``report.doomed`` for the caller to reap.

@@ -15,7 +15,7 @@
         .partial/             downloads in progress, resumed from their size
         .checksums/           the upper system's manifests and when they were asked (rds.storehouse)
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
-      GROUP/delivery.db       distribution situation file (rds.status), unless OutPutFileOfDeliveryStatus
+      GROUP/delivery.db       distribution situation file (rds.delivery), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did
       log/install/            the output of each install script
       run/                    locks (*.lock, with *.owner saying who holds them), pid files,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -35,7 +34,7 @@ from rds import archive, fsutil
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.packages import Manifest, PackageId
-from rds.storehouse import MANIFEST, PAYLOAD, HashingWriter, Storehouse
+from rds.storehouse import MANIFEST, PAYLOAD, Storehouse
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MANIFEST_MAX = 1 << 20
@@ -205,15 +204,7 @@ def stage(home: Home, source: Path, only: list[PackageId] | None = None) -> list
 
 def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Outcome:
     m = _read_manifest(medium, name)
-    fd, tmp = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), dir=store.partial)
-    part = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as dst, medium.open(name, PAYLOAD) as src:
-            copy = HashingWriter(dst)
-            shutil.copyfileobj(src, copy, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        size, digest = copy.size, copy.sha.hexdigest()
+    with medium.open(name, PAYLOAD) as src, store.incoming(src) as (part, size, digest):
         if size != m.size or digest != m.sha256:
             raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {digest[:16]}..., but the "
                                  f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")
@@ -230,6 +221,3 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
                 store.remove(m.id)
             store.add_downloaded(m, part, digest)
             return Outcome(name, "replaced" if have is not None else "staged", str(store.dir(m.id)), m.size)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()

@@ -253,6 +253,23 @@ class Storehouse:
                                 f"{'short' if got < manifest.size else 'too long'} ({got} of {manifest.size} bytes)")
         self.add_downloaded(manifest, part, sha.hexdigest())
 
+    @contextlib.contextmanager
+    def incoming(self, src: Any) -> Iterator[tuple[Path, int, str]]:
+        """Copy a payload carried in (rdsstage -i) from the file ``src`` into ``.partial/``, hashed and
+        flushed to disk; yields its path, size and SHA-256.  It is gone afterwards unless it was added."""
+        fd, tmp = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), dir=self.partial)
+        part = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                copy = HashingWriter(raw)
+                shutil.copyfileobj(src, copy, 1 << 20)
+                raw.flush()
+                os.fsync(raw.fileno())
+            yield part, copy.size, copy.sha.hexdigest()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
     def add_downloaded(self, manifest: Manifest, part: Path, digest: str | None = None) -> None:
         """Move a complete download into place after checking its SHA-256 (``digest``, if hashed already)."""
         digest = digest or fsutil.sha256_file(part)
