@@ -23,7 +23,7 @@ from collections.abc import Callable
 from rds import cache, cleanup, codes, crashpoints, database, events, fsutil, install, jobs, results, session, startup
 from rds.client import UpperClient
 from rds.clock import now_text
-from rds.errors import IntegrityError, LockTimeout, Refused, UnableToCache
+from rds.errors import CommunicationError, IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
@@ -74,7 +74,15 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if requests is not None:
                     requests.finish()
             report.installed = ended + install_own(home, db, store, log.info)
-            report.sent = send_results(home, db, client)
+            try:
+                report.sent = send_results(home, db, client)
+            except CommunicationError:
+                if not report.installed:
+                    raise
+                # scripts ran meanwhile, and rds-serve closes a session idle for ServeIdleTimeout: a new one
+                client.link.close()
+                client = connect(home, sleep=sleep, log=log.warning)
+                report.sent = send_results(home, db, client)
         finally:
             client.link.close()
     return report

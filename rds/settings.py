@@ -73,6 +73,7 @@ class Settings:
     connect_timeout: float = 30.0
     install_root: Path = Path("/")
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
+    serve_idle_timeout: float = 300.0  # seconds rds-serve waits for a lower system's next request
 
     @property
     def is_managing_server(self) -> bool:
@@ -211,6 +212,7 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "StartupAddress": ("startup_address", startup_address,
                        "ssh://[user@]host[:port] (this host's sshd, where rds-wake is the upper system's forced "
                        "command) or the absolute path of this home"),
+    "ServeIdleTimeout": ("serve_idle_timeout", *_duration("s", 1, 86400, "seconds")),
 }
 
 

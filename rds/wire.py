@@ -43,6 +43,14 @@ from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, 
 VERSION = 1
 MAX_BELOW = 1_000_000
 READ_MAX = 64 << 20
+# The largest request rds-serve takes, refused from its header before it is read.  The largest
+# legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
+# statement of 100-300 bytes (issue 12): about 42 MB (tests/attacks.py, "largest").  Parsing a
+# request costs rds-serve up to twice its size plus ~80 bytes per JSON value, so the values
+# are bounded too (counted as brackets, braces, commas and colons, rds.transport.frames): at
+# both limits a request costs rds-serve under 256 MiB RSS (bench/hostile measures it).
+MAX_REQUEST = 48 << 20
+MAX_REQUEST_VALUES = 1_500_000
 
 
 def request(op: str, host: str, **fields: Any) -> dict[str, Any]:

@@ -10,21 +10,42 @@ an error frame when the upper system cannot read further.
 
 Both ends use this module: rds-serve (transport.serve) and SSHLink
 (transport.link).  It imports no paramiko.
+
+A request is bounded before it costs anything (``read_request``): a length
+over rds.wire.MAX_REQUEST is refused from the header, before its body is
+read; the body is read as it arrives (a header that announces much and
+sends little costs little), must be ASCII (``encode`` escapes everything
+else, and one wide character would make Python's text of it four times the
+frame), and may hold at most rds.wire.MAX_REQUEST_VALUES JSON values, counted
+before it is parsed: ``json.loads`` of 48 MiB of ``[],[],...`` alone would
+take over 1 GiB.  A side that sends nothing for ``idle`` seconds is told so
+and the session ends (``Idle``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import struct
 from typing import Any, BinaryIO
 
+from rds import wire
 from rds.errors import ProtocolError
 
 SERVE = "rds-serve"  # the command on the upper system
 HEADER = struct.Struct(">I")
 END = 0
 FAILED = 0xFFFFFFFF
-MAX_FRAME = 256 << 20  # a JSON frame; the largest check-in answer stays far below
+MAX_FRAME = 256 << 20  # an answer frame; the largest check-in answer stays far below
+CHUNK = 1 << 20
+# a JSON string, escapes included, in the unrolled form that does not backtrack
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+class Idle(ProtocolError):
+    """The other side sent nothing for the idle timeout."""
 
 
 def encode(msg: Any) -> bytes:
@@ -39,23 +60,71 @@ def decode(data: bytes) -> Any:
         return None
 
 
-def read_request(inp: BinaryIO) -> Any:
-    """The next request frame's message, or None at the end of the input."""
-    head = inp.read(HEADER.size)
+def values(data: bytes | bytearray) -> int:
+    """How many JSON values ``data`` holds at most: its brackets, braces, commas and colons (plus one).
+
+    Counted first over the whole frame, which costs no copy; only when that
+    count is over the limit are those inside strings told apart.
+    """
+    count = 1 + sum(data.count(c) for c in (b"[", b"{", b",", b":"))
+    if count <= wire.MAX_REQUEST_VALUES:
+        return count
+    bare = _STRING.sub(b'""', data)
+    return 1 + sum(bare.count(c) for c in (b"[", b"{", b",", b":"))
+
+
+def read_request(inp: BinaryIO, idle: float | None = None) -> Any:
+    """The next request frame's message, or None at the end of the input; bounded (see the module)."""
+    head = _read(inp, HEADER.size, idle)
     if not head:
         return None
     if len(head) < HEADER.size:
         raise ProtocolError("the request ended early")
     (n,) = HEADER.unpack(head)
-    if n > MAX_FRAME:
-        raise ProtocolError(f"a request of {n} bytes is too large")
-    data = inp.read(n)
+    if n > wire.MAX_REQUEST:
+        raise ProtocolError(f"a request of {n} bytes is too large (at most {wire.MAX_REQUEST})")
+    data = _read(inp, n, idle)
     if len(data) < n:
         raise ProtocolError("the request ended early")
-    msg = decode(data)
+    if not data.isascii():
+        raise ProtocolError("a request must be ASCII JSON (other characters escaped as \\uXXXX)")
+    if values(data) > wire.MAX_REQUEST_VALUES:
+        raise ProtocolError(f"a request holds more than {wire.MAX_REQUEST_VALUES} JSON values")
+    text = data.decode("ascii")
+    del data  # the text and what is parsed from it, not the frame too
+    msg = decode_text(text)
     if msg is None:
         raise ProtocolError("a request is not JSON")
     return msg
+
+
+def decode_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _read(inp: BinaryIO, n: int, idle: float | None) -> bytearray:
+    """Up to ``n`` bytes (fewer only at the end of the input), grown as they arrive; with ``idle``,
+    waiting at most that long for each piece."""
+    fd = _fileno(inp) if idle is not None else -1
+    data = bytearray()
+    while len(data) < n:
+        if fd >= 0 and not select.select([fd], [], [], idle)[0]:
+            raise Idle(f"nothing received for {idle:g}s; closing the session")
+        piece = os.read(fd, min(CHUNK, n - len(data))) if fd >= 0 else inp.read(min(CHUNK, n - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def _fileno(inp: BinaryIO) -> int:
+    try:
+        return inp.fileno()
+    except (OSError, ValueError):  # not a file (a test's BytesIO): no waiting to bound
+        return -1
 
 
 def send(out: BinaryIO, msg: Any) -> None:

@@ -12,6 +12,16 @@ the forced command wins, and rds-serve refuses a session whose expectations
 differ from what it serves.  It reads request frames (transport.frames) on
 standard input, hands them to an UpperService (rds.service) and writes the
 answers, and a package's bytes, on standard output.
+
+What a session may cost is bounded: a request over rds.wire.MAX_REQUEST is
+refused from its header, one with more JSON values than
+rds.wire.MAX_REQUEST_VALUES before it is parsed (transport.frames), and a
+session that sends no request for ServeIdleTimeout (default 5 minutes) is
+told so and closed.  A waiting session costs one small process (about 25 MiB
+RSS, most of it shared code) and no lock: 100 idle sessions are cheap, and
+sshd bounds how many may start (MaxStartups), how many channels one
+connection may open (MaxSessions) and when a dead client is dropped
+(ClientAliveInterval); see docs/ssh.md.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from rds.home import Home
 from rds.log import logger
 from rds.service import UpperService
 from rds.transport import serving
-from rds.transport.frames import END, FAILED, HEADER, SERVE, encode, read_request, send
+from rds.transport.frames import END, FAILED, HEADER, SERVE, Idle, encode, read_request, send
 
 
 def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryIO, out: BinaryIO) -> int:
@@ -40,6 +50,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     try:
         service = serving(_serve_home(home_path), lower, remote=True)
         _check_original(original, lower, service.home.path)
+        idle = service.home.settings.serve_idle_timeout
     except Refused as e:
         send(out, wire.error_answer(e))
         return 1
@@ -50,7 +61,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     try:
         send(out, {"ok": True, "serve": wire.VERSION, "upper": service.home.host})
         while True:
-            msg = read_request(inp)
+            msg = read_request(inp, idle)
             if msg is None:
                 break
             requests += 1
@@ -67,8 +78,13 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
         # the lower system went away; what it did not acknowledge, it asks again
         with contextlib.suppress(OSError):
             out.close()  # drop what is buffered, so that exiting does not try to flush it
+    except Idle as e:
+        _send_quietly(out, wire.error_answer(e))
+        logger(service.home).info(f"{lower}: {e}")
+        return 0
     except ProtocolError as e:
         _send_quietly(out, wire.error_answer(e))
+        logger(service.home).warning(f"{lower}: {e}")
         return 1
     finally:
         service.close()
