@@ -18,11 +18,17 @@ from typing import Any, NoReturn
 
 import click
 
+from rds import text
 from rds.errors import RdsError, SystemError_, UsageError
 from rds.home import Home
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
+
+
+def _error(line: str) -> None:
+    """One error line on stderr; what other systems said in it is escaped and it is cut (rds.text)."""
+    click.echo(text.cut(text.shown(line), text.LINE), err=True)
 
 
 def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
@@ -35,7 +41,7 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
         code = EXIT_USAGE
     except click.UsageError as e:
         hint = f" (see '{name} --help')"
-        click.echo(f"{name}: {e.format_message()}{hint}", err=True)
+        _error(f"{name}: {e.format_message()}{hint}")
         code = EXIT_USAGE
     except click.exceptions.Abort:
         click.echo(f"{name}: aborted", err=True)
@@ -43,19 +49,19 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except RdsError as e:
-        click.echo(f"{name}: {e}", err=True)
+        _error(f"{name}: {e}")
         code = e.exit_code
     except KeyboardInterrupt:
         click.echo(f"{name}: interrupted", err=True)
         code = 130
     except sqlite3.Error as e:
         full = getattr(e, "sqlite_errorcode", None) == 13  # SQLITE_FULL: say it as for any other file
-        click.echo(f"{name}: state database: {'disk full' if full else e}", err=True)
+        _error(f"{name}: state database: {'disk full' if full else e}")
         code = EXIT_SYSTEM
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        click.echo(f"{name}: {where}{what}", err=True)
+        _error(f"{name}: {where}{what}")
         code = EXIT_SYSTEM
     sys.stdout.flush()
     sys.exit(code)
@@ -158,13 +164,16 @@ def print_json(data: Any) -> None:
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A table for a terminal: every cell shown safely and cut (rds.text); ``--json`` gives the whole texts."""
     from tabulate import tabulate
 
+    rows = [[text.cell(v) for v in r] for r in rows]
     return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
 
 
 def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """What ``table`` prints for rows of one-line strings, fast enough for 100,000 rows."""
+    rows = [[text.cell(v) for v in r] for r in rows]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(headers)
     # tabulate pads a header by 2 at least; the last column needs no padding
     widths = [max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)]

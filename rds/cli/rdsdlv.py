@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rds import delivery
+from rds import delivery, text
 from rds.cli import SpreadCommand, entry, fast_table, print_json, with_home
 from rds.clock import now_text
 from rds.errors import InputError, UsageError
@@ -98,7 +98,7 @@ def short_table(f: delivery.File, flt: delivery.Filter) -> list[str]:
     widths = [max(len(h) + 2, longest.get(c, 0)) for h, c in zip(SHORT, SHORT_COLUMNS, strict=True)]
     fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])  # the last column (STATUS) is never empty
     rows = f.select(flt, [f"printf('{fmt}', {', '.join(SHORT_COLUMNS)})"])
-    return [(fmt % tuple(SHORT)).rstrip(), *(r[0] for r in rows)]
+    return [(fmt % tuple(SHORT)).rstrip(), *(text.shown(r[0]) for r in rows)]
 
 
 main = entry(command)
