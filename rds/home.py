@@ -20,7 +20,16 @@
       log/install/            the output of each install script
       run/                    locks (*.lock, with *.owner saying who holds them), pid files,
                               boot_id (the boot this home last started in: retention once a boot)
-      work/                   exit-status files of install scripts
+      work/                   install scripts and their exit-status files
+
+The directories are made owner-only (0700): nothing but the home's owner
+needs them, and a directory another user can write lets that user plant a
+link where rds writes (an install script, as root).  Like sshd's StrictModes,
+``check_private`` refuses a home, its directories, RDSSETFL and the state
+database (and transport.connection the identity and known_hosts files) when
+another user owns or can write them, with one line naming the file and the
+mode to set.  Every command sets its own umask (022, rds.cli.run): what it
+makes is never writable by others, whatever umask it was started with.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -58,6 +68,26 @@ def default_home() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("rds"))
+
+
+def check_private(path: Path, what: str, missing_ok: bool = False, secret: bool = False) -> None:
+    """Refuse ``path`` if a user other than its owner (this user or root) can write it, as sshd's StrictModes;
+    a ``secret`` (a private key) also if another can read it, as ssh does."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if st.st_uid not in (os.geteuid(), 0):
+        raise SettingsError(f"{path}: {what} belongs to uid {st.st_uid}, neither this user ({os.geteuid()}) "
+                            f"nor root; refused (chown it)")
+    mode = stat.S_IMODE(st.st_mode)
+    mask = 0o077 if secret else 0o022
+    if mode & mask:
+        how = "readable or writable" if secret else "writable"
+        raise SettingsError(f"{path}: {what} is {how} by others (mode {mode:04o}); refused: set mode "
+                            f"{mode & ~mask:04o} (chmod {'go-rwx' if secret else 'go-w'} {path})")
 
 
 def lock_timeout() -> float:
@@ -95,10 +125,16 @@ class Home:
                 found = fmt.read_text().strip()
                 if found != FORMAT:
                     raise SettingsError(f"{fmt}: this home has format {found!r}; this rds reads {FORMAT!r}")
-            for d in (self.prm, self.packages, self.partial, self.group, self.install_logs, self.run, self.work):
-                d.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_private(self.path, "the home")
+            for d in (self.prm, self.packages, self.partial, self.group, self.log_dir, self.install_logs, self.run,
+                      self.work):
+                d.mkdir(mode=0o700, exist_ok=True)
+                check_private(d, "a directory of the home")
             if not fmt.exists():
                 fsutil.atomic_write(fmt, (FORMAT + "\n").encode())
+            check_private(self.prm / "RDSSETFL", "the settings file", missing_ok=True)
+            check_private(self.db_path, "the state database", missing_ok=True)
         except PermissionError as e:
             raise SettingsError(f"{self.path}: cannot use this home: {e.strerror}") from None
 

@@ -10,6 +10,12 @@ The script runs under a small ``sh`` wrapper that holds a lock on
 ``work/<job>.status``.  The lock is taken before the wrapper is started and
 passed to it, so if ``rdsft`` is killed, the next run waits for a wrapper that
 still runs and takes its status instead of running the script a second time.
+
+The script is written in ``work/`` (owner-only, rds.home) as a new file,
+never through a link, and runs with a fixed environment (``script_env``:
+PATH, HOME, LANG=C, LC_ALL=C, SHELL and the RDS_* variables that describe the
+job; nothing of the caller's, so nothing an SSH client sent), umask 022,
+standard input from /dev/null, in the install directory.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def _paths(home: Home, job: Job) -> tuple[Path, Path, Path, Path]:
 WRAPPER = """
 import os, subprocess, sys
 dest, status, log, *argv = sys.argv[1:]
-with open(log, "ab") as out:
+with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW), "ab") as out:
     try:
         rc = subprocess.call(argv, cwd=dest, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except OSError as e:
@@ -63,24 +69,52 @@ os.replace(status + ".tmp", status)
 """
 
 
+# The environment of an install script: fixed, whatever the caller's (rds-wake's carried the
+# attacker's SSH_ORIGINAL_COMMAND and the SSH client's LC_* variables); rdsft(1) lists it.
+SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SCRIPT_UMASK = 0o022
+
+
+def script_env(home: Home, job: Job, manifest: Manifest, dest: Path) -> dict[str, str]:
+    """The whole environment an install script gets."""
+    import pwd
+
+    try:
+        user_home = pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        user_home = "/"
+    return {"PATH": SCRIPT_PATH, "HOME": user_home, "LANG": "C", "LC_ALL": "C", "SHELL": "/bin/sh",
+            "RDS_PACKAGE": str(manifest.id), "RDS_INSTALL_DIR": str(dest), "RDS_JOB": str(job.job_no),
+            "RDS_HOST": job.dest, "RDS_HOME": str(home.path)}
+
+
+def _write_script(path: Path, script: str) -> None:
+    """Write the script where only the home's owner can write (work/, checked by rds.home), as a new
+    file: whatever was at its name (a planted link) is removed first, and no link is followed."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+
+
 def run_script(home: Home, job: Job, manifest: Manifest, dest: Path) -> int | None:
-    """Run the package's script in ``dest``; returns its exit status."""
+    """Run the package's script in ``dest`` with a fixed environment (``script_env``); returns its exit status."""
     lock_path, status_path, script_path, log_path = _paths(home, job)
     script = manifest.script or ""
-    script_path.write_text(script)
-    script_path.chmod(0o700)
+    _write_script(script_path, script)
     argv = [str(script_path)] if script.startswith("#!") else ["/bin/sh", str(script_path)]
     with contextlib.suppress(FileNotFoundError):
         status_path.unlink()
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        env = dict(os.environ, RDS_PACKAGE=str(manifest.id), RDS_INSTALL_DIR=str(dest),
-                   RDS_JOB=str(job.job_no), RDS_HOST=job.dest)
-        with open(log_path, "ab") as log:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             log.write(f"--- {now_text()} job {job.job_no} {manifest.id} in {dest}\n".encode())
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", WRAPPER, str(dest), str(status_path),
-                                 str(log_path), *argv], pass_fds=(fd,), start_new_session=True, env=env,
+                                 str(log_path), *argv], pass_fds=(fd,), start_new_session=True,
+                                env=script_env(home, job, manifest, dest), cwd=dest, umask=SCRIPT_UMASK,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         os.close(fd)  # the wrapper holds the lock now

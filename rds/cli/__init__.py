@@ -33,6 +33,7 @@ def _error(line: str) -> None:
 
 def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     name = command.name or os.path.basename(sys.argv[0])
+    os.umask(0o022)  # whatever umask it was started with: nothing it makes is writable by others (rds.home)
     try:
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0

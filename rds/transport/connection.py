@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rds.errors import CommunicationError, Refused, SettingsError
+from rds.home import check_private
 from rds.settings import Settings
 from rds.transport.frames import SERVE
 
@@ -117,6 +118,8 @@ def open_client(settings: Settings, target: Target, where: str, side: str) -> An
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     known = [_local_path(settings, settings.known_hosts_file)] if settings.known_hosts_file else \
         [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
+    for path in known:
+        check_private(path, "the known_hosts file", missing_ok=True)  # as sshd's StrictModes (rds.home)
     pkey = _identity(settings) if settings.identity_file else None
     timeout = settings.connect_timeout
 
@@ -178,6 +181,7 @@ def _identity(settings: Settings) -> Any:
     assert settings.identity_file is not None
     path = _local_path(settings, settings.identity_file)
     try:
+        check_private(path, "the IdentityFile", secret=True)
         return paramiko.PKey.from_path(path)
     except FileNotFoundError:
         raise SettingsError(f"IdentityFile {path}: no such file") from None
