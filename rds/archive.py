@@ -1,23 +1,50 @@
 """Package archives: packing, the checks every member must pass, and extraction.
 
-Nothing read from an archive is trusted.  ``check_member`` refuses absolute
-paths, ``..``, links pointing out and device files, more strictly than
-tarfile's ``data`` filter; ``extract`` checks the whole archive before it
-writes anything.  Whatever tarfile, gzip and zlib raise on a damaged archive
+Nothing read from an archive is trusted.  ``scan`` reads every header before
+anything is written and refuses:
+
+- a member with an absolute path or ``..``, a device or special file, a
+  hard link to anything but an earlier member, a member under a link;
+- a symbolic link that leads out of the install directory once the whole
+  archive is in place: each link is resolved against the archive's final
+  tree, following the archive's other links as the kernel would (so
+  ``e -> d/d/d/../../../target`` is refused when ``d -> .`` comes later);
+- more bytes than the manifest's unpacked size (the tar stream, recorded at
+  ``rdsft -c``), or a compression ratio over MAX_RATIO (the unpacked size
+  over the archive's); a package made before the unpacked size was recorded
+  is bounded by the ratio alone.  The stream is counted as it is
+  decompressed, so a bomb stops at the limit, and member sizes are summed
+  too (a sparse member could otherwise grow past its bytes in the stream).
+
+``extract`` then writes into a fresh directory beside the install directory
+(owner-only while it fills) and, only once that is complete, moves its
+entries into place, each by one rename; a refused or failed extraction
+removes that directory, leaving the previous install untouched and nothing
+half-written.  Whatever tarfile, gzip and zlib raise on a damaged archive
 becomes one ``UnsafeArchive`` (``reading``), whose message is one line.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
+import io
+import lzma
+import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from rds.errors import InputError, UnsafeArchive
+
+# The largest compression ratio (unpacked over packed size) a package may have: gzip packs text
+# 3-10 times, and nothing a package legitimately holds comes near this; a bomb is over 1000.
+MAX_RATIO = 200
+MAX_LINKS = 40  # links followed to resolve one path, as Linux's ELOOP
 
 
 def unreadable(name: object, e: BaseException) -> UnsafeArchive:
@@ -31,7 +58,7 @@ def reading(name: object) -> Iterator[None]:
     """Turn what a damaged archive raises while it is read into UnsafeArchive naming ``name``."""
     try:
         yield
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
         raise unreadable(name, e) from None
 
 
@@ -62,40 +89,258 @@ def _escapes(name: str, linkname: str) -> bool:
     return False
 
 
-def check_payload(path: Path, name: str) -> None:
-    """A package archive's own members must be extractable safely (as the install checks them)."""
-    with reading(name), tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            check_member(member, "/staging")
+class _Bounded(io.RawIOBase):
+    """The decompressed tar stream, refused once it passes ``limit`` bytes."""
+
+    def __init__(self, raw: BinaryIO, limit: int, name: str) -> None:
+        self.raw, self.limit, self.name, self.pos = raw, limit, name, 0
+
+    def _check(self) -> None:
+        if self.pos > self.limit:
+            raise UnsafeArchive(f"{self.name}: expands past {self.limit} bytes (its unpacked size, or "
+                                f"{MAX_RATIO} times its own size); refused")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(min(len(b), self.limit + 1 - self.pos))
+        b[:len(data)] = data
+        self.pos += len(data)
+        self._check()
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence in (0, 1) and (offset if whence == 0 else self.pos + offset) > self.limit:
+            self.pos = self.limit + 1  # refused before decompressing up to there
+            self._check()
+        self.pos = self.raw.seek(offset, whence)
+        self._check()
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
-def extract(archive: Path, dest: Path) -> int:
-    """Extract ``archive`` into ``dest`` after checking every member; returns the member count."""
-    with reading(archive.name), tarfile.open(archive, "r:*") as tar:
+def _decompressed(f: BinaryIO) -> BinaryIO:
+    magic = f.read(6)
+    f.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(f)  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f)  # type: ignore[return-value]
+    return f
+
+
+@contextlib.contextmanager
+def _open(path: Path, unpacked: int | None) -> Iterator[tarfile.TarFile]:
+    """The archive at ``path``, its decompressed stream bounded (see the module)."""
+    packed = path.stat().st_size
+    bound = max(packed, 1 << 20) * MAX_RATIO  # a small archive may hold 1 MiB of headers and padding
+    if unpacked is not None and unpacked > bound:
+        raise UnsafeArchive(f"{path.name}: unpacks to {unpacked} bytes from {packed}, a compression ratio over "
+                            f"{MAX_RATIO}; refused")
+    limit = bound if unpacked is None else unpacked
+    with open(path, "rb") as f, _decompressed(f) as stream:
+        bounded = io.BufferedReader(_Bounded(stream, limit, path.name), 1 << 16)
+        with tarfile.open(fileobj=bounded, mode="r:") as tar:  # type: ignore[call-overload]
+            yield tar
+
+
+def scan(path: Path, name: str, unpacked: int | None = None) -> list[tarfile.TarInfo]:
+    """Every member of the archive, once the whole archive passed the checks of the module's docstring."""
+    with reading(name), _open(path, unpacked) as tar:
         members = tar.getmembers()
-        links = {m.name.rstrip("/").removeprefix("./") for m in members if m.issym() or m.islnk()}
-        before: set[str] = set()  # tarfile finds a hard link's target only among the members before it
-        for m in members:
-            check_member(m, str(dest))
-            parents = Path(m.name.removeprefix("./")).parents
-            if any(str(p) in links for p in parents if str(p) != "."):
-                raise UnsafeArchive(f"member {m.name!r} lies under a link of the archive")
-            if m.islnk() and m.linkname.removeprefix("./") not in before:
-                raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, "
-                                    f"not an earlier member of the archive")
-            before.add(m.name.removeprefix("./"))
-        dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
+        limit = (unpacked if unpacked is not None else max(path.stat().st_size, 1 << 20) * MAX_RATIO)
+    if sum(m.size for m in members if m.isfile()) > limit:
+        raise UnsafeArchive(f"{name}: its members hold more than {limit} bytes; refused")
+    tree = _Tree(members)
+    before: set[str] = set()  # tarfile finds a hard link's target only among the members before it
+    for m in members:
+        check_member(m, "/staging")
+        rel = _norm(m.name)
+        if any(p in tree.links for p in _parents(rel)):
+            raise UnsafeArchive(f"member {m.name!r} lies under a link of the archive")
+        if m.islnk() and _norm(m.linkname) not in before:
+            raise UnsafeArchive(f"member {m.name!r} is a hard link to {m.linkname!r}, "
+                                f"not an earlier member of the archive")
+        if m.issym():
+            tree.check_link(rel, m)
+        before.add(rel)
+    return members
+
+
+def _norm(name: str) -> str:
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    return "/".join(parts)
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+class _Tree:
+    """The archive's final tree: where each of its symbolic links leads once every member is in place."""
+
+    def __init__(self, members: list[tarfile.TarInfo]) -> None:
+        self.links: dict[str, str] = {}
+        for m in members:  # a later member of the same name replaces an earlier one, as extraction does
+            rel = _norm(m.name)
+            if m.issym():
+                self.links[rel] = m.linkname
+            else:
+                self.links.pop(rel, None)
+
+    def check_link(self, rel: str, m: tarfile.TarInfo) -> None:
+        here = rel.split("/")[:-1]
+        if not self._inside(here, m.linkname, 0):
+            raise UnsafeArchive(f"member {m.name!r} is a link leading outside the install directory "
+                                f"once the archive is in place ({m.linkname})")
+
+    def _inside(self, at: list[str], target: str, followed: int) -> bool:
+        """Whether ``target``, seen from the directory ``at``, stays inside; links of the tree are followed."""
+        if target.startswith("/"):
+            return False
+        path = list(at)
+        parts = [p for p in target.split("/") if p not in ("", ".")]
+        for i, part in enumerate(parts):
+            if part == "..":
+                if not path:
+                    return False
+                path.pop()
+                continue
+            path.append(part)
+            link = self.links.get("/".join(path))
+            if link is not None:
+                followed += 1
+                if followed > MAX_LINKS:
+                    return False  # a loop: ELOOP at run time, refused here
+                path.pop()
+                rest = "/".join([link, *parts[i + 1:]])
+                return self._inside(path, rest, followed)
+        return True
+
+
+def check_payload(path: Path, name: str, unpacked: int | None = None) -> None:
+    """A package archive's own members must be extractable safely (as the install checks them)."""
+    scan(path, name, unpacked)
+
+
+def extract(archive: Path, dest: Path, unpacked: int | None = None) -> int:
+    """Extract ``archive`` into ``dest`` after checking it whole; returns the member count.
+
+    Written into a fresh directory beside ``dest`` first, moved into place
+    only when complete (see the module's docstring).
+    """
+    members = scan(archive, archive.name, unpacked)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(dest)
+    fresh = dest.parent / f"{FRESH}{os.getpid()}-{dest.name}"
+    fresh.mkdir(mode=0o700)
+    try:
+        with reading(archive.name), _open(archive, unpacked) as tar:
+            tar.extractall(fresh, members=members, filter=lambda m, p: check_member(m, p))
+        if not any(m.isdir() and _norm(m.name) == "" for m in members):
+            fresh.chmod(0o755)  # the archive does not say: as a new directory would be
+        _conflicts(fresh, dest)
+        _move(fresh, dest)
+    finally:
+        if fresh.exists():
+            shutil.rmtree(fresh, ignore_errors=True)
     return len(members)
 
 
-def pack(source: Path, out: Any) -> None:
-    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns."""
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
-        try:
-            tar.add(source, arcname=".", filter=_packing_filter)
-        except PermissionError as e:
-            raise InputError(f"{e.filename}: cannot read ({e.strerror})") from None
+FRESH = ".rds-new-"  # a fresh directory being filled: .rds-new-PID-NAME beside the install directory
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove what a killed extraction into ``dest`` left."""
+    for stale in dest.parent.glob(f"{FRESH}*-{dest.name}"):
+        pid = stale.name[len(FRESH):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _conflicts(fresh: Path, dest: Path) -> None:
+    """Refuse, before anything moves, what the install directory holds in the way: a link or a file
+    where the package has a directory (it would be written through or lost), a directory where it
+    has a file."""
+    if not dest.is_symlink() and not dest.exists():
+        return
+    if not dest.is_dir():  # the install directory itself may be a link to one, the administrator's choice
+        raise UnsafeArchive(f"{dest}: not a directory; not installed")
+    with os.scandir(fresh) as entries:
+        found = list(entries)
+    for entry in found:
+        there = dest / entry.name
+        if not there.is_symlink() and not there.exists():
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if there.is_symlink() or not there.is_dir():
+                raise UnsafeArchive(f"{there}: the package has a directory here, the install directory a "
+                                    f"link or a file; not installed")
+            _conflicts(Path(entry.path), there)
+        elif there.is_dir() and not there.is_symlink():
+            raise UnsafeArchive(f"{there}: the package has a file here, the install directory a directory; "
+                                f"not installed")
+
+
+def _move(fresh: Path, dest: Path) -> None:
+    """Move the complete extraction into place, each entry by one rename."""
+    if not dest.exists():
+        os.rename(fresh, dest)
+        return
+    with os.scandir(fresh) as entries:
+        found = list(entries)
+    for entry in found:
+        there = dest / entry.name
+        if entry.is_dir(follow_symlinks=False) and there.is_dir() and not there.is_symlink():
+            _move(Path(entry.path), there)
+        else:
+            os.replace(entry.path, there)
+
+
+def pack(source: Path, out: Any) -> int:
+    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns;
+    returns its unpacked size (the tar stream's bytes), which the manifest records."""
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz:
+        counted = _Counting(gz)
+        with tarfile.open(fileobj=counted, mode="w") as tar:  # type: ignore[call-overload]
+            try:
+                tar.add(source, arcname=".", filter=_packing_filter)
+            except PermissionError as e:
+                raise InputError(f"{e.filename}: cannot read ({e.strerror})") from None
+    return counted.size
+
+
+class _Counting:
+    """A file that counts what is written through it."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.size = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return int(self.out.write(data))
+
+    def tell(self) -> int:
+        return self.size
 
 
 def _packing_filter(member: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -1,9 +1,12 @@
 """Installing a package on this host: extract it, then run its script.
 
 The archive is checked whole before anything is written (absolute paths,
-``..``, links pointing out and device files are refused), then extracted with
-a filter stricter than tarfile's ``data`` (rds.archive).  Extraction can be
-repeated safely.
+``..``, links leading out once the whole archive is in place, device files
+and archives that expand past their manifest's unpacked size are refused),
+then extracted into a fresh directory that is moved into place only when
+complete, with a filter stricter than tarfile's ``data`` (rds.archive).
+Extraction can be repeated safely; a refused or failed one leaves the
+previous install as it was.
 
 The script runs under a small ``sh`` wrapper that holds a lock on
 ``work/<job>.lock`` for its whole life and writes the script's exit status to
@@ -165,7 +168,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
             store.touch(manifest.id)  # used: an access, for the cache's least-recently-accessed order
             store.verify(manifest)
             dest = target_dir(home, manifest)
-            n = archive.extract(store.payload(manifest.id), dest)
+            n = archive.extract(store.payload(manifest.id), dest, manifest.unpacked)
             log(f"job {job.job_no}: extracted {n} members of {manifest.id} into {dest}")
             crashpoints.reach("extracted")
             if not manifest.script:

@@ -74,11 +74,16 @@ class Manifest:
     expire_days: int | None = None  # storage period in a relay's storehouse
     script: str | None = None
     packaged: str = ""
+    # the archive's tar stream in bytes, recorded at rdsft -c: extraction stops there (rds.archive);
+    # None in a manifest made before it was recorded (extraction is then bounded by the ratio alone)
+    unpacked: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["id"] = str(self.id)
         d["format"] = MANIFEST_FORMAT
+        if self.unpacked is None:  # an old manifest reads back as it was
+            del d["unpacked"]
         return d
 
     @classmethod
@@ -94,8 +99,10 @@ class Manifest:
                 expire_days=None if d.get("expire_days") is None else int(d["expire_days"]),
                 script=d.get("script"),
                 packaged=str(d.get("packaged", "")),
+                unpacked=None if d.get("unpacked") is None else int(d["unpacked"]),
             )
-            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/") \
+            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or (m.unpacked or 0) < 0 \
+                    or not m.install_dir.startswith("/") \
                     or ".." in PurePosixPath(m.install_dir).parts or "\x00" in m.install_dir:
                 raise ValueError("field")
             if m.script is not None and not isinstance(m.script, str):

@@ -208,7 +208,7 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
         if size != m.size or digest != m.sha256:
             raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {digest[:16]}..., but the "
                                  f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")
-        archive.check_payload(part, PAYLOAD)
+        archive.check_payload(part, PAYLOAD, m.unpacked)
         with store.fetch_lock(m.id):  # not while a fetch of the same package runs
             have = store.get(m.id)
             if have is not None and have.sha256 == m.sha256:

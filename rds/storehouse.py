@@ -185,7 +185,10 @@ class Storehouse:
             payload = work / PAYLOAD
             with fsutil.atomic_writer(payload) as raw:
                 hashing = HashingWriter(raw)
-                archive.pack(source, hashing)
+                unpacked = archive.pack(source, hashing)
+            if unpacked > max(hashing.size, 1 << 20) * archive.MAX_RATIO:
+                raise InputError(f"{source}: packs {unpacked} bytes into {hashing.size}, a compression ratio "
+                                 f"over {archive.MAX_RATIO} that hosts refuse to extract (rds(7))")
             manifest = Manifest(
                 id=pid,
                 size=hashing.size,
@@ -194,6 +197,7 @@ class Storehouse:
                 expire_days=expire_days,
                 script=script,
                 packaged=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                unpacked=unpacked,
             )
             self._commit(work, manifest)
         except BaseException:

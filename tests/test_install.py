@@ -124,7 +124,7 @@ def test_preexisting_symlink_in_the_install_dir_is_not_followed(place: Path, tmp
     dest.mkdir()
     (dest / "logs").symlink_to(outside)
     arc = archive(place / "payload.tgz", entry("logs/x", data=b"x"))
-    with pytest.raises(UnsafeArchive, match=r"'logs/x' refused"):
+    with pytest.raises(UnsafeArchive, match=r"logs: the package has a directory here, the install directory a link"):
         extract(arc, dest)
     assert list(outside.iterdir()) == []
 
