@@ -28,31 +28,100 @@ package comes when the lower system asks for it, see rds.cache.)
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rds import cache, codes, daemon, database, events, flags, jobs, results
 from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError
 from rds.home import Home
+from rds.log import logger
 from rds.results import Result
 from rds.storehouse import Storehouse
 
+T = TypeVar("T")
+
+
+# Startup requests are coalesced: a wake while a pass it started runs, or is starting, only marks
+# "run again once" (run/wake.again, touched by each wake) and returns.  The pass holds
+# run/wake.lock from before it is started (the waker takes it and hands it down) until no mark is
+# left, so at most one pass waits behind the running one, however many wakes come.  The pass run
+# again starts once wakes have been quiet for QUIET seconds (a flood of them ends in one pass),
+# or AGAIN_WITHIN seconds after the pass before ended if they never stop.  rdsma coalesces
+# SIGUSR1 the same way (rds.daemon: a wake during a pass means one more pass).
+WAKE_LOCK = "wake.lock"
+WAKE_AGAIN = "wake.again"
+WAKE_FD = "RDS_WAKE_FD"  # in the environment of a pass started by a wake: the inherited lock
+QUIET = 2.0
+AGAIN_WITHIN = 60.0
+
 
 def wake_home(home: Home) -> str:
-    """Make ``home`` check in now: wake its rdsma, else start a detached ``rdsft -a``; says which."""
+    """Make ``home`` check in now: wake its rdsma, else start a detached ``rdsft -a``, unless one started
+    by a wake runs or is starting (then it runs again once); says which."""
     if daemon.wake(home, "rdsma"):
         return "woke its rdsma"
-    with open(home.log_dir / "startup.out", "ab") as out:
-        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env={**os.environ, "RDS_HOME": str(home.path)},
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    (home.run / WAKE_AGAIN).touch()  # before the lock is tried: a pass about to end sees one or the other
+    fd = os.open(home.run / WAKE_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "a pass runs or is starting: marked to run again once"
+        with open(home.log_dir / "startup.out", "ab") as out:
+            subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), pass_fds=(fd,),
+                             env={**os.environ, "RDS_HOME": str(home.path), WAKE_FD: str(fd)},
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        os.close(fd)  # the pass holds the lock now
     return "started rdsft -a"
+
+
+def _quiet(again: Path) -> float:
+    """Seconds since the last wake marked ``again``."""
+    try:
+        return time.time() - again.stat().st_mtime
+    except FileNotFoundError:
+        return QUIET
+
+
+def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``one_pass``, and again while wakes marked it (see WAKE_LOCK); in a pass not started by a wake,
+    just once.  Returns the last pass's result."""
+    fd_text = os.environ.pop(WAKE_FD, None)
+    if fd_text is None or not fd_text.isdigit():
+        return one_pass()
+    fd = int(fd_text)
+    again = home.run / WAKE_AGAIN
+    log = logger(home)
+    try:
+        while True:
+            again.unlink(missing_ok=True)
+            result = one_pass()
+            if not again.exists():
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                # a wake that found the lock held just before it was released left its mark: take it back
+                if not again.exists():
+                    return result
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return result  # another wake started a pass of its own
+            ended = time.monotonic()
+            while (wait := min(QUIET - _quiet(again), ended + AGAIN_WITHIN - time.monotonic())) > 0:
+                sleep(wait)
+            log.info(f"startup requests came during the pass: running again once, after "
+                     f"{time.monotonic() - ended:.1f}s")
+    finally:
+        os.close(fd)
 
 
 def _wake_path(address: str, lower: str) -> str:

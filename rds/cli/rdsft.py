@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rds import cleanup, poller
+from rds import cleanup, poller, startup
 from rds.cli import entry, table, with_home
 from rds.database import Database
 from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
@@ -87,7 +87,7 @@ def empty_storehouse(*, home: Home, db: Database) -> int:
 
 @with_home()  # the pass takes the pass lock and opens the database itself, as rdsma's do
 def check_in(*, home: Home) -> int:
-    report = poller.run_once(home)
+    report = startup.woken_passes(home, lambda: poller.run_once(home))  # started by a wake: coalesced
     show_pass(report)
     if report.failed:
         raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
