@@ -20,7 +20,7 @@ import click
 
 from rds import text
 from rds.errors import RdsError, SystemError_, UsageError
-from rds.home import Home
+from rds.home import Home, default_home
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
@@ -102,9 +102,10 @@ def with_home(lock: str | None = None, database: bool = False,
         def inner(*args: Any, **kw: Any) -> int:
             from rds import session
 
-            home = Home.open()
-            if superuser:
-                require_superuser(home)
+            path = default_home()
+            if superuser:  # before the home is opened: its owner-only directories refuse others anyway
+                require_superuser(Home(path))
+            home = Home.open(path)
             if not database:
                 with home.lock(lock) if lock is not None else contextlib.nullcontext():
                     return f(*args, home=home, **kw)
