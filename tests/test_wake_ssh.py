@@ -190,8 +190,8 @@ def test_prepared_request_that_went_stale_is_sent_again(tree: Tree, sshd_factory
     request = WakeRequest(tree["mgr"].home().settings, servers["relay"].address(), "relay")
     request.open()
     monkeypatch.setattr(wake, "HOLD", 0.0)
-    assert request.send() == "started rdsft -a"
-    # the stale session woke it too, when its input ended
+    # the stale session woke it too, when its input ended: the second wake may find that pass starting
+    assert request.send() in ("started rdsft -a", "a pass runs or is starting: marked to run again once")
     wait_for(lambda: log_of(tree["relay"]).count("startup request from 127.0.0.1") == 2)
 
 
