@@ -90,3 +90,23 @@ def serve_attack(kind: str, home: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         print(json.dumps(_serve_child(sys.argv[2], sys.argv[3])))
+
+
+def zip_bomb(path: Path, unpacked: int, chunk: int = 16 * MiB) -> int:
+    """A package archive holding one file of ``unpacked`` zero bytes, made without compressing them all:
+    gzip members (one a chunk of zeros, repeated) may follow each other.  Returns its tar stream's size."""
+    import gzip
+    import tarfile
+
+    info = tarfile.TarInfo("big")
+    info.size, info.mode = unpacked, 0o644
+    header = info.tobuf(tarfile.PAX_FORMAT)
+    zeros = gzip.compress(bytes(chunk), compresslevel=9)
+    whole, rest = divmod(unpacked, chunk)
+    tail = rest + (-unpacked % 512) + 1024  # the rest of the file, its padding, the end-of-archive blocks
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header))
+        for _ in range(whole):
+            f.write(zeros)
+        f.write(gzip.compress(bytes(tail)))
+    return len(header) + whole * chunk + tail

@@ -83,3 +83,50 @@ def test_a_header_that_promises_much_and_sends_little_costs_little(upper: Path) 
     got = serve_attack("promise", upper)
     assert "nothing received" in got["answer"]["message"]
     assert got["rss"] <= 64 * MiB
+
+
+def test_idle_sessions_of_one_lower_are_bounded(upper: Path) -> None:
+    """More sessions than MAX_SESSIONS from one key: the rest are refused at once; another lower is not."""
+    import json
+    import os
+    import subprocess
+
+    from attacks import BIN
+
+    from rds.transport import serve
+
+    def start(lower: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(BIN / "rds-serve"), "--lower", lower, "--home", str(upper)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "SSH_ORIGINAL_COMMAND": ""})
+
+    def hello(p: subprocess.Popen[bytes]) -> dict:  # type: ignore[type-arg]
+        assert p.stdout is not None
+        return json.loads(p.stdout.read(int.from_bytes(p.stdout.read(4), "big")))  # type: ignore[no-any-return]
+
+    (upper / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\nServeIdleTimeout\t60s\n")
+    procs: list[subprocess.Popen[bytes]] = [start("relay1") for _ in range(serve.MAX_SESSIONS + 3)]
+    try:
+        said = [hello(p) for p in procs]
+        assert sum(h["ok"] is True for h in said) == serve.MAX_SESSIONS
+        refused = [h for h in said if not h["ok"]]
+        assert len(refused) == 3 and all("relay1 already has 16 sessions open here" in h["message"] for h in refused)
+        other = start("relay2")
+        procs.append(other)
+        assert hello(other)["ok"] is True
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    f.close()
+    again = start("relay1")  # the slots are free again once the sessions ended
+    try:
+        assert hello(again)["ok"] is True
+    finally:
+        again.kill()
+        again.wait()
+        for f in (again.stdin, again.stdout):
+            if f is not None:
+                f.close()

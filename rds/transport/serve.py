@@ -17,16 +17,19 @@ What a session may cost is bounded: a request over rds.wire.MAX_REQUEST is
 refused from its header, one with more JSON values than
 rds.wire.MAX_REQUEST_VALUES before it is parsed (transport.frames), and a
 session that sends no request for ServeIdleTimeout (default 5 minutes) is
-told so and closed.  A waiting session costs one small process (about 25 MiB
-RSS, most of it shared code) and no lock: 100 idle sessions are cheap, and
-sshd bounds how many may start (MaxStartups), how many channels one
-connection may open (MaxSessions) and when a dead client is dropped
+told so and closed.  A waiting session costs one process (about 12 MiB PSS);
+one lower system may hold MAX_SESSIONS at once and is refused more (100 idle
+sessions from one key: 16 wait, 84 are refused at once).  sshd bounds how
+many logins may be under way (MaxStartups), how many channels one connection
+may open (MaxSessions) and when a dead client is dropped
 (ClientAliveInterval); see docs/ssh.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shlex
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +42,11 @@ from rds.service import UpperService
 from rds.transport import serving
 from rds.transport.frames import END, FAILED, HEADER, SERVE, Idle, encode, read_request, send
 
+# Sessions one lower system may hold at once: its pass, rdssnd, and, for a relay, the fetches its
+# own lower systems cause, with room to spare.  Each waiting session is a process of about 12 MiB
+# (PSS); beyond this, a session is refused at once.
+MAX_SESSIONS = 16
+
 
 def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryIO, out: BinaryIO) -> int:
     """Answer one lower system's requests until it hangs up; returns the exit status.
@@ -47,12 +55,16 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     ``original`` is what the lower system asked to run (SSH_ORIGINAL_COMMAND),
     which may only repeat them.
     """
+    service: UpperService | None = None
     try:
         service = serving(_serve_home(home_path), lower, remote=True)
         _check_original(original, lower, service.home.path)
         idle = service.home.settings.serve_idle_timeout
+        slot = _take_slot(service.home, lower)  # held until this process ends
     except Refused as e:
         send(out, wire.error_answer(e))
+        if service is not None:
+            logger(service.home).warning(f"{lower}: {e}")
         return 1
     except RdsError as e:
         send(out, wire.upper_answer(str(e)))
@@ -88,8 +100,22 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
         return 1
     finally:
         service.close()
+        os.close(slot)
         logger(service.home).info(f"served {lower}: {requests} request(s), {sent} package byte(s)")
     return 0
+
+
+def _take_slot(home: Home, lower: str) -> int:
+    """One of the MAX_SESSIONS session slots of ``lower`` (an open file holding its lock), or Refused."""
+    for i in range(MAX_SESSIONS):
+        fd = os.open(home.run / f"serve.{lower}.{i}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+    raise Refused(f"{lower} already has {MAX_SESSIONS} sessions open here; refused "
+                  f"(an idle one ends after ServeIdleTimeout)")
 
 
 def _serve_home(path: Path | None) -> Home:
