@@ -74,6 +74,7 @@ class Settings:
     install_root: Path = Path("/")
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
     serve_idle_timeout: float = 300.0  # seconds rds-serve waits for a lower system's next request
+    startup_interval: float = 60.0  # seconds at least between the starts of passes startup requests cause
 
     @property
     def is_managing_server(self) -> bool:
@@ -213,6 +214,7 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
                        "ssh://[user@]host[:port] (this host's sshd, where rds-wake is the upper system's forced "
                        "command) or the absolute path of this home"),
     "ServeIdleTimeout": ("serve_idle_timeout", *_duration("s", 1, 86400, "seconds")),
+    "StartupInterval": ("startup_interval", *_duration("s", 0, 3600, "seconds")),
 }
 
 

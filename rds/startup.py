@@ -50,23 +50,21 @@ from rds.storehouse import Storehouse
 T = TypeVar("T")
 
 
-# Startup requests are coalesced: a wake while a pass it started runs, or is starting, only marks
-# "run again once" (run/wake.again, touched by each wake) and returns.  The pass holds
-# run/wake.lock from before it is started (the waker takes it and hands it down) until no mark is
-# left, so at most one pass waits behind the running one, however many wakes come.  The pass run
-# again starts once wakes have been quiet for QUIET seconds (a flood of them ends in one pass),
-# or AGAIN_WITHIN seconds after the pass before ended if they never stop.  rdsma coalesces
-# SIGUSR1 the same way (rds.daemon: a wake during a pass means one more pass).
+# Startup requests are coalesced and spaced: a wake while a pass it started runs, is starting, or
+# was started less than StartupInterval ago (default 60 s) only marks "run again once"
+# (run/wake.again) and returns.  The pass holds run/wake.lock from before it is started (the
+# waker takes it and hands it down) until StartupInterval after it started, then runs once more
+# if a mark came, else lets go: at most one pass waits behind the running one, and a flood of
+# wakes costs one pass per StartupInterval.  A lone wake starts its pass at once.  rdsma
+# coalesces SIGUSR1 the same way (rds.daemon: a wake during a pass means one more pass).
 WAKE_LOCK = "wake.lock"
 WAKE_AGAIN = "wake.again"
 WAKE_FD = "RDS_WAKE_FD"  # in the environment of a pass started by a wake: the inherited lock
-QUIET = 2.0
-AGAIN_WITHIN = 60.0
 
 
 def wake_home(home: Home) -> str:
     """Make ``home`` check in now: wake its rdsma, else start a detached ``rdsft -a``, unless one started
-    by a wake runs or is starting (then it runs again once); says which."""
+    by a wake holds the wake lock (it then runs again once); says which."""
     if daemon.wake(home, "rdsma"):
         return "woke its rdsma"
     (home.run / WAKE_AGAIN).touch()  # before the lock is tried: a pass about to end sees one or the other
@@ -75,7 +73,7 @@ def wake_home(home: Home) -> str:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return "a pass runs or is starting: marked to run again once"
+            return "a pass runs or ran just now: marked to run again once"
         with open(home.log_dir / "startup.out", "ab") as out:
             subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), pass_fds=(fd,),
                              env={**os.environ, "RDS_HOME": str(home.path), WAKE_FD: str(fd)},
@@ -85,17 +83,9 @@ def wake_home(home: Home) -> str:
     return "started rdsft -a"
 
 
-def _quiet(again: Path) -> float:
-    """Seconds since the last wake marked ``again``."""
-    try:
-        return time.time() - again.stat().st_mtime
-    except FileNotFoundError:
-        return QUIET
-
-
 def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run ``one_pass``, and again while wakes marked it (see WAKE_LOCK); in a pass not started by a wake,
-    just once.  Returns the last pass's result."""
+    """Run ``one_pass``, and again while wakes marked it, StartupInterval apart (see WAKE_LOCK); in a
+    pass not started by a wake, just once.  Returns the last pass's result."""
     fd_text = os.environ.pop(WAKE_FD, None)
     if fd_text is None or not fd_text.isdigit():
         return one_pass()
@@ -104,8 +94,10 @@ def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float],
     log = logger(home)
     try:
         while True:
+            started = time.monotonic()
             again.unlink(missing_ok=True)
             result = one_pass()
+            sleep(max(0.0, started + home.settings.startup_interval - time.monotonic()))  # wakes only mark
             if not again.exists():
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 # a wake that found the lock held just before it was released left its mark: take it back
@@ -115,11 +107,8 @@ def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float],
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return result  # another wake started a pass of its own
-            ended = time.monotonic()
-            while (wait := min(QUIET - _quiet(again), ended + AGAIN_WITHIN - time.monotonic())) > 0:
-                sleep(wait)
-            log.info(f"startup requests came during the pass: running again once, after "
-                     f"{time.monotonic() - ended:.1f}s")
+            log.info(f"startup requests came since the last pass began {time.monotonic() - started:.0f}s ago: "
+                     f"running again once")
     finally:
         os.close(fd)
 

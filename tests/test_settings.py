@@ -83,6 +83,10 @@ GOOD = [
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
     ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
     ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
+    ("ServeIdleTimeout", "300", "serve_idle_timeout", 300.0),
+    ("ServeIdleTimeout", "2m", "serve_idle_timeout", 120.0),
+    ("StartupInterval", "0", "startup_interval", 0.0),
+    ("StartupInterval", "2m", "startup_interval", 120.0),
 ]
 
 
@@ -101,6 +105,10 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 
 BAD = [
     ("StartupAddress", "ssh://relay1/NETMRDS"),
+    ("ServeIdleTimeout", "0"),
+    ("ServeIdleTimeout", "2d"),
+    ("StartupInterval", "2h"),
+    ("StartupInterval", "soon"),
     ("ManagingHost", "relative/home"),
     ("ManagingHost", "http://mgr"),
     ("ManagingHost", "ssh://"),

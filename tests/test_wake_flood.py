@@ -2,8 +2,9 @@
 
 200 startup requests in a loop through the rds-wake forced command, with no
 rdsma running, started 200 full ``rdsft -a`` passes (50 at a time: 164
-passes at once, 4 GiB RSS, 61 lock timeouts).  A wake while a pass runs or
-is starting now only marks "run again once".
+passes at once, 4 GiB RSS, 61 lock timeouts).  A wake while a pass runs, is
+starting or began less than StartupInterval ago now only marks "run again
+once".
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def idle(host: Host) -> bool:
         os.close(fd)
 
 
+MARKED = "rds-wake: a pass runs or ran just now: marked to run again once"
+
+
 def wake(host: Host) -> str:
     proc = subprocess.run([str(BIN / "rds-wake"), "--home", str(host.path)], input="\n", capture_output=True,
                           text=True, env={**host.env(), "SSH_ORIGINAL_COMMAND": "rds-wake; reboot"}, timeout=120)
@@ -52,27 +56,39 @@ def flood(host: Host, n: int, at_once: int) -> list[str]:
 
 def test_a_flood_of_wakes_starts_at_most_two_passes(tree: Tree) -> None:
     tree.add("mgr")
-    relay = tree.add("relay", "mgr", push=True)
+    relay = tree.add("relay", "mgr", "StartupInterval\t20s\n", push=True)
     relay.run("rdsft", "-a")
     began = time.monotonic()
     said = flood(relay, 200, 50)
     took = time.monotonic() - began
     wait_for(lambda: idle(relay) and passes(relay) >= 1, timeout=120)
-    assert said.count("rds-wake: started rdsft -a") >= 1
-    assert said.count("rds-wake: a pass runs or is starting: marked to run again once") >= 150
-    # one pass, and one run again once the wakes are quiet (or each AGAIN_WITHIN if they never were)
-    assert passes(relay) <= 2 + int(took // startup.AGAIN_WITHIN), (passes(relay), took)
+    assert said.count("rds-wake: started rdsft -a") == 1
+    assert said.count("rds-wake: started rdsft -a") + said.count(MARKED) == 200
+    # one pass, and one run again StartupInterval after it began; one more per interval the flood lasted
+    assert passes(relay) <= 2 + int(took // 20), (passes(relay), took)
     assert "Lock" not in (relay.path / "log" / "startup.out").read_text()
 
 
-def test_a_wake_after_the_pass_ended_starts_a_new_one(tree: Tree) -> None:
+def test_a_wake_after_the_interval_starts_a_new_pass_at_once(tree: Tree) -> None:
     tree.add("mgr")
-    relay = tree.add("relay", "mgr", push=True)
+    relay = tree.add("relay", "mgr", "StartupInterval\t0s\n", push=True)
     relay.run("rdsft", "-a")
     assert wake(relay) == "rds-wake: started rdsft -a"
     wait_for(lambda: idle(relay) and passes(relay) == 1)
     assert wake(relay) == "rds-wake: started rdsft -a"
     wait_for(lambda: idle(relay) and passes(relay) == 2)
+
+
+def test_a_wake_within_the_interval_is_served_by_one_pass_at_its_end(tree: Tree) -> None:
+    tree.add("mgr")
+    relay = tree.add("relay", "mgr", "StartupInterval\t10s\n", push=True)
+    relay.run("rdsft", "-a")
+    began = time.monotonic()
+    assert wake(relay) == "rds-wake: started rdsft -a"
+    assert [wake(relay) for _ in range(5)] == [MARKED] * 5
+    wait_for(lambda: idle(relay) and passes(relay) == 2)
+    assert time.monotonic() - began >= 10
+    assert "startup requests came since the last pass began" in (relay.path / "log" / "rds.log").read_text()
 
 
 def test_the_mark_left_as_a_pass_ends_is_not_lost(tree: Tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +106,6 @@ def test_the_mark_left_as_a_pass_ends_is_not_lost(tree: Tree, monkeypatch) -> No
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        time.sleep(seconds)
 
     def one_pass() -> int:
         ran.append(len(ran))
@@ -99,7 +114,8 @@ def test_the_mark_left_as_a_pass_ends_is_not_lost(tree: Tree, monkeypatch) -> No
         return len(ran)
 
     assert startup.woken_passes(home, one_pass, sleep=sleep) == 2
-    assert ran == [0, 1] and slept and sum(slept) <= startup.QUIET + 1
+    interval = home.settings.startup_interval
+    assert ran == [0, 1] and len(slept) == 2 and all(interval - 5 < t <= interval for t in slept)
     assert not (home.run / startup.WAKE_AGAIN).exists()
     assert idle(relay)
 

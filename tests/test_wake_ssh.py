@@ -191,7 +191,7 @@ def test_prepared_request_that_went_stale_is_sent_again(tree: Tree, sshd_factory
     request.open()
     monkeypatch.setattr(wake, "HOLD", 0.0)
     # the stale session woke it too, when its input ended: the second wake may find that pass starting
-    assert request.send() in ("started rdsft -a", "a pass runs or is starting: marked to run again once")
+    assert request.send() in ("started rdsft -a", "a pass runs or ran just now: marked to run again once")
     wait_for(lambda: log_of(tree["relay"]).count("startup request from 127.0.0.1") == 2)
 
 

@@ -87,8 +87,12 @@ def empty_storehouse(*, home: Home, db: Database) -> int:
 
 @with_home()  # the pass takes the pass lock and opens the database itself, as rdsma's do
 def check_in(*, home: Home) -> int:
-    report = startup.woken_passes(home, lambda: poller.run_once(home))  # started by a wake: coalesced
-    show_pass(report)
+    def one_pass() -> poller.PassReport:
+        report = poller.run_once(home)
+        show_pass(report)
+        return report
+
+    report = startup.woken_passes(home, one_pass)  # started by a startup request: maybe more than one
     if report.failed:
         raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
     return 0
