@@ -16,9 +16,11 @@ anything is written and refuses:
   decompressed, so a bomb stops at the limit, and member sizes are summed
   too (a sparse member could otherwise grow past its bytes in the stream).
 
-``extract`` then writes into a fresh directory beside the install directory
-(owner-only while it fills) and, only once that is complete, moves its
-entries into place, each by one rename; a refused or failed extraction
+``extract`` then writes into a fresh directory (owner-only while it fills;
+inside the install directory when that exists, so that it is on the same
+file system even when the install directory is a mount point, else beside
+it) and, only once that is complete, moves its entries into place, each by
+one rename; a refused or failed extraction
 removes that directory, leaving the previous install untouched and nothing
 half-written.  Whatever tarfile, gzip and zlib raise on a damaged archive
 becomes one ``UnsafeArchive`` (``reading``), whose message is one line.
@@ -241,7 +243,9 @@ def extract(archive: Path, dest: Path, unpacked: int | None = None) -> int:
     members = scan(archive, archive.name, unpacked)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(dest)
-    fresh = dest.parent / f"{FRESH}{os.getpid()}-{dest.name}"
+    # on the file system of what it replaces, so that each move is a rename: inside an install
+    # directory that exists (it may be a mount point), else beside it
+    fresh = dest / f"{FRESH}{os.getpid()}" if dest.is_dir() else dest.parent / f"{FRESH}{os.getpid()}-{dest.name}"
     fresh.mkdir(mode=0o700)
     try:
         with reading(archive.name), _open(archive, unpacked) as tar:
@@ -261,7 +265,8 @@ FRESH = ".rds-new-"  # a fresh directory being filled: .rds-new-PID-NAME beside 
 
 def _remove_stale(dest: Path) -> None:
     """Remove what a killed extraction into ``dest`` left."""
-    for stale in dest.parent.glob(f"{FRESH}*-{dest.name}"):
+    inside = dest.glob(f"{FRESH}*") if dest.is_dir() else iter(())
+    for stale in [*dest.parent.glob(f"{FRESH}*-{dest.name}"), *inside]:
         pid = stale.name[len(FRESH):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)

@@ -185,3 +185,18 @@ def test_rdsft_c_refuses_a_package_over_the_ratio(tree: Tree, tmp_path: Path) ->
     proc = mgr.run("rdsft", "-c", "-g", "AB", "-r", "Z", "-v", "1", "-i", "/opt/z", str(src), check=False)
     assert proc.returncode != 0 and f"compression ratio over {archive.MAX_RATIO}" in proc.stderr
     assert not list((mgr.path / "RDS").glob("C.AB.Z.*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_an_install_directory_that_is_a_mount_point_is_replaced_in_place(place: Path) -> None:
+    """The fresh directory lies on the install directory's own file system: each move stays a rename."""
+    from faults.runners import small_fs
+
+    dest = place / "root" / "opt" / "mounted"
+    dest.mkdir()
+    with small_fs(dest, 64 * MiB):
+        (dest / "keep").write_text("kept\n")
+        arc, size = make(place / "a.tgz", entry("bin", tarfile.DIRTYPE), entry("bin/app", data=b"v2\n"))
+        assert extract(arc, dest, size) == 2
+        assert (dest / "bin" / "app").read_text() == "v2\n" and (dest / "keep").read_text() == "kept\n"
+        assert not [p for p in dest.iterdir() if p.name.startswith(".rds-new-")]
