@@ -175,7 +175,7 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """What ``table`` prints for rows of one-line strings, fast enough for 100,000 rows."""
-    rows = [[text.cell(v) for v in r] for r in rows]
+    rows = [r if _plain(r) else [text.cell(v) for v in r] for r in rows]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(headers)
     # tabulate pads a header by 2 at least; the last column needs no padding
     widths = [max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)]
@@ -183,6 +183,12 @@ def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     lines = [(fmt % tuple(headers)).rstrip()]
     lines += [(fmt % tuple(r)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _plain(row: Sequence[str]) -> bool:
+    """Whether a row shows as it is (printable ASCII, no cell to cut): most rows, checked at C speed."""
+    joined = "".join(row)
+    return joined.isascii() and joined.isprintable() and max(map(len, row), default=0) <= text.CELL
 
 
 def entry(command: click.Command) -> Callable[[], NoReturn]:
