@@ -475,7 +475,8 @@ def small_fs(path: Path, size: int) -> Iterator[Path]:
     if os.geteuid() != 0:
         raise NeedsRoot(f"mounting a tmpfs over {path} needs root")
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True,
+    # mode: a tmpfs is 1777 by default, and rds refuses a home directory that others can write
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True,
                    capture_output=True)
     try:
         yield path
