@@ -112,20 +112,26 @@ class Home:
         self._settings: Settings | None = None
 
     @classmethod
-    def open(cls, path: Path | None = None) -> Home:
-        """Open (and on first use, lay out) the home at ``path`` or the default one."""
+    def open(cls, path: Path | None = None, create: bool = True) -> Home:
+        """Open (and on first use, lay out) the home at ``path`` or the default one; without ``create``,
+        a home directory that is not there is an error, never made (another system's home, which may
+        have been moved away just now)."""
         home = cls(path if path is not None else default_home())
-        home._layout()
+        try:
+            home._layout(create)
+        except FileNotFoundError:
+            raise SettingsError(f"{home.path}: no rds home here") from None
         return home
 
-    def _layout(self) -> None:
+    def _layout(self, create: bool) -> None:
         fmt = self.path / "FORMAT"
         try:
             if fmt.exists():
                 found = fmt.read_text().strip()
                 if found != FORMAT:
                     raise SettingsError(f"{fmt}: this home has format {found!r}; this rds reads {FORMAT!r}")
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if create:
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             check_private(self.path, "the home")
             for d in (self.prm, self.packages, self.partial, self.group, self.log_dir, self.install_logs, self.run,
                       self.work):

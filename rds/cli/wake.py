@@ -41,7 +41,7 @@ def command(home: Path | None) -> int:
     path = home if home is not None else default_home()
     if not (path / "FORMAT").is_file():
         raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
-    h = Home.open(path)
+    h = Home.open(path, create=False)
     _wait_for_word()
     how = startup.wake_home(h)
     caller = os.environ.get("SSH_CLIENT", "").split(" ")[0] or "a local caller"

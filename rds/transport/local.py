@@ -24,7 +24,7 @@ def upper_home(target: str) -> Home:
     if not path.is_dir():
         raise CommunicationError(f"upper system {target}: no such directory")
     try:
-        return Home.open(path)
+        return Home.open(path, create=False)  # never made here: it may have been moved away just now
     except RdsError as e:
         raise CommunicationError(f"upper system {target}: {e}") from None
 

@@ -121,7 +121,7 @@ def _take_slot(home: Home, lower: str) -> int:
 def _serve_home(path: Path | None) -> Home:
     if path is not None and not (path / "FORMAT").is_file():
         raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
-    return Home.open(path)
+    return Home.open(path, create=path is None)
 
 
 def _check_original(original: str | None, lower: str, home: Path) -> None:
