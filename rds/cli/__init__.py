@@ -25,8 +25,24 @@ EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from rds import __version__
+
+        click.echo(f"{ctx.info_name} (rds) {__version__}")
+        ctx.exit(0)
+
+
+def add_version_option(command: click.Command) -> None:
+    """Every command answers ``--version``: added here, once, before it parses its options."""
+    if not any("--version" in p.opts for p in command.params):
+        command.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_print_version, help="Print the version of rds and exit."))
+
+
 def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     name = command.name or os.path.basename(sys.argv[0])
+    add_version_option(command)
     try:
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
