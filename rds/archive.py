@@ -10,6 +10,7 @@ becomes one ``UnsafeArchive`` (``reading``), whose message is one line.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import tarfile
 import zlib
@@ -44,10 +45,30 @@ def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
         raise UnsafeArchive(f"member {name!r} is a device or special file")
     if member.issym() and (member.linkname.startswith("/") or _escapes(name, member.linkname)):
         raise UnsafeArchive(f"member {name!r} is a link pointing outside the install directory ({member.linkname})")
+    if not HAS_FILTERS:
+        return _data_filter_311(member)
     try:
         return tarfile.data_filter(member, dest)
     except tarfile.FilterError as e:
         raise UnsafeArchive(f"member {name!r} refused: {e}") from None
+
+
+# Debian 12's python3 (3.11.2) predates tarfile's extraction filters (PEP 706, 3.11.4): there the
+# checks above do their refusing, and this does what the ``data`` filter does to the member itself.
+HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _data_filter_311(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    m = copy.copy(member)
+    if m.isfile() or m.islnk():
+        m.mode = (m.mode & 0o755) | 0o600  # no setuid/setgid/sticky, no group or other write
+        if not m.mode & 0o100:
+            m.mode &= ~0o111
+    else:
+        m.mode = 0o755
+    m.uid = m.gid = 0  # owned by root, as rdsft -c packs it, whoever the archive names
+    m.uname = m.gname = "root"
+    return m
 
 
 def _escapes(name: str, linkname: str) -> bool:
@@ -85,7 +106,10 @@ def extract(archive: Path, dest: Path) -> int:
                                     f"not an earlier member of the archive")
             before.add(m.name.removeprefix("./"))
         dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
+        if HAS_FILTERS:
+            tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
+        else:
+            tar.extractall(dest, members=[check_member(m, str(dest)) for m in members], numeric_owner=True)
     return len(members)
 
 

@@ -36,7 +36,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 def add_version_option(command: click.Command) -> None:
     """Every command answers ``--version``: added here, once, before it parses its options."""
     if not any("--version" in p.opts for p in command.params):
-        command.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+        command.params.append(click.Option(["--version", "show_rds_version"], is_flag=True, expose_value=False, is_eager=True,
                                            callback=_print_version, help="Print the version of rds and exit."))
 
 
