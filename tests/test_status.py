@@ -353,11 +353,12 @@ def test_only_the_superuser_or_the_homes_owner() -> None:
         os.chmod(d, 0o755)
         home = Path(d) / "home"
         Home.open(home)
+        (home / "rdsprm" / "RDSSETFL").touch()
         for cmd in (["rdsdlv"], ["rdsdlv", "-d", "--all"], ["rdsdlvse"], ["rdsdlvse", "-p"], ["rdsdlvclr"]):
             proc = as_nobody([str(BIN / cmd[0]), *cmd[1:]], home)
             assert proc.returncode == 1, (cmd, proc.stderr)
             assert proc.stderr.strip() == \
-                f"{cmd[0]}: only the superuser (or the owner of RDS_HOME) may run this command"
+                f"{cmd[0]}: {home}: permission denied: only root or the owner of this home may use it"
         for p in [home, *home.rglob("*")]:
             os.chown(p, 65534, 65534)
         proc = as_nobody([str(BIN / "rdsdlv")], home)  # the owner passes; the facility is not running
