@@ -95,6 +95,16 @@ def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Call
     return 0
 
 
+def show_status(home: Home, name: str) -> int:
+    """``NAME --status``: one line; exit 0 if the resident runs, NotRunning's code if not."""
+    from rds import daemon
+    from rds.errors import NotRunning
+
+    st = daemon.status(home, name)
+    click.echo(st.describe())
+    return 0 if st.running else NotRunning.exit_code
+
+
 Command = Callable[..., int]
 
 
