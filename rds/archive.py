@@ -14,7 +14,7 @@ import copy
 import gzip
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -113,9 +113,32 @@ def extract(archive: Path, dest: Path) -> int:
     return len(members)
 
 
-def pack(source: Path, out: Any) -> None:
-    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns."""
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+class _CountingTar(tarfile.TarFile):
+    """A TarFile that tells ``read`` how many bytes of each member's file it read (packaging's progress)."""
+
+    read: Callable[[int], None] | None = None
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None:
+        if fileobj is not None and self.read is not None:
+            fileobj = _Counting(fileobj, self.read)
+        super().addfile(tarinfo, fileobj)
+
+
+class _Counting:
+    def __init__(self, raw: Any, read: Callable[[int], None]) -> None:
+        self.raw, self.count = raw, read
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.count(len(data))
+        return data
+
+
+def pack(source: Path, out: Any, read: Callable[[int], None] | None = None) -> None:
+    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns;
+    ``read`` hears how many bytes of the source were read, as they are."""
+    with _CountingTar.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+        tar.read = read
         try:
             tar.add(source, arcname=".", filter=_packing_filter)
         except PermissionError as e:

@@ -67,8 +67,8 @@ class DestinationStatus:
     open: bool = False  # an interim failure (EXEC-ERROR...) that the destination's own outcome may still follow
 
     def to_json(self) -> dict[str, object]:
-        """The rds(7) JSON vocabulary: job, dest, package, status, code, updated, message."""
-        return {"job": self.job_no, "dest": self.dest, "package": self.package, "status": self.status,
+        """The rds(7) JSON vocabulary: job_no, dest, package, status, code, updated, message."""
+        return {"job_no": self.job_no, "dest": self.dest, "package": self.package, "status": self.status,
                 "code": codes.JOB_STATUS_CODES.get(self.status, ""), "updated": shown(self.updated),
                 "message": self.message}
 
@@ -145,7 +145,7 @@ class JobSummary:
         return _code(self.failed, self.running)
 
     def to_json(self) -> dict[str, object]:
-        return {"job": self.job_no, "package": self.package, "type": self.type, "total": self.total,
+        return {"job_no": self.job_no, "package": self.package, "type": self.type, "total": self.total,
                 "ended": self.ended, "counts": self.counts, "exit_code": self.exit_code}
 
 

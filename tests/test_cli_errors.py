@@ -261,7 +261,7 @@ def test_rdsgroupid_lists_and_deletes(cli: Cli, mgr: Host, pid: str) -> None:
 def test_rdsgroupid_json(cli: Cli, mgr: Host, pid: str) -> None:
     cli(mgr, "dcmjexe", "-r", pid, "-h", "c1")
     [row] = json.loads(cli(mgr, "rdsgroupid", "--json").stdout)
-    assert (row["job"], row["dest"], row["type"], row["package"], row["state"]) == (1, "c1", "INSTALL", pid, "WAIT")
+    assert (row["job_no"], row["dest"], row["type"], row["package"], row["state"]) == (1, "c1", "INSTALL", pid, "WAIT")
 
 
 @pytest.mark.parametrize("key", ["x", "1:", "-1", "1:c1 x"])

@@ -260,10 +260,11 @@ def test_rdsdlv_filters(host: Host) -> None:
     assert dests(host, "-a", "nobody") == []
     assert host.run("rdsdlv", "-a", "nobody").stdout.strip() == "no entry matches"
     full = rows(host, "-a", "h2")[0]
-    assert {k: full[k] for k in ("dest", "packager", "cabinet", "package", "version", "generation", "job_no",
-                                 "job_type", "status", "code", "message")} == {
-        "dest": "h2", "packager": "C", "cabinet": "AB", "package": "APP", "version": "0200", "generation": "0001",
-        "job_no": 2, "job_type": "INSTALL", "status": "COMPLETE", "code": "60", "message": "installed"}
+    assert {k: full[k] for k in ("dest", "packager", "cabinet", "package", "package_id", "version", "generation",
+                                 "job_no", "type", "status", "code", "message")} == {
+        "dest": "h2", "packager": "C", "cabinet": "AB", "package": "C.AB.APP.0200.0001", "package_id": "APP",
+        "version": "0200", "generation": "0001", "job_no": 2, "type": "INSTALL", "status": "COMPLETE", "code": "60",
+        "message": "installed"}
     for bad, code, words in ((["-e", "DONE"], 3, "unknown status 'DONE'"), (["-r", "C.AB"], 3, "bad package ID"),
                              (["-n", "x"], 3, "bad job number"), (["-c", "-l"], 1, "give one of -c, -l and -d"),
                              (["--all"], 1, "--all goes with -d"), (["-a"], 1, "requires an argument")):

@@ -87,9 +87,20 @@ def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool
 
 
 def vocabulary(entry: dict[str, Any]) -> dict[str, Any]:
-    """An entry in rds(7)'s JSON words: ``job`` the job number, ``updated`` an ISO 8601 time."""
-    out = {("job" if k == "job_no" else k): v for k, v in entry.items()}
-    out["updated"] = local_text(entry["updated"])
+    """An entry in rds(7)'s JSON words: ``package`` the full package ID (its ID part ``package_id``),
+    ``type`` the job type, ``updated`` an ISO 8601 time with its offset."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "package":
+            out["package"] = ".".join(str(entry[k]) for k in ("packager", "cabinet", "package", "version",
+                                                              "generation"))
+            out["package_id"] = value
+        elif key == "job_type":
+            out["type"] = value
+        elif key == "updated":
+            out["updated"] = local_text(value)
+        else:
+            out[key] = value
     return out
 
 

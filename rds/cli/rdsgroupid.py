@@ -45,7 +45,7 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...], *, ho
         raise InputError("job arguments go with -d")
     rows = jobs.listing(db)
     if as_json:
-        print_json([{"job": r["job_no"], "dest": r["dest"], "type": r["type"], "package": r["package"],
+        print_json([{"job_no": r["job_no"], "dest": r["dest"], "type": r["type"], "package": r["package"],
                      "state": r["state"], "received": local_text(r["received"]), "handed_to": r["handed_to"]}
                     for r in rows])
     elif rows:
