@@ -146,7 +146,10 @@ def open_home() -> Home:
     if env is not None and not env.strip():
         raise SettingsError("RDS_HOME is set but empty: set it to a home (RDS_HOME=/srv/rds/relay1), or unset "
                             "it for the default home (/NETMRDS for root)")
-    path = default_home()
+    try:
+        path = default_home()
+    except PermissionError as e:  # RDS_HOME lies beyond a directory this user may not enter
+        raise NotPermitted(not_permitted(Path(e.filename or env or "RDS_HOME"))) from None
     check_may_use(path)
     settings_file = path / "rdsprm" / "RDSSETFL"
     if not settings_file.is_file():
