@@ -166,3 +166,42 @@ def test_demo_runs_with_the_installed_commands(scratch: Path, tmp_path: Path, cl
     final = proc.stdout.split("Status at the managing server", 1)[1]
     lines = [ln for ln in final.splitlines() if ln.startswith("1 ")]
     assert len(lines) == 2 and all(" COMPLETE " in ln for ln in lines), proc.stdout
+
+
+# -- the sdist and the metadata ---------------------------------------------------------------------------
+
+def test_license_file_matches_setup_cfg() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    assert cfg["metadata"]["license"] == "MIT" and cfg["metadata"]["license_files"] == "LICENSE"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+
+
+def test_paramiko_has_an_upper_bound() -> None:
+    """rds/transport/connection.py overrides private methods of paramiko's Transport."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    [req] = [ln.strip() for ln in cfg["options"]["install_requires"].splitlines() if ln.strip().startswith("paramiko")]
+    assert "<" in req
+    import paramiko
+    from packaging.requirements import Requirement
+
+    assert Requirement(req).specifier.contains(paramiko.__version__)  # the tests run with an allowed one
+
+
+def test_sdist_carries_what_its_tests_need(tmp_path: Path) -> None:
+    work = tmp_path / "src"
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__",
+                                                              ".*_cache", "dist", "build"))
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "sdist", "-d",
+                           str(tmp_path / "out")], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [sdist] = (tmp_path / "out").glob("rds-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    wanted = {n for n in tracked if n.split("/")[0] in ("rds", "tests", "man", "etc", "docs", "bin", "bench", ".ci")}
+    wanted |= {"LICENSE", "README.md", "setup.cfg", "pyproject.toml"}
+    assert not wanted - names, sorted(wanted - names)
