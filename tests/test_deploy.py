@@ -407,3 +407,17 @@ def test_extraction_without_tarfile_filters(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(UnsafeArchive):
         archive.extract(bad, tmp_path / "dest2")
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_download_shows_progress_on_a_terminal(tree: Tree) -> None:
+    mgr = tree.add("mgr")
+    c1 = tree.add("c1", "mgr")
+    c1.run("rdsft", "-a")
+    pid = tree.package(files={"data": os.urandom(1 << 20).hex()})
+    mgr.run("dcmjexe", "-r", pid, "-h", "c1")
+    proc = subprocess.run(["script", "-qec", f"{BIN / 'rdsft'} -a", "/dev/null"], env=c1.env(), capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert f"\r\033[K{pid} from {mgr.path}: ".encode() in proc.stdout
+    size = json.loads((mgr.path / "RDS" / pid / "manifest.json").read_text())["size"]
+    assert f" of {progress.size_text(size)} (".encode() in proc.stdout
