@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Tree, wait_for
+from test_man import console_scripts
 
 from rds import archive, clock, log, progress
 from rds.home import Home
-from test_man import console_scripts
 
 
 def run(cmd: str, *args: str, home: Path | str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -88,7 +88,7 @@ def test_commands_refuse_a_bad_settings_file(args: list[str], tmp_path: Path) ->
     args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
     proc = run(*args, home=home)
     assert proc.returncode == 2, proc.stderr
-    assert f"RDSSETFL:1: WatchTimeofOrders: bad value 'soon'" in proc.stderr
+    assert "RDSSETFL:1: WatchTimeofOrders: bad value 'soon'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
