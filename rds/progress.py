@@ -137,13 +137,13 @@ class Reader:
         return data
 
 
-def retrying(message: str, delay: float, attempt: int, attempts: int | None,
+def retrying(message: str, delay: float, retry: int, retries: int | None,
              stream: IO[str] | None = None, now: float | None = None) -> str:
-    """What a retry says: the failure, when it tries again and which attempt that is; written to stderr
-    on a terminal, returned for the log."""
+    """What retry number ``retry`` (of ``retries``; None: for ever) says: the failure, when it tries
+    again; written to stderr on a terminal, returned for the log."""
     at = time.strftime("%H:%M:%S", time.localtime((time.time() if now is None else now) + delay))
-    of = f" of {attempts}" if attempts is not None else ", for ever (RetryCount 9)"
-    text = f"{message}; trying again in {delay:g}s at {at} (attempt {attempt}{of})"
+    of = f" of {retries}" if retries is not None else ", for ever (RetryCount 9)"
+    text = f"{message}; retry {retry}{of} in {delay:g}s, at {at}"
     stream = sys.stderr if stream is None else stream
     if on_terminal(stream):
         prog = sys.argv[0].rsplit("/", 1)[-1] or "rds"

@@ -252,7 +252,7 @@ def test_dcmjexe_unknown_hosts_in_one_line(tree: Tree) -> None:
     assert proc.stderr == ("dcmjexe: 25 hosts have not reported in yet (h00, h01, h02, h03, h04, h05, h06, h07, h08, "
                            "h09 and 15 more); their jobs are held until they do\n")
     proc = tree["mgr"].run("dcmjexe", "-r", pid, "-h", "solo")
-    assert proc.stderr == "dcmjexe: 1 host has not reported in yet (solo); its job is held until it does\n"
+    assert proc.stderr == "dcmjexe: solo has not reported in yet; its job is held until it does\n"
 
 
 def db_of(home: Path) -> sqlite3.Connection:
@@ -358,9 +358,9 @@ def test_progress_on_a_terminal_and_nothing_elsewhere() -> None:
 
 def test_a_retry_says_when_it_tries_again() -> None:
     term = Terminal()
-    text = progress.retrying("cannot reach mgr", 10, 2, 4, stream=term, now=0)
+    text = progress.retrying("cannot reach mgr", 10, 2, 3, stream=term, now=0)
     at = time.strftime("%H:%M:%S", time.localtime(10))
-    assert text == f"cannot reach mgr; trying again in 10s at {at} (attempt 2 of 4)"
+    assert text == f"cannot reach mgr; retry 2 of 3 in 10s, at {at}"
     assert term.getvalue().endswith(f": {text}\n")
     piped = io.StringIO()
     progress.retrying("x", 1, 2, None, stream=piped)

@@ -83,6 +83,11 @@ GOOD = [
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
     ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
     ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
+    ("SystemLogOutputLevel", "0", "system_log_level", 0),
+    ("SystemLogOutputLevel", "3", "system_log_level", 3),
+    ("LogFile", "NO", "log_file", False),
+    ("LogRetention", "7", "log_retention", 7 * 86400.0),
+    ("LogRetention", "12h", "log_retention", 12 * 3600.0),
 ]
 
 

@@ -244,7 +244,7 @@ SAMPLE = [
 
 
 def dests(host: Host, *args: str) -> list[str]:
-    return [f"{r['dest']}:{r['package']}" for r in rows(host, *args)]
+    return [f"{r['dest']}:{r['package_id']}" for r in rows(host, *args)]
 
 
 def test_rdsdlv_filters(host: Host) -> None:

@@ -52,7 +52,7 @@ def unknown_hosts(hosts: list[str], shown: int = 10) -> str:
     """One line however many: the count, the first names, how many more."""
     names = ", ".join(hosts[:shown]) + (f" and {len(hosts) - shown} more" if len(hosts) > shown else "")
     if len(hosts) == 1:
-        return f"1 host has not reported in yet ({names}); its job is held until it does"
+        return f"{names} has not reported in yet; its job is held until it does"
     return f"{len(hosts)} hosts have not reported in yet ({names}); their jobs are held until they do"
 
 

@@ -54,8 +54,7 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
             if s.retry_count != 9 and attempt > s.retry_count:
                 raise
             # said on a terminal (and logged): when, and which attempt of how many
-            said = progress.retrying(f"{e}; retry {attempt}", s.retry_interval, attempt + 1,
-                                     None if s.retry_count == 9 else s.retry_count + 1)
+            said = progress.retrying(str(e), s.retry_interval, attempt, None if s.retry_count == 9 else s.retry_count)
             if log:
                 log(said)
             sleep(s.retry_interval)
