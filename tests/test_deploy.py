@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -421,3 +422,25 @@ def test_a_download_shows_progress_on_a_terminal(tree: Tree) -> None:
     assert f"\r\033[K{pid} from {mgr.path}: ".encode() in proc.stdout
     size = json.loads((mgr.path / "RDS" / pid / "manifest.json").read_text())["size"]
     assert f" of {progress.size_text(size)} (".encode() in proc.stdout
+
+
+def test_the_shipped_logrotate_file_rotates_a_running_log(tmp_path: Path) -> None:
+    """Nothing rotated, and after mv rds.log rds.log.1 a running rdsma kept writing to the moved file."""
+    if shutil.which("logrotate") is None:
+        assert os.environ.get("CI") != "true", "logrotate is not installed (bin/rds-test installs it)"
+        pytest.skip("logrotate is not installed")
+    home = Home.open(make_home(tmp_path / "NETMRDS"))
+    logging.getLogger(f"rds.{home.path}").handlers.clear()
+    lg = log.logger(home)
+    lg.info("before rotation")
+    (home.log_dir / "rdsma.out").write_text("resident output\n")
+    conf = tmp_path / "rds.logrotate"
+    shipped = (Path(__file__).resolve().parent.parent / "etc" / "rds.logrotate").read_text()
+    conf.write_text(shipped.replace("/NETMRDS", str(home.path)))
+    proc = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(conf)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lg.info("after rotation")
+    assert (home.log_dir / "rds.log.1").read_text().count("rotation") == 1  # delaycompress: .1 stays plain
+    assert "after rotation" in (home.log_dir / "rds.log").read_text()
+    assert (home.log_dir / "rdsma.out").read_text() == ""  # copytruncate: the writer's file stays
