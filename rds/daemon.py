@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rds import fsutil
-from rds.clock import now_text
+from rds.clock import now_text, shown
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
 from rds.home import Home
 from rds.log import logger
@@ -78,16 +78,14 @@ class Status:
     outcome: str | None  # ok, warning or error
     message: str | None
 
-    def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
     def describe(self) -> str:
-        head = (f"{self.name}: running (pid {self.pid}, since {self.since})" if self.running
+        """One line, times in local time with their offset."""
+        head = (f"{self.name}: running (pid {self.pid}, since {shown(self.since)})" if self.running
                 else f"{self.name}: not running")
         if self.last_pass is None:
             return head + "; no pass yet"
-        return head + f"; last pass ended {self.last_pass}: {self.outcome}" + (f": {self.message}" if self.message
-                                                                               else "")
+        return head + f"; last pass ended {shown(self.last_pass)}: {self.outcome}" + (
+            f": {self.message}" if self.message else "")
 
 
 def status(home: Home, name: str) -> Status:
