@@ -72,12 +72,21 @@ BAD = "HostName\tok\nWatchTimeofOrders\tsoon\nNoSuchThing\t1\nRetryCount\t12\nHo
 
 
 def test_every_bad_line_is_reported_at_once(tmp_path: Path) -> None:
+    """A pasted JP1 RDSSETFL showed one error per run."""
     home = make_home(tmp_path / "h", BAD)
     proc = run("dcmstat", home=home)
-    lines = proc.stderr.splitlines()
     assert proc.returncode == 2
-    assert [ln.split(": ")[1] for ln in lines] == [f"{home}/rdsprm/RDSSETFL:{n}" for n in (2, 3, 4, 5)]
-    assert all(ln.startswith("dcmstat: ") for ln in lines)
+    assert proc.stderr == (f"dcmstat: {home}/rdsprm/RDSSETFL: 4 bad lines: line 2: WatchTimeofOrders: bad value "
+                           "'soon'; line 3: unknown attribute 'NoSuchThing'; line 4: RetryCount: bad value '12'; "
+                           "line 5: HostName is given twice (first on line 1) (the attributes and their values: "
+                           "rdssetfl(5))\n")
+    many = make_home(tmp_path / "many", "".join(f"Bad{i}\t1\n" for i in range(12)))
+    proc = run("dcmstat", home=many)
+    assert proc.stderr.count("\n") == 1 and "12 bad lines: line 1: unknown attribute 'Bad0'; " in proc.stderr
+    assert "; and 4 more on lines 9, 10, 11, 12 (" in proc.stderr
+    one = make_home(tmp_path / "one", "RetryCount\t12\n")
+    assert run("dcmstat", home=one).stderr == (f"dcmstat: {one}/rdsprm/RDSSETFL:1: RetryCount: bad value '12' "
+                                               "(allowed: an integer 1-9)\n")
 
 
 @pytest.mark.parametrize("args", [["rdsgroupid"], ["rdsdlv"], ["rdsdlvse", "-p"], ["rdssnd", "-q"],

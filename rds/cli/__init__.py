@@ -61,8 +61,7 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except RdsError as e:
-        for line in str(e).splitlines() or [""]:  # a settings file with several bad lines: one each
-            click.echo(f"{name}: {line}", err=True)
+        click.echo(f"{name}: {e}", err=True)
         code = e.exit_code
     except KeyboardInterrupt:
         click.echo(f"{name}: interrupted", err=True)
