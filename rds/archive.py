@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import copy
 import gzip
 import io
 import lzma
@@ -37,7 +38,7 @@ import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -73,10 +74,30 @@ def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
         raise UnsafeArchive(f"member {name!r} is a device or special file")
     if member.issym() and (member.linkname.startswith("/") or _escapes(name, member.linkname)):
         raise UnsafeArchive(f"member {name!r} is a link pointing outside the install directory ({member.linkname})")
+    if not HAS_FILTERS:
+        return _data_filter_311(member)
     try:
         return tarfile.data_filter(member, dest)
     except tarfile.FilterError as e:
         raise UnsafeArchive(f"member {name!r} refused: {e}") from None
+
+
+# Debian 12's python3 (3.11.2) predates tarfile's extraction filters (PEP 706, 3.11.4): there the
+# checks above do their refusing, and this does what the ``data`` filter does to the member itself.
+HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _data_filter_311(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    m = copy.copy(member)
+    if m.isfile() or m.islnk():
+        m.mode = (m.mode & 0o755) | 0o600  # no setuid/setgid/sticky, no group or other write
+        if not m.mode & 0o100:
+            m.mode &= ~0o111
+    else:
+        m.mode = 0o755
+    m.uid = m.gid = 0  # owned by root, as rdsft -c packs it, whoever the archive names
+    m.uname = m.gname = "root"
+    return m
 
 
 def _escapes(name: str, linkname: str) -> bool:
@@ -249,7 +270,10 @@ def extract(archive: Path, dest: Path, unpacked: int | None = None) -> int:
     fresh.mkdir(mode=0o700)
     try:
         with reading(archive.name), _open(archive, unpacked) as tar:
-            tar.extractall(fresh, members=members, filter=lambda m, p: check_member(m, p))
+            if HAS_FILTERS:
+                tar.extractall(fresh, members=members, filter=lambda m, p: check_member(m, p))
+            else:
+                tar.extractall(fresh, members=[check_member(m, str(fresh)) for m in members], numeric_owner=True)
         if not any(m.isdir() and _norm(m.name) == "" for m in members):
             fresh.chmod(0o755)  # the archive does not say: as a new directory would be
         _conflicts(fresh, dest)
@@ -321,12 +345,14 @@ def _move(fresh: Path, dest: Path) -> None:
             os.replace(entry.path, there)
 
 
-def pack(source: Path, out: Any) -> int:
+def pack(source: Path, out: Any, read: Callable[[int], None] | None = None) -> int:
     """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns;
-    returns its unpacked size (the tar stream's bytes), which the manifest records."""
+    ``read`` hears how many bytes of the source were read, as they are.  Returns the unpacked size
+    (the tar stream's bytes), which the manifest records."""
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz:
-        counted = _Counting(gz)
-        with tarfile.open(fileobj=counted, mode="w") as tar:  # type: ignore[call-overload]
+        counted = _CountingWriter(gz)
+        with _CountingTar.open(fileobj=counted, mode="w") as tar:  # type: ignore[call-overload]
+            tar.read = read
             try:
                 tar.add(source, arcname=".", filter=_packing_filter)
             except PermissionError as e:
@@ -334,8 +360,29 @@ def pack(source: Path, out: Any) -> int:
     return counted.size
 
 
+class _CountingTar(tarfile.TarFile):
+    """A TarFile that tells ``read`` how many bytes of each member's file it read (packaging's progress)."""
+
+    read: Callable[[int], None] | None = None
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None:
+        if fileobj is not None and self.read is not None:
+            fileobj = _Counting(fileobj, self.read)
+        super().addfile(tarinfo, fileobj)
+
+
 class _Counting:
-    """A file that counts what is written through it."""
+    def __init__(self, raw: Any, read: Callable[[int], None]) -> None:
+        self.raw, self.count = raw, read
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.count(len(data))
+        return data
+
+
+class _CountingWriter:
+    """A file that counts what is written through it (the unpacked size)."""
 
     def __init__(self, out: Any) -> None:
         self.out, self.size = out, 0
