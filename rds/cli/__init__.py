@@ -178,6 +178,8 @@ def check_may_use(path: Path) -> None:
         raise NotPermitted(not_permitted(path)) from None
     if st.st_uid == os.geteuid():
         return
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):  # an owner-only home (rds.home): nothing inside to see
+        raise NotPermitted(not_permitted(path))
     parts = [path, *(p for p in (path / "rdsprm", path / "GROUP", path / "log", path / "run") if p.exists())]
     if not all(os.access(p, os.R_OK | os.W_OK | os.X_OK) for p in parts):
         raise NotPermitted(not_permitted(path))
