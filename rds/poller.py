@@ -52,7 +52,6 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         store = Storehouse.of(home)
-        cleanup.partial_downloads(home, db, store)  # what a killed pass left and no one will resume
         client = connect(home, sleep=sleep, log=log.warning)
         try:
             found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
@@ -70,6 +69,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                         log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
+                cleanup.partial_downloads(home, db, store)  # what a killed pass left and no one will resume
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info, report.damaged)
                 announce_kept(home, db, store)
             finally:
