@@ -151,3 +151,16 @@ Help.
     assert got == [(["-n", "--dry-run"], None, None), (["-a"], "DESTINATION", None),
                    (["-t"], "install | transfer | delete", ["install", "transfer", "delete"]),
                    (["--help"], None, None)]
+
+
+def test_watch_manual_is_described_as_the_code_does_it() -> None:
+    """Regression: rdsma(1) and rdssetfl(5) said MANUAL makes one pass at start; the code (and JP1) make
+    none: a pass comes only on request (tests/test_resident.py checks the code)."""
+    rdsma = rendered(section(read(MAN / "rdsma.1"), "DESCRIPTION"))
+    manual = rdsma[rdsma.index("MANUAL never"):].split("Jobs that arrive")[0]
+    assert "not even at start" in manual and "startup request" in manual
+    setfl = rendered(section(read(MAN / "rdssetfl.5"), "ATTRIBUTES"))
+    watch = setfl[setfl.index("WatchTimeofOrders minutes"):setfl.index("WatchTimeofStatus minutes")]
+    assert "never polls, not even when rdsma starts" in watch
+    for text in (rdsma, watch):
+        assert "pass at start, then only when" not in text and "one pass when it starts" not in text
