@@ -49,7 +49,7 @@ from collections.abc import Callable
 
 from rds import crashpoints, jobs
 from rds.client import UpperClient
-from rds.errors import CommunicationError, IntegrityError, Refused, UnableToCache
+from rds.errors import CommunicationError, IntegrityError, RdsError, Refused, UnableToCache
 from rds.home import Home
 from rds.packages import Manifest, PackageId
 from rds.storehouse import Storehouse
@@ -165,7 +165,7 @@ def damaged_download(client: UpperClient, m: Manifest, e: IntegrityError, log: L
         copy = client.damaged(m.id, m.sha256)
     except UnableToCache:
         raise
-    except CommunicationError as told:
+    except RdsError as told:  # cut, refused, or an upper system that does not know the request
         then = f"could not tell {client.where} ({told})"
     else:
         then = {"intact": f"{client.where} checked its copy again and finds it intact (damaged on the way?)",
@@ -207,8 +207,9 @@ def reported(home: Home, store: Storehouse, pid: PackageId, sha256: str, lower: 
         try:
             with store.fetch_lock(pid):
                 store.verify(m, full=True)
-        except IntegrityError as e:
-            found_damaged(home, store, m, f"{e} (reported by {lower}, which got it from here)", log, fetching)
+        except IntegrityError:
+            found_damaged(home, store, m, f"the copy here does not match its manifest, hashed again when {lower}, "
+                          "which got it from here, reported it damaged", log, fetching)
         else:
             log(f"package {pid}: {lower} reports that the copy it got from here was damaged; the copy here "
                 "is intact (hashed again), so the damage happened on the way or on " + lower)

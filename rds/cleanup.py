@@ -294,6 +294,7 @@ def remove_all(home: Home, db: sqlite3.Connection, reason: str = INIT, wait: flo
     report = Report(packages=len(entries), use_before=sum(e.size for e in entries))
     remove(home, db, store, [(e, reason) for e in sorted(entries, key=lambda e: e.id)], wait=wait, report=report)
     store.clear_partial()
+    store.forget_damage()  # a good copy may be fetched or staged again, whatever happened to the old one
     report.use_after = report.use_before - sum(r.size for r in report.removed)
     return report
 

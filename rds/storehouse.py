@@ -417,7 +417,11 @@ class Storehouse:
         except (FileNotFoundError, UnicodeDecodeError):
             return None
 
-    def forget_damage(self, pid: PackageId) -> None:
+    def forget_damage(self, pid: PackageId | None = None) -> None:
+        """Forget that the copy of ``pid`` (of every package: None) was damaged."""
+        if pid is None:
+            shutil.rmtree(self.root / DAMAGED, ignore_errors=True)
+            return
         with contextlib.suppress(FileNotFoundError):
             self._damage_path(pid).unlink()
 
@@ -465,6 +469,7 @@ class Storehouse:
         for m in self.list():
             n += self.remove(m.id)
         self.clear_partial()
+        self.forget_damage()
         return n
 
     def clear_partial(self) -> None:

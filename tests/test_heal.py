@@ -150,7 +150,7 @@ def test_a_resumed_download_of_a_damaged_copy_is_reported_and_checked_upstream(t
     assert proc.returncode == 6
     assert f"starting at byte {len(data) // 4}" in log_of(rb)
     [said_b] = damage_lines(rb, pid)
-    assert "(reported by c2, which got it from here)" in said_b
+    assert "does not match its manifest, hashed again when c2, which got it from here, reported it damaged" in said_b
     assert said_b.endswith("removed, fetched again from the upper system when next needed")
     [said_c] = damage_lines(c2, pid)
     assert f"{rb.path} removed its copy and fetches a good one when asked again" in said_c
