@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -131,6 +132,38 @@ def test_a_damaged_copy_on_a_relay_is_caught_as_served_removed_and_fetched_again
     report_up(tree)
     assert dcmstat(mgr)[(job, "c3")]["status"] == "COMPLETE"
     assert len(damage_lines(rb, pid)) == 1 and len(damage_lines(c3, pid)) == 1
+
+
+def test_a_relay_that_gets_a_damaged_copy_for_a_lower_system_reports_it_and_both_heal(tree: Tree) -> None:
+    """relayA's copy rots; relayB, fetching it for c3, discards it and tells relayA, which removes it; c3 is
+    told to ask again later, and its next pass gets a good copy through both relays."""
+    mgr, ra, rb, (c1, c2) = chain(tree)
+    c3 = tree.add("c3", "relayB")
+    tree.check_in_upward(["c3", "relayB", "relayA"])
+    pid = tree.package()
+    deliver(tree, pid, "c1 c2")
+    c1.run("rdsft", "-a")  # relayB fetches it from relayA, which fetches it from mgr
+    shutil.rmtree(rb.path / "RDS" / pid)  # relayB loses it (a disk replaced, say)
+    c2.run("rdsft", "-a")  # relayA checks its copy before serving it again: stamped
+    assert (ra.path / "RDS" / pid / VERIFIED).is_file()
+    shutil.rmtree(rb.path / "RDS" / pid)
+    rot(payload(ra, pid))
+    job = deliver(tree, pid, "c3")
+
+    proc = c3.run("rdsft", "-a", check=False)
+    assert installs(c3) == 0 and proc.returncode == 0  # its read was refused: it asks again next pass
+    [said_c] = damage_lines(c3, pid)
+    assert f"{rb.path} refused read: package {pid}: SHA-256 mismatch" in said_c
+    [said_a] = damage_lines(ra, pid)
+    assert "SHA-256 of the copy served to relayB does not match its manifest" in said_a
+    [said_b] = damage_lines(rb, pid)
+    assert f"({ra.path} served a damaged copy); {ra.path} removed its copy" in said_b
+    assert not (ra.path / "RDS" / pid).exists() and not (rb.path / "RDS" / pid).exists()
+    c3.run("rdsft", "-a")
+    assert installs(c3) == 1
+    assert sha256(payload(ra, pid)) == sha256(payload(rb, pid)) == manifest(mgr, pid)["sha256"]
+    report_up(tree)
+    assert dcmstat(mgr)[(job, "c3")]["status"] == "COMPLETE"
 
 
 def test_a_resumed_download_of_a_damaged_copy_is_reported_and_checked_upstream(tree: Tree) -> None:
