@@ -69,7 +69,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                         log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-                cleanup.partial_downloads(home, db, store)  # what a killed pass left and no one will resume
+                if n := cleanup.partial_downloads(home, db, store):  # what killed runs left, no one resumes
+                    log.info(f"removed {n} partial download(s) that no job here needs, or that were empty")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info, report.damaged)
                 announce_kept(home, db, store)
             finally:

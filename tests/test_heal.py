@@ -426,6 +426,7 @@ def test_a_killed_download_is_resumed_and_leftovers_no_one_resumes_are_removed(t
     c.run("rdsft", "-a")
     assert installs(c) == 1
     assert f"from byte {have}" in log_of(c)
+    assert "removed 2 partial download(s) that no job here needs, or that were empty" in log_of(c)
     assert list(partial.iterdir()) == []
     assert job in c.run("rdsgroupid", "--json").stdout
 
