@@ -17,6 +17,7 @@ import sshd
 from conftest import Host, Tree, installs
 from sshd import serve_command
 
+from rds import wire
 from rds.home import Home
 from rds.packages import PackageId
 from rds.storehouse import MANIFEST, VERIFIED, Storehouse
@@ -459,3 +460,31 @@ def test_a_download_in_progress_is_not_removed_by_another_pass(tree: Tree) -> No
     with session.opened(home) as db:
         assert cleanup.partial_downloads(home, db, store) == 1
     assert not part.exists()
+
+
+def test_a_report_of_damage_is_bounded_like_any_request(tree: Tree) -> None:
+    """A lower system may report only packages its subtree needs, with a well-formed SHA-256; a report about
+    another version of the package, or one no longer here, changes nothing."""
+    mgr = tree.add("mgr")
+    tree.add("c", "mgr"), tree.add("other", "mgr")
+    tree.check_in_upward(["c", "other"])
+    pid = tree.package()
+    mgr.run("dcmjexe", "-r", pid, "-h", "c")
+    service = serving(Home.open(mgr.path), "other")
+    try:
+        answer = service.handle(wire.request("damaged", "other", package=pid, sha256="0" * 64))
+        assert answer["ok"] is False and answer["error"] == "refused"
+        assert "no job for other or the hosts below it needs package" in answer["message"]
+    finally:
+        service.close()
+    service = serving(Home.open(mgr.path), "c")
+    try:
+        for bad in ("0" * 63, "G" * 64, 5, None):
+            answer = service.handle(wire.request("damaged", "c", package=pid, sha256=bad))
+            assert answer == {"ok": False, "error": "protocol",
+                              "message": "'sha256' must be 64 lowercase hex digits"}
+        answer = service.handle(wire.request("damaged", "c", package=pid, sha256="1" * 64))
+        assert answer == {"ok": True, "copy": "gone"}  # another version: not this copy's business
+    finally:
+        service.close()
+    assert payload(mgr, pid).exists() and damage_lines(mgr, pid) == []
