@@ -17,6 +17,8 @@ import click
 import pytest
 from test_man import MAN, SCRIPTS, read, section
 
+from rds.cli import add_version_option
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,6 +26,7 @@ def command_of(name: str) -> click.Command:
     module = SCRIPTS[name].partition(":")[0]
     cmd = importlib.import_module(module).command
     assert isinstance(cmd, click.Command), f"{module}.command is not a click command"
+    add_version_option(cmd)  # as rds.cli.run gives it to every command
     return cmd
 
 
