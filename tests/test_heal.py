@@ -340,12 +340,12 @@ def test_under_jit_the_size_limit_never_invalidates_a_waiting_job(tree: Tree) ->
     job = int(mgr.run("dcmjexe", "-r", pid, "-h", "c1", "c2").stdout.strip())
     relay.run("rdsft", "-a")
     c1.run("rdsft", "-a")  # c1 took its job and installed: the relay holds the package; c2's job waits
-    c2_state = {(r["job"], r["dest"]): r["state"] for r in json.loads(relay.run("rdsgroupid", "--json").stdout)}
+    c2_state = {(r["job_no"], r["dest"]): r["state"] for r in json.loads(relay.run("rdsgroupid", "--json").stdout)}
     assert c2_state[(job, "c2")] == "WAIT"
     out = json.loads(relay.run("rdsclr", "--json").stdout)
     assert [r["package"] for r in out["removed"]] == [pid] and out["jobs_invalidated"] == 0
     assert not (relay.path / "RDS" / pid).exists()
-    states = {(r["job"], r["dest"]): r["state"] for r in json.loads(relay.run("rdsgroupid", "--json").stdout)}
+    states = {(r["job_no"], r["dest"]): r["state"] for r in json.loads(relay.run("rdsgroupid", "--json").stdout)}
     assert states[(job, "c2")] == "WAIT"
     c2.run("rdsft", "-a")
     assert installs(c2) == 1
