@@ -9,7 +9,7 @@ import click
 from rds import cleanup, poller, startup
 from rds.cli import entry, table, with_home
 from rds.database import Database
-from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
+from rds.errors import InputError, IntegrityError, JobsFailed, LockTimeout, UsageError
 from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.packages import PackageId
 from rds.storehouse import Storehouse
@@ -93,8 +93,12 @@ def check_in(*, home: Home) -> int:
         return report
 
     report = startup.woken_passes(home, one_pass)  # started by a startup request: maybe more than one
+    failed = f"{len(report.failed)} of {len(report.installed)} install(s) ended in error" if report.failed else ""
+    if report.damaged:  # the jobs wait for a good copy; the pass failed all the same
+        raise IntegrityError(f"{len(report.damaged)} download(s) came damaged and were discarded: "
+                             f"{report.damaged[0]}" + (f"; {failed}" if failed else ""))
     if report.failed:
-        raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
+        raise JobsFailed(failed)
     return 0
 
 
