@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from rds import codes, database, jobs, manager, results
-from rds.errors import IntegrityError, JobRecordError, ProtocolError, Refused
+from rds.errors import JobRecordError, ProtocolError, Refused
 from rds.home import Home
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
@@ -367,8 +368,11 @@ def test_a_corrupt_payload_is_not_served(mgr: Home, service: UpperService) -> No
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF
     payload.write_bytes(bytes(data))
-    with pytest.raises((IntegrityError, Refused)):
-        b"".join(service.read(str(PID), 0, len(data)))
+    served: list[bytes] = []
+    with pytest.raises(Refused, match=rf"^package {re.escape(str(PID))}: SHA-256 of {re.escape(str(payload))} does "
+                                      r"not match its manifest; not used; the copy on mgr was removed$"):
+        served += service.read(str(PID), 0, len(data))
+    assert served == [] and not payload.exists() and not payload.parent.exists()
 
 
 @pytest.mark.parametrize(("msg", "message"), [

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
+from rds import crashpoints
 from rds.errors import RdsError, SystemError_, UsageError
 from rds.home import Home
 
@@ -28,6 +29,7 @@ EXIT_SYSTEM = SystemError_.exit_code
 def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     name = command.name or os.path.basename(sys.argv[0])
     try:
+        crashpoints.check()  # a test hook (rds(7)): a malformed value is refused before anything runs
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.NoArgsIsHelpError as e:
