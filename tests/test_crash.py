@@ -9,10 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from conftest import installs, wait_for
+from observe import asleep_in, gone, pass_owner
 
 from rds.home import Home
 
@@ -130,14 +130,6 @@ def test_second_rdsft_waits_then_says_who_holds_the_lock(tree) -> None:  # type:
     assert line.endswith("holds it; gave up after 1s")
 
 
-def asleep(pid: int) -> bool:
-    """The process sleeps in a timer: before its lock, rdsft -a sleeps nowhere but in the lock's poll loop."""
-    try:
-        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
-
-
 def test_two_rdsft_are_serialized(tree) -> None:  # type: ignore[no-untyped-def]
     """The order of events, each observed: this process holds the pass lock; the second rdsft -a is
     waiting for it (asleep in the lock's poll loop, and has not run: the lock's owner file still names
@@ -152,29 +144,14 @@ def test_two_rdsft_are_serialized(tree) -> None:  # type: ignore[no-untyped-def]
         proc = subprocess.Popen([str(relay.run.__globals__["BIN"] / "rdsft"), "-a"],
                                 env=relay.env(RDS_LOCK_TIMEOUT="600"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        wait_for(lambda: asleep(proc.pid) or proc.poll() is not None, timeout=120)
+        # before its lock, rdsft -a sleeps nowhere but in the lock's poll loop
+        wait_for(lambda: asleep_in(proc.pid, "nanosleep") or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, proc.communicate()
         assert json.loads(owner.read_text())["pid"] == os.getpid()  # it has not taken the lock
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert json.loads(owner.read_text())["pid"] == proc.pid  # it took the lock after this process let go
     assert "jobs received: 0" in out
-
-
-def pass_owner(host) -> int | None:  # type: ignore[no-untyped-def]
-    """The pid of the last process that held the host's pass lock (its owner file stays)."""
-    try:
-        return int(json.loads((host.path / "run" / "rdsft.owner").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
 
 
 def relay_job_state(relay) -> list[str]:  # type: ignore[no-untyped-def]
@@ -202,10 +179,10 @@ def test_a_test_may_ask_for_the_hook_in_the_woken_pass(tree) -> None:  # type: i
     mgr = tree.add("mgr", push=True)
     relay = tree.add("relay", "mgr", push=True)
     relay.run("rdsft", "-a")
-    before = pass_owner(relay)
+    before = pass_owner(relay.path)
     mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay", env=mgr.env(RDS_CRASH_AT_CHILDREN="installing"))
-    wait_for(lambda: pass_owner(relay) not in (None, before), timeout=60)
-    woken = pass_owner(relay)
+    wait_for(lambda: pass_owner(relay.path) not in (None, before), timeout=60)
+    woken = pass_owner(relay.path)
     assert woken is not None
     wait_for(lambda: gone(woken), timeout=60)
     assert relay_job_state(relay) == ["INSTALLING"] and installs(relay) == 0
