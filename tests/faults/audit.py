@@ -27,8 +27,8 @@ DEFINITION = (
     "install script's own append-only record shows no run, or the managing server's database (a table that\n"
     "SQLite triggers fill with every outcome taken, read with sqlite3) shows no outcome; doubled when either\n"
     "shows more than one (a job can be both).  Neither count comes from rds.  A row is FAILED when a job is\n"
-    "lost or doubled, when another promise broke (listed below the table), or when its runner crashed\n"
-    "(CRASHED: its counts are not known).")
+    "lost or doubled, when another promise broke (listed below the table), when its runner crashed\n"
+    "(CRASHED: its counts are not known), or when it counted no job (NO JOBS: it proves nothing).")
 
 OUTCOMES = ("COMPLETE", "ERROR")
 WATCH = f"""

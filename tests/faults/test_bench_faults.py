@@ -41,6 +41,10 @@ def lost_one(work: Path, trials: int, seed: int) -> Row:
     return Row("a fault that lost a job", trials=trials, jobs=trials, lost=1, failed=["job 1 for c: installed 0x"])
 
 
+def nothing(work: Path, trials: int, seed: int) -> Row:
+    return Row("a fault that counted no job", trials=trials)
+
+
 def rows_of(out: str) -> dict[str, list[str]]:
     table = out.split("\n\n")[1].splitlines()[2:]  # under the header and its rule
     return {line.split("  ")[0]: line.split() for line in table}
@@ -69,6 +73,8 @@ def test_a_lost_job_fails_the_row_and_every_row_that_held_passes(capsys: pytest.
     out = capsys.readouterr().out
     assert rows_of(out)["a fault that lost a job"][-5:] == ["2", "2", "1", "0", "FAILED"]
     assert "a fault that lost a job: FAILED\n  job 1 for c: installed 0x" in out
+    assert b.main(["--seed", "1"], [("held", held, 1), ("nothing", nothing, 4)]) == 1
+    assert rows_of(capsys.readouterr().out)["a fault that counted no job"][-6:] == ["4", "0", "0", "0", "NO", "JOBS"]
     assert b.main(["--seed", "1", "--quick"], [("held", held, 100)]) == 0
     out = capsys.readouterr().out
     assert rows_of(out)["a fault that held"][-5:] == ["5", "10", "0", "0", "ok"]  # --quick: a twentieth
