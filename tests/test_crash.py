@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import installs, wait_for
@@ -206,3 +207,14 @@ def test_a_malformed_rds_crash_at_is_a_clear_error(tree, value: str, says: str |
         assert proc.returncode == 2 and proc.stdout == "", proc
         assert proc.stderr.startswith(f"dcmstat: {variable}={value!r}: {says}") and "test hook" in proc.stderr
         assert len(proc.stderr.splitlines()) == 1
+
+
+def test_every_crash_point_that_rds_reaches_is_known() -> None:
+    """RDS_CRASH_AT is checked against crashpoints.POINTS: a point reached in the code but not listed would be
+    refused, a point listed but never reached would kill nothing."""
+    from rds import crashpoints
+
+    source = "\n".join(p.read_text() for p in Path(crashpoints.__file__).parent.rglob("*.py"))
+    reached = set(re.findall(r'crashpoints\.reach\("([\w-]+)"\)', source))
+    reached |= set(re.findall(r'HashingWriter\([^()]*"([\w-]+)"\)', source))  # a point per block written
+    assert reached == crashpoints.POINTS
