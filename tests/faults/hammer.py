@@ -146,6 +146,8 @@ class Hammer:
         self.placeholders = {c for c in ("rdsclr", "rdsdlv", "rdsdlvse") if not_built(c)}
         self.version = 100  # of the packages that new jobs install
         self.version_of: dict[int, int] = {}  # job number -> the version it installs
+        self.published: set[int] = set()
+        self.creating = threading.Lock()
 
     # -- running commands
 
@@ -185,6 +187,7 @@ class Hammer:
         (self.root / "script").write_text(SCRIPT)
         for version in range(100, 103):  # three versions installed one after the other: c's cache is over its
             self.publish(version)       # limit from the start, and the first rdsclr evicts
+            self.published.add(version)
             for name in PACKAGES:
                 job = int(self.must("mgr", "dcmjexe", "-r", f"C.AB.{name}.{version:04d}", "-h", "c").strip())
                 self.created.append(job)
@@ -218,24 +221,29 @@ class Hammer:
         return t
 
     def dcmjexe(self) -> None:
-        pkg, version = self.rng.choice(PACKAGES), self.version
-        call = self.run("mgr", "dcmjexe", "-r", f"C.AB.{pkg}.{version:04d}", "-h", "c")
-        if call.code == 0:
-            with self.lock:
-                job = int(call.stdout.strip())
-                self.created.append(job)
-                self.version_of[job] = version
+        with self.creating:  # the version cannot move on while a job for it is being created
+            pkg, version = self.rng.choice(PACKAGES), self.version
+            call = self.run("mgr", "dcmjexe", "-r", f"C.AB.{pkg}.{version:04d}", "-h", "c")
+            if call.code == 0:
+                with self.lock:
+                    job = int(call.stdout.strip())
+                    self.created.append(job)
+                    self.version_of[job] = version
         time.sleep(self.rng.uniform(0.1, 0.5))
 
     def publisher(self) -> None:
         """A new version once every job of the versions before the current one has its outcome at mgr: the
         packages of pending jobs (two versions at most, 112 KiB) stay under c's limit (144 KiB, 90%: 129 KiB)."""
         self.stop.wait(1)
-        with self.lock:
-            older = [j for j, v in self.version_of.items() if v < self.version]
-        taken = audit.outcomes(self.root / "mgr")
-        if all((j, "c") in taken for j in older) and self.publish(self.version + 1):
-            self.version += 1
+        if self.version + 1 not in self.published and not self.stop.is_set():
+            if not self.publish(self.version + 1):
+                return
+            self.published.add(self.version + 1)
+        with self.creating:
+            older = [(j, "c") for j, v in self.version_of.items() if v < self.version]
+            taken = audit.outcomes(self.root / "mgr")
+            if all(key in taken for key in older):
+                self.version += 1
 
     def rdsgroupid(self) -> None:
         call = self.run("c", "rdsgroupid", "--json")
