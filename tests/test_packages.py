@@ -176,7 +176,10 @@ def test_source_with_an_unreadable_file() -> None:
     so as root, as under CI, the command runs as nobody with setpriv, on a home nobody owns)."""
     with tempfile.TemporaryDirectory() as d:
         os.chmod(d, 0o755)
-        home = Home.open(Path(d) / "home").path
+        home = Path(d) / "home"
+        (home / "rdsprm").mkdir(parents=True)
+        (home / "rdsprm" / "RDSSETFL").touch()  # a managing server
+        Home.open(home)
         src = make_source(Path(d))
         (src / "etc" / "app.conf").chmod(0)
         argv = [str(BIN / "rdsft"), "-c", "-g", "AB", "-r", "APP", "-v", "0100", "-i", "/opt/app", str(src)]

@@ -293,8 +293,8 @@ def test_unreachable_upper_retries_then_exits_253_with_one_line(tree: Tree, sshd
     proc = relay.run("rdsft", "-a", check=False)
     assert proc.returncode == 253
     assert one_line(proc) == f"rdsft: upper system {server.user}@127.0.0.1:{port}: cannot connect: connection refused"
-    retries = re.findall(r"; (retry \d+ in \S+)$", (relay.path / "log/rds.log").read_text(), re.M)
-    assert retries == ["retry 1 in 0s", "retry 2 in 0s"]  # RetryCount 2, RetryInterval 0s: no wait
+    retries = re.findall(r"; (retry \d+ of \d+ in \S+), at ", (relay.path / "log/rds.log").read_text())
+    assert retries == ["retry 1 of 2 in 0s", "retry 2 of 2 in 0s"]  # RetryCount 2, RetryInterval 0s: no wait
 
 
 def test_rejected_key_and_wrong_forced_command_are_clear(tree: Tree, sshd_factory: Factory,
