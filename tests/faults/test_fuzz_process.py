@@ -76,7 +76,7 @@ def done_once(root: Path) -> tuple[int, str | None, str | None]:
             result = db.execute("SELECT status FROM results WHERE job_no=? AND dest='c'", (JOB,)).fetchone()
         finally:
             db.close()
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # a damaged schema may not even be UTF-8
         return runs, f"unreadable: {e}", None
     return runs, job[0] if job else None, result[0] if result else None
 
