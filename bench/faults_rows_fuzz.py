@@ -13,7 +13,8 @@ read outside rds):
 - ``broken_homes_row``: the real commands on homes with random damage
   (tests/faults/test_fuzz_process.py).  Trials are the damaged homes.  Each home holds one job for c;
   it is one of the row's jobs when ``rdsft -a`` on c said it worked (exit 0) and the damage left it a
-  job the managing server hands out: then it must be installed once and taken as COMPLETE once.
+  job the managing server hands out and did not end it in ERROR there: then it must be installed once
+  and taken as COMPLETE once.
   Every command must exit with a documented code and one line on stderr, and write nothing outside
   the homes; what does not is a failure of the row.
 
@@ -81,8 +82,8 @@ def broken_homes_row(work: Path, homes: int, seed: int = 0) -> Row:
                 row.failed.append(f"{damage}: {' '.join(args)} exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
         if snapshot(root, skip=(root / "mgr", root / "c")) != outside:
             row.failed.append(f"{damage}: something was written outside the homes")
-        runs, state, _ = fuzz.done_once(root)
-        if said_done and state in fuzz.DELIVERABLE:
+        runs, state, result = fuzz.done_once(root)
+        if said_done and state in fuzz.DELIVERABLE and (runs, result) != (0, "ERROR"):
             row.jobs += 1
             try:
                 taken = audit.outcomes(root / "mgr").get((fuzz.JOB, "c"), [])
@@ -101,7 +102,8 @@ def broken_homes_row(work: Path, homes: int, seed: int = 0) -> Row:
             refused += 1
         shutil.rmtree(root)
     row.notes.append(f"{row.jobs} home(s) where rdsft -a said it worked on a job the managing server hands out; "
-                     f"{refused} where the damage stopped the job (the commands said so, or it erased the job)")
+                     f"{refused} where the damage stopped the job (the commands or the managing server said so, or it erased "
+                     f"the job)")
     return row
 
 
