@@ -102,8 +102,8 @@ def broken_homes_row(work: Path, homes: int, seed: int = 0) -> Row:
             refused += 1
         shutil.rmtree(root)
     row.notes.append(f"{row.jobs} home(s) where rdsft -a said it worked on a job the managing server hands out; "
-                     f"{refused} where the damage stopped the job (the commands or the managing server said so, or it erased "
-                     f"the job)")
+                     f"{refused} where the damage stopped the job (the commands or the managing server said so, "
+                     f"or it erased the job)")
     return row
 
 
