@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rds import cache, codes, daemon, database, events, flags, jobs, results
+from rds import cache, codes, crashpoints, daemon, database, events, flags, jobs, results
 from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError
 from rds.home import Home
@@ -76,7 +76,7 @@ def wake_home(home: Home) -> str:
             return "a pass runs or ran just now: marked to run again once"
         with open(home.log_dir / "startup.out", "ab") as out:
             subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), pass_fds=(fd,),
-                             env={**os.environ, "RDS_HOME": str(home.path), WAKE_FD: str(fd)},
+                             env=crashpoints.child_env(RDS_HOME=str(home.path), **{WAKE_FD: str(fd)}),
                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         os.close(fd)  # the pass holds the lock now
