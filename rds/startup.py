@@ -50,15 +50,16 @@ from rds.storehouse import Storehouse
 T = TypeVar("T")
 
 
-# Startup requests are coalesced and spaced: a wake while a pass it started runs, is starting, or
-# was started less than StartupInterval ago (default 60 s) only marks "run again once"
-# (run/wake.again) and returns.  The pass holds run/wake.lock from before it is started (the
-# waker takes it and hands it down) until StartupInterval after it started, then runs once more
-# if a mark came, else lets go: at most one pass waits behind the running one, and a flood of
-# wakes costs one pass per StartupInterval.  A lone wake starts its pass at once.  rdsma
-# coalesces SIGUSR1 the same way (rds.daemon: a wake during a pass means one more pass).
+# Startup requests are coalesced and spaced: a wake while a pass it started runs, is starting or
+# waits only marks "run again once" (run/wake.again) and returns.  The pass holds run/wake.lock
+# from before it is started (the waker takes it and hands it down) until no mark is left, so at
+# most one pass waits behind the running one.  No such pass starts sooner than StartupInterval
+# (default 60 s) after the one before it began (run/wake.last), so a flood of wakes costs one
+# pass per StartupInterval; a lone wake starts its pass at once, and a pass with no mark behind it
+# ends its process.  rdsma coalesces SIGUSR1 the same way (a wake during a pass: one more pass).
 WAKE_LOCK = "wake.lock"
 WAKE_AGAIN = "wake.again"
+WAKE_LAST = "wake.last"  # its mtime: when the last pass started by a wake began
 WAKE_FD = "RDS_WAKE_FD"  # in the environment of a pass started by a wake: the inherited lock
 
 
@@ -84,20 +85,21 @@ def wake_home(home: Home) -> str:
 
 
 def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run ``one_pass``, and again while wakes marked it, StartupInterval apart (see WAKE_LOCK); in a
-    pass not started by a wake, just once.  Returns the last pass's result."""
+    """Run ``one_pass``, StartupInterval after the last one began, and again while wakes marked it
+    (see WAKE_LOCK); in a pass not started by a wake, just once.  Returns the last pass's result."""
     fd_text = os.environ.pop(WAKE_FD, None)
     if fd_text is None or not fd_text.isdigit():
         return one_pass()
     fd = int(fd_text)
-    again = home.run / WAKE_AGAIN
+    again, last = home.run / WAKE_AGAIN, home.run / WAKE_LAST
+    interval = home.settings.startup_interval
     log = logger(home)
     try:
         while True:
-            started = time.monotonic()
+            sleep(_until(last, interval))  # wakes meanwhile only mark
             again.unlink(missing_ok=True)
+            last.touch()
             result = one_pass()
-            sleep(max(0.0, started + home.settings.startup_interval - time.monotonic()))  # wakes only mark
             if not again.exists():
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 # a wake that found the lock held just before it was released left its mark: take it back
@@ -107,10 +109,19 @@ def woken_passes(home: Home, one_pass: Callable[[], T], sleep: Callable[[float],
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return result  # another wake started a pass of its own
-            log.info(f"startup requests came since the last pass began {time.monotonic() - started:.0f}s ago: "
-                     f"running again once")
+            log.info(f"startup requests came during the pass: running again once, "
+                     f"{interval:g}s after it began (StartupInterval)")
     finally:
         os.close(fd)
+
+
+def _until(last: Path, interval: float) -> float:
+    """Seconds until StartupInterval has passed since the last woken pass began (at most the interval)."""
+    try:
+        since = time.time() - last.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+    return min(interval, max(0.0, interval - since))
 
 
 def _wake_path(address: str, lower: str) -> str:

@@ -62,7 +62,7 @@ def test_a_flood_of_wakes_starts_at_most_two_passes(tree: Tree) -> None:
     said = flood(relay, 200, 50)
     took = time.monotonic() - began
     wait_for(lambda: idle(relay) and passes(relay) >= 1, timeout=120)
-    assert said.count("rds-wake: started rdsft -a") == 1
+    assert said.count("rds-wake: started rdsft -a") >= 1
     assert said.count("rds-wake: started rdsft -a") + said.count(MARKED) == 200
     # one pass, and one run again StartupInterval after it began; one more per interval the flood lasted
     assert passes(relay) <= 2 + int(took // 20), (passes(relay), took)
@@ -83,12 +83,13 @@ def test_a_wake_within_the_interval_is_served_by_one_pass_at_its_end(tree: Tree)
     tree.add("mgr")
     relay = tree.add("relay", "mgr", "StartupInterval\t10s\n", push=True)
     relay.run("rdsft", "-a")
-    began = time.monotonic()
     assert wake(relay) == "rds-wake: started rdsft -a"
-    assert [wake(relay) for _ in range(5)] == [MARKED] * 5
-    wait_for(lambda: idle(relay) and passes(relay) == 2)
-    assert time.monotonic() - began >= 10
-    assert "startup requests came since the last pass began" in (relay.path / "log" / "rds.log").read_text()
+    wait_for(lambda: idle(relay) and passes(relay) == 1)  # a lone wake: one pass, and its process ends
+    first = (relay.path / "run" / startup.WAKE_LAST).stat().st_mtime
+    said = [wake(relay) for _ in range(5)]
+    assert said[0] == "rds-wake: started rdsft -a" and said[1:] == [MARKED] * 4  # it waits for the interval
+    wait_for(lambda: idle(relay) and passes(relay) == 2, timeout=60)
+    assert (relay.path / "run" / startup.WAKE_LAST).stat().st_mtime - first >= 9.9
 
 
 def test_the_mark_left_as_a_pass_ends_is_not_lost(tree: Tree, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +116,7 @@ def test_the_mark_left_as_a_pass_ends_is_not_lost(tree: Tree, monkeypatch) -> No
 
     assert startup.woken_passes(home, one_pass, sleep=sleep) == 2
     interval = home.settings.startup_interval
-    assert ran == [0, 1] and len(slept) == 2 and all(interval - 5 < t <= interval for t in slept)
+    assert ran == [0, 1] and len(slept) == 2 and slept[0] == 0 and interval - 5 < slept[1] <= interval
     assert not (home.run / startup.WAKE_AGAIN).exists()
     assert idle(relay)
 
