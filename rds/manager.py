@@ -7,7 +7,7 @@ import hashlib
 import sqlite3
 import time
 
-from rds import codes, jobs
+from rds import codes, jobs, trust
 from rds.clock import now_text
 from rds.database import Transaction
 from rds.errors import InputError, UsageError
@@ -46,11 +46,13 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
     if manifest is None:
         raise InputError(f"unknown package {package} (register it with rdsft -c)")
     created = now_text(now)
+    me = home.identity
+    manifest = trust.sign_manifest(me, manifest)  # the one the job's signature covers
     with Transaction(db):
         job_no = int(db.execute("INSERT INTO orders (type, package, created) VALUES (?, ?, ?)",
                                 (type_, str(package), created)).lastrowid or 0)
         for h in dict.fromkeys(hosts):
-            jobs.insert(db, Job(job_no, h, type_, package, created), manifest, now)
+            jobs.insert(db, trust.sign_job(me, Job(job_no, h, type_, package, created), manifest), manifest, now)
     unknown = [h for h in dict.fromkeys(hosts) if jobs.route(db, h) is None]
     return job_no, unknown
 

@@ -74,11 +74,20 @@ class Manifest:
     expire_days: int | None = None  # storage period in a relay's storehouse
     script: str | None = None
     packaged: str = ""
+    signature: str = ""  # the managing server's, over every other field (rds.trust)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["id"] = str(self.id)
         d["format"] = MANIFEST_FORMAT
+        if not self.signature:
+            del d["signature"]
+        return d
+
+    def body(self) -> dict[str, Any]:
+        """What the managing server signs: every field but the signature."""
+        d = self.to_json()
+        d.pop("signature", None)
         return d
 
     @classmethod
@@ -94,7 +103,10 @@ class Manifest:
                 expire_days=None if d.get("expire_days") is None else int(d["expire_days"]),
                 script=d.get("script"),
                 packaged=str(d.get("packaged", "")),
+                signature=d.get("signature", ""),
             )
+            if not isinstance(m.signature, str) or len(m.signature) > 200:
+                raise ValueError("signature")
             if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or not m.install_dir.startswith("/") \
                     or ".." in PurePosixPath(m.install_dir).parts or "\x00" in m.install_dir:
                 raise ValueError("field")

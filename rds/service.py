@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, jobs, results, session, wire
+from rds import cache, daemon, database, events, jobs, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -28,7 +28,7 @@ from rds.home import Home
 from rds.log import logger
 from rds.packages import Manifest, PackageId
 from rds.results import Result
-from rds.settings import startup_address, valid_hostname
+from rds.settings import startup_address
 from rds.storehouse import Storehouse
 
 
@@ -76,7 +76,7 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("below", []), msg.get("wake"))
+                return self.checkin(msg.get("statements"), msg.get("wake"))
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -87,12 +87,7 @@ class UpperService:
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, below: Any, wake: Any = None) -> dict[str, Any]:
-        if not isinstance(below, list) or len(below) > wire.MAX_BELOW:
-            raise ProtocolError("'below' must be a list of host names")
-        for h in below:
-            if not isinstance(h, str) or not valid_hostname(h):
-                raise ProtocolError(f"'below' holds a bad host name: {h!r}")
+    def checkin(self, statements: Any, wake: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -100,18 +95,32 @@ class UpperService:
                 raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
             if self.remote and not wake.startswith("ssh://"):
                 raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
-        jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
+        log = logger(self.home)
+        proven = trust.prove(self.db, self.home.settings, self.home.host, self.lower, statements, log.warning)
+        moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
+        for host, was in sorted(moved.items()):
+            log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        managing = self.home.settings.is_managing_server
+        me = self.home.identity if managing else None
         ready: list[dict[str, Any]] = []
         manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
             # handed out whether the package is here or not: the record carries its manifest,
             # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)
+            m = jobs.manifest(self.db, job)
+            if me is not None and (not job.sig or not m.signature):  # made before signatures: signed now
+                m = trust.sign_manifest(me, m)
+                job = trust.sign_job(me, job, m)
             if key not in manifests or job.type != jobs.DELETE:
-                manifests[key] = jobs.manifest(self.db, job).to_json()
+                manifests[key] = m.to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
-                "invalid": jobs.invalid_handed_to(self.db, self.lower)}
+        answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                  "invalid": jobs.invalid_handed_to(self.db, self.lower)}
+        signer = trust.signer_key(self.home.settings, self.db, me)
+        if signer is not None:
+            answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
+        return answer
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -128,16 +137,20 @@ class UpperService:
             raise ProtocolError("'results' must be a list")
         parsed = [Result.from_json(r) for r in items]
         kept: list[Result] = []
-        try:
-            n = results.accept(self.db, self.lower, parsed, self.home.host, kept)
-        except ProtocolError as e:
-            raise Refused(str(e)) from None
         log = logger(self.home)
+        believed = []
+        for r in parsed:  # each checked on its own: one forged result does not hold back the others
+            fault = trust.result_fault(self.db, self.lower, r, self.home.host, lambda h: jobs.route(self.db, h))
+            if fault is None:
+                believed.append(r)
+            else:
+                log.warning(f"result refused: {fault}")
+        n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
-        return {"ok": True, "accepted": n}
+        return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}
 
     def authorize(self, package: Any) -> PackageId:
         """A package that a job of the lower system's subtree needs; any other is refused."""
@@ -153,8 +166,10 @@ class UpperService:
         log = logger(self.home).info
         log(f"stat of {pid} asked by {self.lower}")
         try:
-            return cache.current(self.home, self.store, pid, self.upper, log,
-                                 cache.may_fetch(self.home, self.db, pid))
+            m = cache.current(self.home, self.store, pid, self.upper, log, cache.may_fetch(self.home, self.db, pid))
+            if self.home.settings.is_managing_server and not m.signature:  # registered before signatures
+                m = trust.sign_manifest(self.home.identity, m)
+            return m
         except Refused:
             raise
         except CommunicationError as e:

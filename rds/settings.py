@@ -73,6 +73,8 @@ class Settings:
     connect_timeout: float = 30.0
     install_root: Path = Path("/")
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
+    key_pinning: str = "FIRST-USE"  # STRICT: only host keys enrolled beforehand (rdslink) are accepted
+    manager_key: str | None = None  # the managing server's public key; else pinned at the first check-in
 
     @property
     def is_managing_server(self) -> bool:
@@ -155,6 +157,14 @@ def startup_address(v: str) -> str:
     return v
 
 
+def _public_key(v: str) -> str:
+    from rds.identity import valid_key
+
+    if not valid_key(v):
+        raise ValueError(v)
+    return v
+
+
 def _hostname(v: str) -> str:
     if not valid_hostname(v):
         raise ValueError(v)
@@ -211,6 +221,8 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "StartupAddress": ("startup_address", startup_address,
                        "ssh://[user@]host[:port] (this host's sshd, where rds-wake is the upper system's forced "
                        "command) or the absolute path of this home"),
+    "KeyPinning": ("key_pinning", *_choice("FIRST-USE", "STRICT")),
+    "ManagerKey": ("manager_key", _public_key, "the managing server's host key in base64, as 'rdslink -k' prints it"),
 }
 
 
