@@ -323,3 +323,8 @@ def wake_address(db: sqlite3.Connection, lower: str) -> str | None:
 
 def routes(db: sqlite3.Connection) -> list[sqlite3.Row]:
     return list(db.execute("SELECT host, via, seen FROM routes ORDER BY via, host"))
+
+
+def checked_in(db: sqlite3.Connection) -> dict[str, float]:
+    """The lower systems that checked in here, with when they last did."""
+    return {r[0]: r[1] for r in db.execute("SELECT name, seen FROM lowers ORDER BY name")}

@@ -12,6 +12,7 @@ from rds.clock import now_text
 from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
+from rds.identity import fingerprint
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
@@ -80,9 +81,16 @@ def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[Dest
         query += " WHERE j.job_no=?"
         args = (job_no,)
     out = []
+    changed = trust.changes(db)
     for row in db.execute(query + " ORDER BY j.job_no, j.dest", args):
+        held = next((h for h in (row["dest"], row["via"]) if h in changed), None)
         if row["status"] is not None:
             st, updated, msg = row["status"], row["finished"], row["message"]
+        elif row["state"] == jobs.WAIT and held is not None:
+            old, new, brought = changed[held]
+            st, updated = codes.WAIT, now_text(row["received"])
+            msg = (f"held: the host key of {held} changed ({fingerprint(old) if old else 'none'} pinned, "
+                   f"{fingerprint(new)} offered through {brought}); if that is right: rdslink --accept {held}")
         elif row["state"] == jobs.HANDED:
             st, updated, msg = codes.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
         elif row["via"] is None:

@@ -99,7 +99,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     return report
 
 
-def refuse_forged(home: Home, db: sqlite3.Connection, key: str, found: list[Job], manifests: dict[str, Manifest],
+def refuse_forged(home: Home, db: sqlite3.Connection, key: str | None, found: list[Job], manifests: dict[str, Manifest],
                   log: Callable[[str], None]) -> list[Job]:
     """The jobs the managing server really signed, with its manifests; any other is never acted on: it
     ends here in ERROR (EXEC-ERROR for a host below), which goes up like any result."""

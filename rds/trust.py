@@ -76,8 +76,10 @@ def manifest_fault(key: str, m: Manifest) -> str | None:
     return None
 
 
-def job_fault(key: str, job: Job, m: Manifest | None) -> str | None:
+def job_fault(key: str | None, job: Job, m: Manifest | None) -> str | None:
     """Why ``job`` (with its manifest) is not the managing server's, or None when it is."""
+    if key is None:
+        return f"job {job.key} came with no managing server's key to check it (set ManagerKey)"
     if m is None or m.id != job.package:
         return f"job {job.key} came without the manifest of {job.package}"
     if not job.sig or not identity.verify(key, job_body(job, m), job.sig):
@@ -99,8 +101,9 @@ def signer_name(db: sqlite3.Connection) -> str | None:
     return _believed(db, "signer")
 
 
-def learn_signer(settings: Settings, db: sqlite3.Connection, offered: Any, where: str, log: Log) -> str:
-    """The managing server's key, pinned from the upper system's first answer (or ``ManagerKey``).
+def learn_signer(settings: Settings, db: sqlite3.Connection, offered: Any, where: str, log: Log) -> str | None:
+    """The managing server's key, pinned from the upper system's first answer (or ``ManagerKey``); None
+    while no one above knows it (a tree that assembles from below: no job comes then).
 
     A key other than the pinned one is refused (and kept until accepted);
     the pass then takes no job at all.
@@ -109,11 +112,7 @@ def learn_signer(settings: Settings, db: sqlite3.Connection, offered: Any, where
         return settings.manager_key
     if not isinstance(offered, dict) or not isinstance(offered.get("host"), str) \
             or not valid_hostname(offered["host"]) or not identity.valid_key(offered.get("key")):
-        known = signer_key(settings, db)
-        if known is None:
-            raise Refused(f"{where} did not say the managing server's key, and none is known here; "
-                          "set ManagerKey in RDSSETFL")
-        return known
+        return signer_key(settings, db)
     name, key = offered["host"], offered["key"]
     held_name = _believed(db, "signer")
     held = None if held_name is None else pinned(db, held_name)
