@@ -125,6 +125,7 @@ def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None 
 
 
 def get(db: sqlite3.Connection, job_no: int, dest: str) -> Result | None:
-    row = db.execute("SELECT job_no, dest, status, message, finished FROM results WHERE job_no=? AND dest=?",
+    row = db.execute("SELECT job_no, dest, status, message, finished, signer, sig FROM results"
+                     " WHERE job_no=? AND dest=?",
                      (job_no, dest)).fetchone()
     return None if row is None else Result(*row)

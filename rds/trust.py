@@ -4,8 +4,10 @@ No system in the tree is trusted beyond what it can prove (SPEC.md, Trust).
 
 - Keys are pinned (``keys``): a host's public key is remembered the first time
   it is seen, or only as an administrator enrolled it (``KeyPinning STRICT``).
-  A known host that shows another key is refused and the offer kept
-  (``key_changes``) until ``rdslink --accept HOST``.
+  A known lower system that checks in with another key is refused and its
+  offer kept (``key_changes``) until ``rdslink --accept HOST``; a host further
+  below with another key is refused and logged (its direct upper system holds
+  the offer; here ``rdslink -e HOST KEY`` enrols the new key).
 - Routes are proven (``statements``): at each check-in every host signs
   "I check in to UPPER" with a counter that only grows, and relays pass up
   their subtree's latest statements.  "H is reached through lower system L"
@@ -318,9 +320,13 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
                           f"(KeyPinning STRICT; enrol it with 'rdslink -e {h} KEY')")
             continue
         if key is not None and key != s.key:
-            refused[h] = (f"{lower} brought {h} with key {fingerprint(s.key)}, but {fingerprint(key)} is pinned; "
-                          f"{h}'s jobs wait until an administrator runs 'rdslink --accept {h}'")
-            offers.append((h, s.key))
+            if h == lower:  # the lower system itself, through its own SSH key: its offer is kept to accept
+                refused[h] = (f"{h} offers the host key {fingerprint(s.key)}, but {fingerprint(key)} is pinned; "
+                              f"its jobs wait until an administrator runs 'rdslink --accept {h}'")
+                offers.append((h, s.key))
+            else:  # a host further below: only its direct upper system can tell, so the key must be enrolled
+                refused[h] = (f"{lower} brought {h} with the host key {fingerprint(s.key)}, but {fingerprint(key)} "
+                              f"is pinned; if {h}'s key really changed, enrol it with 'rdslink -e {h} KEY'")
             continue
         if not identity.verify(s.key, s.body(), s.sig):
             refused[h] = f"{lower} brought a statement of {h} that does not verify with its key; refused"
