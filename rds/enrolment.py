@@ -37,6 +37,7 @@ from rds.settings import valid_hostname
 TAG = "rdslink"
 _SSH_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 _LOWER = re.compile(r"--lower\s+'?([A-Za-z0-9.-]+)'?")
+_HOME = re.compile(r"--home\s+('[^']*'|\S+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Entry:
     lower: str | None  # the --lower of an rds-serve forced command
     wake: bool  # an rds-wake forced command
     ssh_key: str
+    home: str | None = None  # its --home
 
 
 def read(path: Path) -> list[str]:
@@ -181,11 +183,13 @@ def entry(line: str) -> Entry | None:
     if not words:
         return None
     name = os.path.basename(words[0].strip("'"))
+    home = _HOME.search(command)
+    where = shlex.split(home.group(1))[0] if home else None
     if name == "rds-serve":
         found = _LOWER.search(command)
-        return Entry(line, found.group(1) if found else None, False, key)
+        return Entry(line, found.group(1) if found else None, False, key, where)
     if name == "rds-wake":
-        return Entry(line, None, True, key)
+        return Entry(line, None, True, key, where)
     return None
 
 
@@ -194,12 +198,12 @@ def _write(path: Path, lines: list[str]) -> None:
     fsutil.atomic_write(path, ("\n".join(lines) + "\n").encode() if lines else b"", mode=mode)
 
 
-def authorize(path: Path, line: str, offer: Offer, lower: str | None) -> str:
+def authorize(path: Path, line: str, offer: Offer, lower: str | None, home: Home) -> str:
     """Put ``line`` in ``path`` for ``offer``'s key; returns added, replaced or unchanged.
 
-    A line for the same lower system (or, for ``lower`` None, the same key's
-    rds-wake line) with another key is replaced; a key already serving
-    another lower system is refused: one key, one identity.
+    A line for the same lower system of the same home (or, for ``lower``
+    None, the same key's rds-wake line for the home) is replaced; a key
+    already in another line is refused: sshd would only ever use the first.
     """
     lines = read(path)
     out, state = [], "added"
@@ -211,10 +215,11 @@ def authorize(path: Path, line: str, offer: Offer, lower: str | None) -> str:
                                  "something else; remove that line first")
             out.append(old)
             continue
-        same_target = (e.lower == lower) if lower is not None else (e.wake and e.ssh_key == offer.ssh_key)
+        here = e.home is not None and Path(e.home) == home.path
+        same_target = here and ((e.lower == lower) if lower is not None else e.wake)
         if e.ssh_key == offer.ssh_key and not same_target:
-            raise InputError(f"{path}: the key {ssh_fingerprint(offer.ssh_key)} already serves "
-                             f"{e.lower or 'startup requests'}; one key, one lower system")
+            raise InputError(f"{path}: the key {ssh_fingerprint(offer.ssh_key)} is already in the line for "
+                             f"{e.lower or 'startup requests'} of {e.home}; sshd would use only the first")
         if same_target:
             if old == line:
                 state = "unchanged"
@@ -229,20 +234,21 @@ def authorize(path: Path, line: str, offer: Offer, lower: str | None) -> str:
     return state
 
 
-def revoke(path: Path, lower: str) -> int:
-    """Remove ``lower``'s rds-serve lines from ``path``; returns how many."""
+def revoke(path: Path, lower: str, home: Home) -> int:
+    """Remove ``lower``'s rds-serve lines for ``home`` from ``path``; returns how many."""
     lines = read(path)
-    keep = [line for line in lines if (e := entry(line)) is None or e.lower != lower]
+    keep = [line for line in lines if (e := entry(line)) is None or e.lower != lower
+            or e.home is None or Path(e.home) != home.path]
     if len(keep) != len(lines):
         _write(path, keep)
     return len(lines) - len(keep)
 
 
-def lowers(path: Path | None) -> dict[str, list[str]]:
-    """The lower systems ``path`` lets in: name -> fingerprints of their SSH keys."""
+def lowers(path: Path | None, home: Home) -> dict[str, list[str]]:
+    """The lower systems ``path`` lets in to ``home``: name -> fingerprints of their SSH keys."""
     out: dict[str, list[str]] = {}
     for line in read(path) if path is not None else []:
         e = entry(line)
-        if e is not None and e.lower is not None:
+        if e is not None and e.lower is not None and e.home is not None and Path(e.home) == home.path:
             out.setdefault(e.lower, []).append(ssh_fingerprint(e.ssh_key))
     return out

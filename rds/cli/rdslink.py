@@ -89,19 +89,19 @@ def act(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revoke: s
         offer = enrolment.Offer.parse(add if add is not None else str(wake))
         if add is not None:
             line = enrolment.serve_line(offer, home, enrolment.program("rds-serve", program), source)
-            state = enrolment.authorize(keys_file, line, offer, offer.host)
+            state = enrolment.authorize(keys_file, line, offer, offer.host, home)
             replaced = trust.enroll(db, offer.host, offer.host_key)
             log(f"rdslink: lower system {offer.host} {state} in {keys_file}; host key {fingerprint(offer.host_key)}"
                 + (f" replaces {fingerprint(replaced)}" if replaced else ""))
         else:
             line = enrolment.wake_line(offer, home, enrolment.program("rds-wake", program), source)
-            state = enrolment.authorize(keys_file, line, offer, None)
+            state = enrolment.authorize(keys_file, line, offer, None, home)
             log(f"rdslink: startup requests from {offer.host} {state} in {keys_file}")
         click.echo(f"{offer.host}: {state} in {keys_file}")
         return 0
     if revoke is not None:
         assert keys_file is not None
-        lines = enrolment.revoke(keys_file, revoke)
+        lines = enrolment.revoke(keys_file, revoke, home)
         routes = trust.forget_routes(db, revoke)
         if not lines and not routes:
             raise InputError(f"{revoke}: no line of {keys_file} and no route here belongs to it")
@@ -131,7 +131,7 @@ def act(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revoke: s
 
 
 def listing(home: Home, db: Database, keys_file: Path | None, as_json: bool) -> int:
-    ssh = enrolment.lowers(keys_file)
+    ssh = enrolment.lowers(keys_file, home)
     seen = jobs.checked_in(db)
     pins = trust.keys(db)
     changed = trust.changes(db)
