@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -244,3 +245,31 @@ def test_an_existing_home_gets_its_key_and_keeps_its_jobs(tmp_path: Path) -> Non
     assert (home.prm / "host_key").exists()
     with pytest.raises(ProtocolError):
         trust.Statement.from_json({"host": "a"})
+
+
+def test_staged_media_with_a_bad_signature_are_refused_whole(tmp_path: Path) -> None:
+    from conftest import Tree
+
+    tree = Tree(tmp_path / "hosts")
+    mgr = tree.add("mgr")
+    client = tree.add("client", "mgr", settings="CachingPolicy\tSNEAKERNET\n")
+    fresh = tree.add("fresh", "mgr", settings="CachingPolicy\tSNEAKERNET\n")
+    client.run("rdsft", "-a")  # pins the managing server's key, as its first answer gives it
+    pkgs = [tree.package(name=n) for n in ("APP", "TOOL")]
+    medium = tmp_path / "medium"
+    mgr.run("rdsstage", "-o", str(medium))
+    proc = fresh.run("rdsstage", "-i", str(medium), check=False)  # it never checked in: nothing to check with
+    assert proc.returncode == 3 and "managing server's key is not known" in proc.stderr
+    manifest = medium / pkgs[1] / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["install_dir"] = "/etc"  # a carrier redirects the install
+    manifest.write_text(json.dumps(data))
+    proc = client.run("rdsstage", "-i", str(medium), check=False)
+    assert proc.returncode == 6 and "nothing was staged" in proc.stderr and pkgs[1] in proc.stderr
+    assert sorted(p.name for p in (client.path / "RDS").iterdir() if not p.name.startswith(".")) == []
+    mgr.run("rdsstage", "-o", str(tmp_path / "good.tar"))
+    client.run("rdsstage", "-i", str(tmp_path / "good.tar"))
+    for p in pkgs:
+        staged = client.path / "RDS" / p / "payload.tgz"
+        assert hashlib.sha256(staged.read_bytes()).hexdigest() == \
+            hashlib.sha256((mgr.path / "RDS" / p / "payload.tgz").read_bytes()).hexdigest()
