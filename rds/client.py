@@ -38,6 +38,7 @@ class UpperClient:
         self.host = host
         self.where = where
         self.invalid: list[tuple[int, str]] = []
+        self.unproven: list[str] = []
         self.signer: Any = None  # the managing server's name and key, as the upper system says them
         self.verify: Any = None  # checks a manifest from the upper system (rds.trust via rds.poller)
 
@@ -49,12 +50,13 @@ class UpperClient:
             raise wire.exception(reply, self.where, op)
         return reply
 
-    def checkin(self, statements: list[dict[str, Any]],
+    def checkin(self, statements: list[dict[str, Any]], below: list[str],
                 wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
-        """Check in with the route statements of this host and its subtree (rds.trust); the jobs and
-        manifests that come back are checked against the managing server's key by the caller, and
-        ``signer`` is what the upper system says that key is."""
-        fields: dict[str, Any] = {"statements": statements}
+        """Check in with the route statements the upper system has not had yet and the names of every host
+        below (rds.trust); the jobs and manifests that come back are checked against the managing
+        server's key by the caller, ``signer`` is what the upper system says that key is, and
+        ``unproven`` the hosts below whose route it could not prove."""
+        fields: dict[str, Any] = {"statements": statements, "below": below}
         if wake is not None:
             fields["wake"] = wake
         reply = self._call("checkin", **fields)
@@ -68,6 +70,10 @@ class UpperClient:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
         self.signer = reply.get("signer")
+        unproven = reply.get("unproven", [])
+        if not isinstance(unproven, list) or not all(isinstance(h, str) for h in unproven):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'unproven' is not a list of host names")
+        self.unproven = unproven
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

@@ -97,7 +97,8 @@ STATE = Schema("state database", 3, {
             upper TEXT NOT NULL,
             n     INTEGER NOT NULL,
             key   TEXT NOT NULL,
-            sig   TEXT NOT NULL)""",
+            sig   TEXT NOT NULL,
+            sent  TEXT)                 -- the upper system it went to (a relay sends each one once)""",
         """CREATE TABLE believed (
             name  TEXT PRIMARY KEY,     -- 'signer': the managing server's name (its key is in keys)
             value TEXT NOT NULL)""",

@@ -5,7 +5,8 @@
     RDS_HOME/                 /NETMRDS for root when RDS_HOME is unset
       FORMAT                  "rds-home 1"; checked on every open
       rdsprm/                 RDSSETFL and the flag files .cltwup_off, wuphosts, .cltstsud;
-                              host_key, this host's Ed25519 key (0600, rds.identity)
+                              host_key, this host's Ed25519 key (0600, rds.identity), and
+                              host_key.pub
       RDS/                    temporary package storehouse (on the managing server: the
         C.CAB.PKG.VER.GEN/    registered packages), one directory a package:
           payload.tgz           the archive, written and flushed first

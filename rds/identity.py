@@ -1,8 +1,8 @@
 """A home's host key: who this host is, and how anything it says is signed and checked.
 
 Every home has one Ed25519 key, ``rdsprm/host_key`` (PKCS#8 PEM, mode 0600),
-created on first use; its public half (32 bytes, written in base64) is the
-host's identity, which upper systems pin (rds.trust).  What is signed is
+created on first use; its public half (32 bytes, written in base64, also in
+``host_key.pub``) is the host's identity, which upper systems pin (rds.trust).  What is signed is
 always an object in one canonical byte form (``canonical``), so both sides
 sign and check the same bytes whatever order the fields came in.
 Fingerprints are written as OpenSSH writes them: ``SHA256:`` and the
@@ -115,6 +115,19 @@ def load(prm: Path) -> Identity:
     if not isinstance(private, Ed25519PrivateKey):
         raise SettingsError(f"{path}: not an Ed25519 key")
     return Identity(private)
+
+
+def public(prm: Path) -> str:
+    """This home's public key, read from ``host_key.pub`` without loading cryptography (rds-serve answers
+    every check-in with it); written from the private key when missing."""
+    pub = prm / (KEY_FILE + ".pub")
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = pub.read_text().strip()
+        if valid_key(text):
+            return text
+    key = load(prm).public
+    fsutil.atomic_write(pub, (key + "\n").encode())
+    return key
 
 
 @lru_cache(maxsize=4096)

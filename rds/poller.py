@@ -68,9 +68,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse.of(home)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            own = trust.own_statement(home.identity, db, home.host, client.link.hello())
-            found, manifests = client.checkin(trust.statements_up(db, own, jobs.subtree(db)),
-                                              wake=startup_address(home))
+            found, manifests = check_in(home, db, client)
             crashpoints.reach("checked-in")
             key = trust.learn_signer(home.settings, db, client.signer, client.where, log.warning)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
@@ -97,6 +95,22 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         finally:
             client.link.close()
     return report
+
+
+def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[list[Job], dict[str, Manifest]]:
+    """Check in with this host's route statement, the statements of the hosts below that the upper system
+    has not had, and all their names; once more at once with those it could not prove (it lost them)."""
+    upper = client.link.hello()
+    own = trust.own_statement(home.identity, db, home.host, upper)
+    statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+    found, manifests = client.checkin(statements, below, wake=startup_address(home))
+    trust.sent(db, upper, statements, client.unproven)
+    carried = {d["host"] for d in statements}
+    if any(h not in carried for h in client.unproven):
+        statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+        found, manifests = client.checkin(statements, below, wake=startup_address(home))
+        trust.sent(db, upper, statements, client.unproven)
+    return found, manifests
 
 
 def refuse_forged(home: Home, db: sqlite3.Connection, key: str | None, found: list[Job], manifests: dict[str, Manifest],

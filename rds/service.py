@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, jobs, results, session, trust, wire
+from rds import cache, daemon, database, events, identity, jobs, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -76,7 +76,7 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("statements"), msg.get("wake"))
+                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -87,7 +87,7 @@ class UpperService:
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, statements: Any, wake: Any = None) -> dict[str, Any]:
+    def checkin(self, statements: Any, below: Any, wake: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -96,12 +96,12 @@ class UpperService:
             if self.remote and not wake.startswith("ssh://"):
                 raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
         log = logger(self.home)
-        proven = trust.prove(self.db, self.home.settings, self.home.host, self.lower, statements, log.warning)
+        proven, unproven = trust.prove(self.db, self.home.settings, self.home.host, self.lower, statements, below,
+                                       log.warning)
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
         managing = self.home.settings.is_managing_server
-        me = self.home.identity if managing else None
         ready: list[dict[str, Any]] = []
         manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
@@ -109,15 +109,15 @@ class UpperService:
             # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)
             m = jobs.manifest(self.db, job)
-            if me is not None and (not job.sig or not m.signature):  # made before signatures: signed now
-                m = trust.sign_manifest(me, m)
-                job = trust.sign_job(me, job, m)
+            if managing and (not job.sig or not m.signature):  # made before signatures: signed now
+                m = trust.sign_manifest(self.home.identity, m)
+                job = trust.sign_job(self.home.identity, job, m)
             if key not in manifests or job.type != jobs.DELETE:
                 manifests[key] = m.to_json()
             ready.append(job.to_json())
         answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
-                  "invalid": jobs.invalid_handed_to(self.db, self.lower)}
-        signer = trust.signer_key(self.home.settings, self.db, me)
+                  "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
         return answer

@@ -140,6 +140,7 @@ def pinned(db: sqlite3.Connection, host: str) -> str | None:
 
 
 def _pin(db: sqlite3.Connection, host: str, key: str, enrolled: bool) -> None:
+    _changed(db)
     db.execute("INSERT INTO keys (host, key, since, enrolled) VALUES (?, ?, ?, ?) ON CONFLICT(host) DO UPDATE"
                " SET key=excluded.key, since=excluded.since, enrolled=max(enrolled, excluded.enrolled)",
                (host, key, time.time(), int(enrolled)))
@@ -191,6 +192,7 @@ def forget_routes(db: sqlite3.Connection, lower: str) -> int:
     """Revoke ``lower``: its routes and its statements go (rdslink -d)."""
     with Transaction(db):
         hosts = [r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (lower,))]
+        _changed(db)
         db.execute("DELETE FROM routes WHERE via=?", (lower,))
         db.execute("DELETE FROM lowers WHERE name=?", (lower,))
         db.executemany("DELETE FROM statements WHERE host=?", [(h,) for h in hosts])
@@ -234,22 +236,19 @@ class Statement:
             raise ProtocolError(f"not a valid route statement: {str(e)[:200]}") from None
 
 
-def _stored(db: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, Statement]:
-    out = {}
+def _chunks(db: sqlite3.Connection, query: str, hosts: Sequence[str]) -> Iterable[Any]:
     for i in range(0, len(hosts), _CHUNK):
         part = hosts[i:i + _CHUNK]
-        for r in db.execute(f"SELECT host, upper, n, key, sig FROM statements WHERE host IN"
-                            f" ({','.join('?' * len(part))})", part):
-            out[r[0]] = Statement(*r)
-    return out
+        yield from db.execute(query.replace("?*", ",".join("?" * len(part))), part)
+
+
+def _stored(db: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, Statement]:
+    return {r[0]: Statement(*r) for r in _chunks(db, "SELECT host, upper, n, key, sig FROM statements"
+                                                     " WHERE host IN (?*)", hosts)}
 
 
 def _pins(db: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for i in range(0, len(hosts), _CHUNK):
-        part = hosts[i:i + _CHUNK]
-        out.update(db.execute(f"SELECT host, key FROM keys WHERE host IN ({','.join('?' * len(part))})", part))
-    return out
+    return dict(_chunks(db, "SELECT host, key FROM keys WHERE host IN (?*)", hosts))
 
 
 def own_statement(me: Identity, db: sqlite3.Connection, host: str, upper: str) -> Statement:
@@ -267,27 +266,62 @@ def own_statement(me: Identity, db: sqlite3.Connection, host: str, upper: str) -
 
 
 def _put(db: sqlite3.Connection, items: Iterable[Statement]) -> None:
+    """Keep statements as the latest believed; each is to be sent up again (``sent`` NULL)."""
+    _changed(db)
     db.executemany("INSERT OR REPLACE INTO statements (host, upper, n, key, sig) VALUES (?, ?, ?, ?, ?)",
                    [(s.host, s.upper, s.n, s.key, s.sig) for s in items])
 
 
-def statements_up(db: sqlite3.Connection, own: Statement, subtree: Sequence[str]) -> list[dict[str, Any]]:
-    """What a check-in carries: this host's statement and the latest of every host routed below it."""
-    below = _stored(db, [h for h in subtree if h != own.host])
-    return [own.to_json(), *(below[h].to_json() for h in sorted(below))]
+def statements_up(db: sqlite3.Connection, own: Statement, subtree: Sequence[str],
+                  upper: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """What a check-in to ``upper`` carries: this host's statement, the latest statements of the hosts
+    below it that ``upper`` has not had yet, and the names of every host below it."""
+    names = [h for h in subtree if h != own.host]
+    fresh = [Statement(*r).to_json() for r in _chunks_with(db, names, upper)]
+    return [own.to_json(), *fresh], names
 
 
-def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str, items: Any, log: Log) -> list[str]:
-    """The hosts a check-in of ``lower`` proves to be reached through it (``lower`` first).
+def _chunks_with(db: sqlite3.Connection, hosts: Sequence[str], upper: str) -> Iterable[Any]:
+    for i in range(0, len(hosts), _CHUNK):
+        part = hosts[i:i + _CHUNK]
+        yield from db.execute(f"SELECT host, upper, n, key, sig FROM statements WHERE host IN"
+                              f" ({','.join('?' * len(part))}) AND (sent IS NULL OR sent != ?) ORDER BY host",
+                              (*part, upper))
 
-    Each statement must verify with its host's pinned key (pinned now if the
-    host is new and pinning is not strict); a claim that does not lead to
-    ``lower`` is refused and logged with both names.  ``lower``'s own
-    statement must name this host as its upper system, or the whole check-in
-    is refused.
+
+def sent(db: sqlite3.Connection, upper: str, statements: Sequence[dict[str, Any]],
+         unproven: Sequence[str]) -> None:
+    """``upper`` took this check-in: the statements it carried need not go again, but those of the
+    hosts it could not prove must (it lost them, or refused them: it hears of them again)."""
+    if not unproven and len(statements) == 1 and db.execute(
+            "SELECT 1 FROM statements WHERE host=? AND sent=?", (statements[0]["host"], upper)).fetchone():
+        return  # nothing changed: no commit
+    with Transaction(db):
+        db.executemany("UPDATE statements SET sent=? WHERE host=? AND sig=?",
+                       [(upper, d["host"], d["sig"]) for d in statements])
+        db.executemany("UPDATE statements SET sent=NULL WHERE host=?", [(h,) for h in unproven])
+
+
+def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str, items: Any, names: Any,
+          log: Log) -> tuple[list[str], list[str]]:
+    """The hosts a check-in of ``lower`` proves to be reached through it (``lower`` first), and the
+    hosts it names that are not proven.
+
+    ``items`` are the statements the check-in carries, ``names`` every host
+    it says is below ``lower``; a host without a statement in ``items`` is
+    proven by the one believed here already.  Each new statement must verify
+    with its host's pinned key (pinned now if the host is new and pinning is
+    not strict); a claim that does not lead to ``lower`` is refused and
+    logged with both names.  ``lower``'s own statement must name this host as
+    its upper system, or the whole check-in is refused.
     """
     if not isinstance(items, list) or len(items) > MAX_STATEMENTS:
         raise ProtocolError("'statements' must be a list of signed route statements")
+    if not isinstance(names, list) or len(names) > MAX_STATEMENTS:
+        raise ProtocolError("'below' must be a list of host names")
+    for h in names:
+        if not isinstance(h, str) or not valid_hostname(h):
+            raise ProtocolError(f"'below' holds a bad host name: {str(h)[:80]!r}")
     claims: dict[str, Statement] = {}
     for d in items:
         s = Statement.from_json(d)
@@ -297,9 +331,12 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
         raise Refused(f"{lower} checked in without its own signed route statement")
     if own.upper != own_host:
         raise Refused(f"{lower}'s route statement names {own.upper} as its upper system, not {own_host}")
-    names = list(claims)
-    stored = _stored(db, names)
-    pins = _pins(db, names)
+    listed = list(claims)
+    seal = _seal(db, own, names)
+    if len(claims) == 1 and _believed(db, f"proof:{lower}") == seal:
+        return [lower, *(h for h in dict.fromkeys(names) if h != lower)], []  # nothing changed since it was proven
+    stored = _stored(db, listed)
+    pins = _pins(db, listed)
     strict = settings.key_pinning == "STRICT"
     fresh: list[Statement] = []
     new_pins: list[tuple[str, str]] = []
@@ -344,33 +381,50 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
             for h, key in new_pins:
                 _pin(db, h, key, enrolled=False)
             _put(db, fresh)
-            for h, key in offers:
-                db.execute("INSERT OR REPLACE INTO key_changes (host, key, via, seen) VALUES (?, ?, ?, ?)",
-                           (h, key, lower, time.time()))
         for h, key in new_pins:
             log(f"pinned the key of {h}, {fingerprint(key)}, first seen through {lower}")
-    upper_of = {h: s.upper for h, s in stored.items()}
+    others = [h for h in dict.fromkeys(names) if h not in claims]
+    upper_of = dict(_chunks(db, "SELECT host, upper FROM statements WHERE host IN (?*)", others))
+    upper_of.update((h, s.upper) for h, s in stored.items())
     upper_of.update((s.host, s.upper) for s in fresh)
     if upper_of.get(lower) != own_host:
         why = f"{lower} sent an older route statement than the one believed here (it checks in elsewhere now)"
         log(f"refused the check-in of {lower}: {why}")
         raise Refused(why)
     proven = [lower]
-    for h in names:
+    unproven = []
+    for h in [*listed, *others]:
         if h == lower or h in refused:
             continue
         if h not in upper_of:
             refused[h] = f"{lower} claims {h} below it without a statement of {h} believed here"
-            continue
-        path = _leads_to(upper_of, h, lower, own_host)
-        if path is None:
+        elif _leads_to(upper_of, h, lower, own_host) is None:
             refused[h] = (f"{lower} claims {h} below it, but {h}'s own statement leads through "
                           f"{upper_of.get(h)} elsewhere; refused")
+        else:
+            proven.append(h)
             continue
-        proven.append(h)
+        unproven.append(h)
     for why in refused.values():
         log(f"route refused: {why}")
-    return proven
+    if not refused:  # the next check-in that names the same hosts is proven as this one
+        seal = _seal(db, own, names)
+        with Transaction(db):
+            db.execute("INSERT OR REPLACE INTO believed (name, value) VALUES (?, ?)", (f"proof:{lower}", seal))
+    return proven, unproven
+
+
+def _seal(db: sqlite3.Connection, own: Statement, names: list[str]) -> str:
+    """What a proof of ``names`` below ``own.host`` rests on: its own statement, the names, and the
+    generation of everything believed here (any statement or key that changes makes a new one)."""
+    digest = hashlib.sha256("\n".join([own.sig, *names]).encode()).hexdigest()
+    return f"{_believed(db, 'generation') or 0}:{digest}"
+
+
+def _changed(db: sqlite3.Connection) -> None:
+    """Something believed changed: every proof sealed before is to be made again.  Call in a transaction."""
+    db.execute("INSERT INTO believed (name, value) VALUES ('generation', '1') ON CONFLICT(name) DO UPDATE"
+               " SET value=CAST(value AS INTEGER) + 1")
 
 
 def _leads_to(upper_of: dict[str, str], host: str, lower: str, own_host: str) -> list[str] | None:

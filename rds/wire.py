@@ -5,15 +5,17 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
 (``request``):
 
 ``checkin``  ``statements``: the signed route statements of the asker and of
-             every host under it (rds.trust); ``wake``: where a startup
+             the hosts under it that the upper system has not had yet, and
+             ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup).  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
              the managing server's name and key as the upper system believes
-             them, and ``invalid``: the jobs it handed the asker whose package
-             has left its storehouse since (rds.cleanup).
+             them, ``invalid``: the jobs it handed the asker whose package
+             has left its storehouse since (rds.cleanup), and ``unproven``:
+             the hosts named below whose route it could not prove.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by

@@ -273,3 +273,41 @@ def test_staged_media_with_a_bad_signature_are_refused_whole(tmp_path: Path) -> 
         staged = client.path / "RDS" / p / "payload.tgz"
         assert hashlib.sha256(staged.read_bytes()).hexdigest() == \
             hashlib.sha256((mgr.path / "RDS" / p / "payload.tgz").read_bytes()).hexdigest()
+
+
+def test_statements_go_up_once_and_names_alone_prove_nothing_that_changed(mgr: Home) -> None:
+    r1, r2, c = Signer("r1"), Signer("r2"), Signer("c")
+    own = r1.statement("mgr")
+
+    def names_only(lower: str, statement: dict[str, object], below: list[str]) -> dict[str, object]:
+        s = svc(mgr, lower)
+        try:
+            return s.handle(request("checkin", lower, statements=[statement], below=below))
+        finally:
+            s.close()
+
+    assert names_only("r1", own, ["c"])["unproven"] == ["c"]  # never seen: it must send c's statement
+    assert checkin(mgr, "r1", [own, c.statement("r1")])["unproven"] == []
+    assert names_only("r1", own, ["c"])["unproven"] == [] and routes(mgr)["c"] == "r1"
+    checkin(mgr, "r2", [r2.statement("mgr"), c.statement("r2", n=2)])
+    reply = names_only("r1", own, ["c"])  # the same names as last time: but c has moved since
+    assert reply["unproven"] == ["c"] and routes(mgr)["c"] == "r2"
+
+
+def test_a_relay_sends_again_what_its_upper_system_lost(tmp_path: Path) -> None:
+    from conftest import Tree
+
+    tree = Tree(tmp_path / "hosts")
+    mgr = tree.add("mgr")
+    tree.add("relay", "mgr")
+    tree.add("client", "relay")
+    tree.check_in_upward(["client", "relay"])
+    assert routes(mgr.home()) == {"relay": "relay", "client": "relay"}
+    db = database.connect(mgr.home().db_path)
+    with database.Transaction(db):  # the managing server's statements are lost (a restored backup)
+        db.execute("DELETE FROM statements")
+        db.execute("DELETE FROM routes")
+        db.execute("DELETE FROM believed WHERE name LIKE 'proof:%'")
+    db.close()
+    tree["relay"].run("rdsft", "-a")  # told 'unproven', it sends client's statement again at once
+    assert routes(mgr.home()) == {"relay": "relay", "client": "relay"}
