@@ -167,7 +167,7 @@ class UpperService:
         log(f"stat of {pid} asked by {self.lower}")
         try:
             m = cache.current(self.home, self.store, pid, self.upper, log, cache.may_fetch(self.home, self.db, pid))
-            if self.home.settings.is_managing_server and not m.signature:  # registered before signatures
+            if self.home.settings.is_managing_server:  # it signs what it hands out (registered before, too)
                 m = trust.sign_manifest(self.home.identity, m)
             return m
         except Refused:

@@ -78,12 +78,12 @@ def _select(store: Storehouse, only: list[PackageId] | None) -> list[Manifest]:
 
 def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
            sign: Callable[[Manifest], Manifest] | None = None) -> list[Outcome]:
-    """Copy packages (all, or ``only``) to a directory or an archive; each is verified first, and a
-    manifest registered before signatures is signed on the way out by ``sign`` (the managing server's)."""
+    """Copy packages (all, or ``only``) to a directory or an archive; each is verified first, and its
+    manifest signed on the way out by ``sign`` (the managing server's, which signs what it hands out)."""
     manifests = _select(store, only)
     for m in manifests:
         store.verify(m)  # never put a damaged copy on the medium
-    manifests = [sign(m) if sign is not None and not m.signature else m for m in manifests]
+    manifests = [sign(m) if sign is not None else m for m in manifests]
     if is_archive(dest):
         mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
         with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
