@@ -315,13 +315,13 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
     logged with both names.  ``lower``'s own statement must name this host as
     its upper system, or the whole check-in is refused.
     """
-    if not isinstance(items, list) or len(items) > MAX_STATEMENTS:
-        raise ProtocolError("'statements' must be a list of signed route statements")
     if not isinstance(names, list) or len(names) > MAX_STATEMENTS:
         raise ProtocolError("'below' must be a list of host names")
     for h in names:
         if not isinstance(h, str) or not valid_hostname(h):
-            raise ProtocolError(f"'below' holds a bad host name: {str(h)[:80]!r}")
+            raise ProtocolError(f"'below' holds a bad host name: {h if not isinstance(h, str) else repr(h[:80])}"[:200])
+    if not isinstance(items, list) or len(items) > MAX_STATEMENTS:
+        raise ProtocolError("'statements' must be a list of signed route statements")
     claims: dict[str, Statement] = {}
     for d in items:
         s = Statement.from_json(d)

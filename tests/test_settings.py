@@ -83,6 +83,10 @@ GOOD = [
     ("InstallRoot", "/srv/sandbox", "install_root", Path("/srv/sandbox")),
     ("StartupAddress", "ssh://rds@relay1.example.com:2222", "startup_address", "ssh://rds@relay1.example.com:2222"),
     ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
+    ("KeyPinning", "strict", "key_pinning", "STRICT"),
+    ("KeyPinning", "FIRST-USE", "key_pinning", "FIRST-USE"),
+    ("ManagerKey", "q3uT4Eeq0QJ6CqGLhSzxN8Gf7yXmUQ+h8yFqd9GmYrE=", "manager_key",
+     "q3uT4Eeq0QJ6CqGLhSzxN8Gf7yXmUQ+h8yFqd9GmYrE="),
 ]
 
 
@@ -101,6 +105,9 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 
 BAD = [
     ("StartupAddress", "ssh://relay1/NETMRDS"),
+    ("KeyPinning", "SOMETIMES"),
+    ("ManagerKey", "SHA256:abc"),
+    ("ManagerKey", "q3uT4Eeq0QJ6CqGLhSzxN8Gf7yXmUQ+h8yFqd9GmYr=="),
     ("ManagingHost", "relative/home"),
     ("ManagingHost", "http://mgr"),
     ("ManagingHost", "ssh://"),
