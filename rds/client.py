@@ -50,13 +50,13 @@ class UpperClient:
             raise wire.exception(reply, self.where, op)
         return reply
 
-    def checkin(self, statements: list[dict[str, Any]], below: list[str],
+    def checkin(self, statements: list[dict[str, Any]], below: list[str] | None = None,
                 wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
         """Check in with the route statements the upper system has not had yet and the names of every host
         below (rds.trust); the jobs and manifests that come back are checked against the managing
         server's key by the caller, ``signer`` is what the upper system says that key is, and
         ``unproven`` the hosts below whose route it could not prove."""
-        fields: dict[str, Any] = {"statements": statements, "below": below}
+        fields: dict[str, Any] = {"statements": statements, "below": below or []}
         if wake is not None:
             fields["wake"] = wake
         reply = self._call("checkin", **fields)
