@@ -107,9 +107,10 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[l
     trust.sent(db, upper, statements, client.unproven)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
-        statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
-        found, manifests = client.checkin(statements, below, wake=startup_address(home))
-        trust.sent(db, upper, statements, client.unproven)
+        again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+        if any(d["host"] not in carried for d in again):  # statements it lost that this host has
+            found, manifests = client.checkin(again, below, wake=startup_address(home))
+            trust.sent(db, upper, again, client.unproven)
     return found, manifests
 
 
