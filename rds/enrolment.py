@@ -125,7 +125,7 @@ def program(name: str, given: str | None) -> str:
         if not given.startswith("/"):
             raise InputError(f"--program {given!r}: give the absolute path of {name}")
         return given
-    here = Path(sys.argv[0]).resolve().parent / name
+    here = Path(os.path.abspath(sys.argv[0])).parent / name  # beside rdslink as invoked (a link too)
     if here.is_file():
         return str(here)
     found = shutil.which(name)

@@ -80,7 +80,7 @@ def act(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revoke: s
         offer, made = enrolment.keys(home)
         if made:
             click.echo(f"rdslink: made {enrolment.ssh_key_path(home)}", err=True)
-        if home.settings.identity_file is None and not home.settings.is_managing_server:
+        if home.settings.identity_file is None and (home.settings.managing_host or "").startswith("ssh://"):
             click.echo(f"rdslink: add 'IdentityFile\t{enrolment.ssh_key_path(home)}' to RDSSETFL", err=True)
         click.echo(str(offer))
         return 0
