@@ -143,11 +143,15 @@ def test_strict_pinning_takes_only_enrolled_keys(mgr: Home) -> None:
     home = Home.open(mgr.path)
     r1 = Signer("r1")
     assert checkin(home, "r1", [r1.statement("mgr")])["error"] == "refused"
-    db = database.connect(home.db_path)
-    try:
-        trust.enroll(db, "r1", r1.public)
-    finally:
-        db.close()
+    import subprocess
+    import sys
+
+    rdslink = [str(Path(sys.executable).parent / "rdslink")]
+    env = {**os.environ, "RDS_HOME": str(home.path)}
+    bad = subprocess.run([*rdslink, "-e", "r1", "not-a-key"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 3 and len(bad.stderr.splitlines()) == 1
+    out = subprocess.run([*rdslink, "-e", "r1", r1.public], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout == f"r1: enrolled {identity.fingerprint(r1.public)}\n"
     assert checkin(home, "r1", [r1.statement("mgr")])["ok"]
 
 
