@@ -10,10 +10,11 @@ becomes one ``UnsafeArchive`` (``reading``), whose message is one line.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,10 +45,30 @@ def check_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
         raise UnsafeArchive(f"member {name!r} is a device or special file")
     if member.issym() and (member.linkname.startswith("/") or _escapes(name, member.linkname)):
         raise UnsafeArchive(f"member {name!r} is a link pointing outside the install directory ({member.linkname})")
+    if not HAS_FILTERS:
+        return _data_filter_311(member)
     try:
         return tarfile.data_filter(member, dest)
     except tarfile.FilterError as e:
         raise UnsafeArchive(f"member {name!r} refused: {e}") from None
+
+
+# Debian 12's python3 (3.11.2) predates tarfile's extraction filters (PEP 706, 3.11.4): there the
+# checks above do their refusing, and this does what the ``data`` filter does to the member itself.
+HAS_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _data_filter_311(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    m = copy.copy(member)
+    if m.isfile() or m.islnk():
+        m.mode = (m.mode & 0o755) | 0o600  # no setuid/setgid/sticky, no group or other write
+        if not m.mode & 0o100:
+            m.mode &= ~0o111
+    else:
+        m.mode = 0o755
+    m.uid = m.gid = 0  # owned by root, as rdsft -c packs it, whoever the archive names
+    m.uname = m.gname = "root"
+    return m
 
 
 def _escapes(name: str, linkname: str) -> bool:
@@ -85,13 +106,39 @@ def extract(archive: Path, dest: Path) -> int:
                                     f"not an earlier member of the archive")
             before.add(m.name.removeprefix("./"))
         dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
+        if HAS_FILTERS:
+            tar.extractall(dest, members=members, filter=lambda m, p: check_member(m, p))
+        else:
+            tar.extractall(dest, members=[check_member(m, str(dest)) for m in members], numeric_owner=True)
     return len(members)
 
 
-def pack(source: Path, out: Any) -> None:
-    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns."""
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+class _CountingTar(tarfile.TarFile):
+    """A TarFile that tells ``read`` how many bytes of each member's file it read (packaging's progress)."""
+
+    read: Callable[[int], None] | None = None
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None:
+        if fileobj is not None and self.read is not None:
+            fileobj = _Counting(fileobj, self.read)
+        super().addfile(tarinfo, fileobj)
+
+
+class _Counting:
+    def __init__(self, raw: Any, read: Callable[[int], None]) -> None:
+        self.raw, self.count = raw, read
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.count(len(data))
+        return data
+
+
+def pack(source: Path, out: Any, read: Callable[[int], None] | None = None) -> None:
+    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns;
+    ``read`` hears how many bytes of the source were read, as they are."""
+    with _CountingTar.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+        tar.read = read
         try:
             tar.add(source, arcname=".", filter=_packing_filter)
         except PermissionError as e:

@@ -7,12 +7,17 @@ record the signal; the loop acts on it:
 - SIGTERM: finish the pass under way, then stop; a second SIGTERM stops at
   once (every step of a pass is committed, so the next pass finishes it).
 - SIGUSR1: wake up and do a pass now (a startup request, a new result).
+
+``run/NAME.state`` records when the process started and how its last pass
+went; ``status`` reads it for ``rdsma --status`` and the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 import select
 import shutil
@@ -24,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rds import fsutil
+from rds.clock import now_text, shown
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
 from rds.home import Home
 from rds.log import logger
@@ -54,6 +60,47 @@ def running_pid(home: Home, name: str) -> int | None:
     finally:
         os.close(fd)  # releases the probe's lock if it got it
     return None
+
+
+def state_path(home: Home, name: str) -> Path:
+    return home.run / f"{name}.state"
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """Whether a resident runs, since when, and how its last pass went (``None``: not known)."""
+
+    name: str
+    running: bool
+    pid: int | None
+    since: str | None
+    last_pass: str | None  # when the last pass ended
+    outcome: str | None  # ok, warning or error
+    message: str | None
+
+    def describe(self) -> str:
+        """One line, times in local time with their offset."""
+        head = (f"{self.name}: running (pid {self.pid}, since {shown(self.since)})" if self.running
+                else f"{self.name}: not running")
+        if self.last_pass is None:
+            return head + "; no pass yet"
+        return head + f"; last pass ended {shown(self.last_pass)}: {self.outcome}" + (
+            f": {self.message}" if self.message else "")
+
+
+def status(home: Home, name: str) -> Status:
+    """What ``run/NAME.state`` and the life lock say about the resident ``name``."""
+    pid = running_pid(home, name)
+    try:
+        state = json.loads(state_path(home, name).read_text())
+        if not isinstance(state, dict):
+            state = {}
+    except (OSError, ValueError):
+        state = {}
+    found = state.get("last_pass")
+    last: dict[str, str] = found if isinstance(found, dict) else {}
+    since = state.get("started") if pid is not None and state.get("pid") == pid else None
+    return Status(name, pid is not None, pid, since, last.get("ended"), last.get("outcome"), last.get("message"))
 
 
 def wake(home: Home, name: str) -> bool:
@@ -119,6 +166,7 @@ class Resident:
         self.terms = 0
         self.woken = False
         self.passes = 0
+        self.state: dict[str, object] = {}
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.terms += 1
@@ -141,6 +189,8 @@ class Resident:
             raise AlreadyRunning(f"{self.name} is already running for {self.home.path} (pid {pid})") from None
         try:
             fsutil.atomic_write(pid_path(self.home, self.name), f"{os.getpid()}\n".encode())
+            self.state = {"pid": os.getpid(), "started": now_text(), "last_pass": None}
+            self._record()
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -185,14 +235,25 @@ class Resident:
 
     def _pass(self, work: Callable[[], str] | None = None, count: bool = True) -> None:
         self.passes += count
+        outcome, what = "ok", ""
         try:
             what = (work or self.one_pass)()
             if what:
                 self.log.info(f"{self.name}: {what}")
         except RdsError as e:
+            outcome, what = "warning", str(e)
             self.log.warning(f"{self.name}: {e}")
         except OSError as e:
+            outcome, what = "error", str(e)
             self.log.error(f"{self.name}: {e}")
+        if count:
+            self.state["last_pass"] = {"ended": now_text(), "outcome": outcome, "message": what}
+            self._record()
+
+    def _record(self) -> None:
+        """run/NAME.state, for ``status``; a full disk must not stop the resident."""
+        with contextlib.suppress(OSError):
+            fsutil.atomic_write(state_path(self.home, self.name), json.dumps(self.state).encode())
 
     def _wait(self, rfd: int) -> None:
         deadline = None if self.interval is None else time.monotonic() + self.interval

@@ -26,6 +26,10 @@ class UsageError(RdsError):
     exit_code = 1
 
 
+class NotPermitted(UsageError):
+    """The caller may not use this home, or run this command on it (only root or the home's owner)."""
+
+
 class SettingsError(RdsError):
     """RDSSETFL is malformed, or RDS_HOME does not name a usable home."""
 

@@ -8,7 +8,7 @@ import sqlite3
 import time
 
 from rds import codes, jobs, trust
-from rds.clock import now_text
+from rds.clock import now_text, shown
 from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
@@ -20,6 +20,7 @@ from rds.storehouse import Storehouse
 
 # dcmstat's exit codes, as JP1's
 ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32
+ENDED = (jobs.DONE, jobs.INVALID)  # a job's states in which no result changes it any more
 
 
 def require_managing_server(home: Home) -> None:
@@ -64,11 +65,15 @@ class DestinationStatus:
     dest: str
     package: str
     status: str
-    updated: str
+    updated: str  # stored form (rds.clock.now_text)
     message: str
+    open: bool = False  # an interim failure (EXEC-ERROR...) that the destination's own outcome may still follow
 
     def to_json(self) -> dict[str, object]:
-        return {**dataclasses.asdict(self), "code": codes.JOB_STATUS_CODES.get(self.status, "")}
+        """The rds(7) JSON vocabulary: job_no, dest, package, status, code, updated, message."""
+        return {"job_no": self.job_no, "dest": self.dest, "package": self.package, "status": self.status,
+                "code": codes.JOB_STATUS_CODES.get(self.status, ""), "updated": shown(self.updated),
+                "message": self.message}
 
 
 def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[DestinationStatus]:
@@ -98,15 +103,89 @@ def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[Dest
                 f"held: {row['dest']} has not reported in yet"
         else:
             st, updated, msg = codes.WAIT, now_text(row["received"]), f"waiting for {row['via']} to check in"
-        out.append(DestinationStatus(row["job_no"], row["dest"], row["package"], st, updated, msg))
+        is_open = st in codes.INTERIM and row["state"] not in ENDED
+        out.append(DestinationStatus(row["job_no"], row["dest"], row["package"], st, updated, msg, is_open))
     if job_no is not None and not out:
         raise InputError(f"no job {job_no}")
     return out
 
 
 def exit_code(rows: list[DestinationStatus]) -> int:
-    failed = any(r.status in codes.FAILED for r in rows)
-    running = any(r.status in (codes.WAIT, codes.EXEC) for r in rows)
+    """JP1's dcmstat codes.  An interim failure that can still change (EXEC-ERROR: the destination
+    could not be started but gets the job when it polls) is a job still running, with failures."""
+    return _code(any(r.status in codes.FAILED for r in rows),
+                 any(r.status in (codes.WAIT, codes.EXEC) or r.open for r in rows))
+
+
+def _code(failed: bool, running: bool) -> int:
     if running:
         return RUNNING_WITH_FAILURES if failed else RUNNING
     return SOME_FAILED if failed else ALL_COMPLETE
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSummary:
+    """How many destinations of one job stand at each status (dcmstat -s)."""
+
+    job_no: int
+    package: str
+    type: str
+    counts: dict[str, int]  # status -> destinations, in codes.JOB_STATUS_CODES' order
+    open: int  # interim failures that can still change
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ended(self) -> int:
+        """Destinations whose status is final."""
+        return self.total - self.counts.get(codes.WAIT, 0) - self.counts.get(codes.EXEC, 0) - self.open
+
+    @property
+    def failed(self) -> bool:
+        return any(self.counts.get(s) for s in codes.FAILED)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.counts.get(codes.WAIT) or self.counts.get(codes.EXEC) or self.open)
+
+    @property
+    def exit_code(self) -> int:
+        return _code(self.failed, self.running)
+
+    def to_json(self) -> dict[str, object]:
+        return {"job_no": self.job_no, "package": self.package, "type": self.type, "total": self.total,
+                "ended": self.ended, "counts": self.counts, "exit_code": self.exit_code}
+
+
+def summaries_exit_code(found: list[JobSummary]) -> int:
+    """dcmstat's code over several jobs: as over all their destinations together."""
+    return _code(any(s.failed for s in found), any(s.running for s in found))
+
+
+def summaries(db: sqlite3.Connection, job_no: int | None = None) -> list[JobSummary]:
+    """Counts per job and status, in SQL: a job to 10,000 hosts costs no Python per destination."""
+    interim = ", ".join(f"'{s}'" for s in codes.INTERIM)
+    ended = ", ".join(f"'{s}'" for s in ENDED)
+    query = (f"SELECT j.job_no, o.package, o.type,"
+             f" CASE WHEN r.status IS NOT NULL THEN r.status WHEN j.state = '{jobs.HANDED}' THEN '{codes.EXEC}'"
+             f"  ELSE '{codes.WAIT}' END AS st,"
+             f" count(*), sum(r.status IN ({interim}) AND j.state NOT IN ({ended}))"
+             f" FROM jobs j JOIN orders o ON o.job_no = j.job_no"
+             f" LEFT JOIN results r ON r.job_no = j.job_no AND r.dest = j.dest")
+    args: tuple[object, ...] = ()
+    if job_no is not None:
+        query += " WHERE j.job_no=?"
+        args = (job_no,)
+    found: dict[int, JobSummary] = {}
+    for no, package, type_, st, n, n_open in db.execute(query + " GROUP BY j.job_no, st ORDER BY j.job_no", args):
+        s = found.setdefault(no, JobSummary(no, package, type_, {}, 0))
+        s.counts[st] = n
+        found[no] = dataclasses.replace(s, open=s.open + (n_open or 0))
+    if job_no is not None and not found:
+        raise InputError(f"no job {job_no}")
+    order = list(codes.JOB_STATUS_CODES)
+    return [dataclasses.replace(s, counts=dict(sorted(s.counts.items(), key=lambda kv: order.index(kv[0])
+                                                      if kv[0] in order else len(order))))
+            for s in found.values()]

@@ -75,6 +75,9 @@ class Settings:
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
     key_pinning: str = "FIRST-USE"  # STRICT: only host keys enrolled beforehand (rdslink) are accepted
     manager_key: str | None = None  # the managing server's public key; else pinned at the first check-in
+    system_log_level: int = 3  # JP1's SystemLogOutputLevel: 0 nothing, 1 errors, 2 and warnings, 3 and information
+    log_file: bool = True  # log/rds.log besides the journal (rds.log)
+    log_retention: float = 30 * 86400.0  # seconds an install log or a resident's .out file is kept; 0 = for ever
 
     @property
     def is_managing_server(self) -> bool:
@@ -223,12 +226,17 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
                        "command) or the absolute path of this home"),
     "KeyPinning": ("key_pinning", *_choice("FIRST-USE", "STRICT")),
     "ManagerKey": ("manager_key", _public_key, "the managing server's host key in base64, as 'rdslink -k' prints it"),
+    "SystemLogOutputLevel": ("system_log_level", *_int_range(0, 3)),
+    "LogFile": ("log_file", _yes_no, "YES or NO"),
+    "LogRetention": ("log_retention", *_duration("d", 0, 36500 * 86400, "days")),
 }
 
 
 def parse_settings(text: str, source: Path, home: Path) -> Settings:
+    """The settings ``text`` says; every bad line is named at once, in one line of error."""
     values: dict[str, Any] = {}
     seen: dict[str, int] = {}
+    errors: list[tuple[int, str, str]] = []  # line, what is wrong, what is allowed
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -237,27 +245,46 @@ def parse_settings(text: str, source: Path, home: Path) -> Settings:
         name = parts[0]
         value = parts[1].strip() if len(parts) > 1 else ""
         if name not in ATTRIBUTES:
-            raise SettingsError(
-                f"{source}:{lineno}: unknown attribute {name!r} (allowed: {', '.join(sorted(ATTRIBUTES))})"
-            )
+            errors.append((lineno, f"unknown attribute {name!r}", ", ".join(sorted(ATTRIBUTES))))
+            continue
         field, parser, allowed = ATTRIBUTES[name]
         if name in seen:
-            raise SettingsError(f"{source}:{lineno}: {name} is given twice (first on line {seen[name]})")
+            errors.append((lineno, f"{name} is given twice (first on line {seen[name]})", ""))
+            continue
         seen[name] = lineno
         if not value:
-            raise SettingsError(f"{source}:{lineno}: {name} has no value (allowed: {allowed})")
+            errors.append((lineno, f"{name} has no value", allowed))
+            continue
         try:
             values[field] = parser(value)
         except ValueError:
-            raise SettingsError(f"{source}:{lineno}: {name}: bad value {value!r} (allowed: {allowed})") from None
+            errors.append((lineno, f"{name}: bad value {value!r}", allowed))
     if not values.get("install_root", Path("/")).is_absolute():
-        raise SettingsError(f"{source}:{seen['InstallRoot']}: InstallRoot must be an absolute path")
+        errors.append((seen["InstallRoot"], "InstallRoot must be an absolute path", ""))
     if "delivery_status_file" in values and not values["delivery_status_file"].is_absolute():
         values["delivery_status_file"] = home / values["delivery_status_file"]
     if values.get("startup_address", "ssh:").startswith("/") and values.get("managing_host", "/").startswith("ssh:"):
-        raise SettingsError(f"{source}:{seen['StartupAddress']}: StartupAddress: an upper system reached over SSH "
-                            "takes only ssh://[user@]host[:port] (a path names a home on the upper system's machine)")
+        errors.append((seen["StartupAddress"], "StartupAddress: an upper system reached over SSH takes only "
+                       "ssh://[user@]host[:port] (a path names a home on the upper system's machine)", ""))
+    if errors:
+        raise SettingsError(describe_errors(source, sorted(errors)))
     return _named(Settings(home=home, **values), source)
+
+
+SHOWN_ERRORS = 8  # bad lines described in full; the others are named by their number
+
+
+def describe_errors(source: Path, errors: list[tuple[int, str, str]]) -> str:
+    """One line: a single error with what is allowed; several (a pasted JP1 file) each by line number,
+    the first few described, so that one run names every bad line."""
+    if len(errors) == 1:
+        lineno, what, allowed = errors[0]
+        return f"{source}:{lineno}: {what}" + (f" (allowed: {allowed})" if allowed else "")
+    said = "; ".join(f"line {n}: {what}" for n, what, _ in errors[:SHOWN_ERRORS])
+    rest = errors[SHOWN_ERRORS:]
+    if rest:
+        said += f"; and {len(rest)} more on lines {', '.join(str(n) for n, _, _ in rest)}"
+    return f"{source}: {len(errors)} bad lines: {said} (the attributes and their values: rdssetfl(5))"
 
 
 def _named(settings: Settings, source: Path) -> Settings:

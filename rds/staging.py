@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rds import archive, fsutil, trust
+from rds import archive, fsutil, progress, trust
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.packages import Manifest, PackageId
@@ -86,7 +86,8 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
     manifests = [sign(m) if sign is not None else m for m in manifests]
     if is_archive(dest):
         mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
-        with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
+        shown = progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests))
+        with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar, shown:  # type: ignore[call-overload]
             for m in manifests:
                 for name in (MANIFEST, PAYLOAD):
                     info = tar.gettarinfo(str(store.dir(m.id) / name), arcname=f"{m.id}/{name}")
@@ -98,11 +99,12 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
                         tar.addfile(info, io.BytesIO(data))
                         continue
                     with open(store.dir(m.id) / name, "rb") as f:
-                        tar.addfile(info, f)
+                        tar.addfile(info, progress.Reader(f, shown) if name == PAYLOAD else f)
     else:
         dest.mkdir(parents=True, exist_ok=True)
-        for m in manifests:
-            _export_dir(store, m, dest)
+        with progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests)) as shown:
+            for m in manifests:
+                _export_dir(store, m, dest, shown)
     return [Outcome(str(m.id), "exported", str(dest), m.size) for m in manifests]
 
 
@@ -110,13 +112,13 @@ def _manifest_bytes(m: Manifest) -> bytes:
     return json.dumps(m.to_json(), indent=1).encode()
 
 
-def _export_dir(store: Storehouse, m: Manifest, dest: Path) -> None:
+def _export_dir(store: Storehouse, m: Manifest, dest: Path, shown: progress.Progress) -> None:
     target = dest / str(m.id)
     work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
     try:
         fsutil.atomic_write(work / MANIFEST, _manifest_bytes(m))
         with open(store.dir(m.id) / PAYLOAD, "rb") as src, fsutil.atomic_writer(work / PAYLOAD) as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+            shutil.copyfileobj(progress.Reader(src, shown), out, 1 << 20)
         if target.exists():
             fsutil.remove_tree(target)
         fsutil.durable_rename(work, target)  # the package appears whole on the medium
@@ -233,7 +235,7 @@ def stage(home: Home, source: Path, only: list[PackageId] | None = None, key: st
 
 def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Outcome:
     m = _read_manifest(medium, name)
-    with medium.open(name, PAYLOAD) as src, store.incoming(src) as (part, size, digest):
+    with medium.open(name, PAYLOAD) as src, store.incoming(src, m.size) as (part, size, digest):
         if size != m.size or digest != m.sha256:
             raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {digest[:16]}..., but the "
                                  f"manifest says {m.size} bytes and {m.sha256[:16]}...; not staged")

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rds import archive, crashpoints, fsutil
+from rds import archive, crashpoints, fsutil, progress
 from rds.errors import InputError, IntegrityError, ProtocolError, SystemError_
 from rds.home import Home
 from rds.packages import Manifest, PackageId
@@ -185,9 +185,10 @@ class Storehouse:
         work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
         try:
             payload = work / PAYLOAD
-            with fsutil.atomic_writer(payload) as raw:
+            with fsutil.atomic_writer(payload) as raw, progress.Progress(
+                    f"packing {source}", progress.tree_size(source)) as shown:
                 hashing = HashingWriter(raw)
-                archive.pack(source, hashing)
+                archive.pack(source, hashing, shown.add)
             manifest = Manifest(
                 id=pid,
                 size=hashing.size,
@@ -238,8 +239,9 @@ class Storehouse:
         sha = fsutil.sha256_of(part) if have else hashlib.sha256()
         if have < manifest.size:
             try:
-                with open(part, "ab") as out:
-                    read(have, manifest.size - have, HashingWriter(out, sha, "downloading"))
+                with open(part, "ab") as out, progress.Progress(f"{manifest.id} from {where}", manifest.size,
+                                                                have) as shown:
+                    read(have, manifest.size - have, progress.Writer(HashingWriter(out, sha, "downloading"), shown))
                     out.flush()
                     os.fsync(out.fileno())
             except OSError as e:
@@ -258,15 +260,16 @@ class Storehouse:
         self.add_downloaded(manifest, part, sha.hexdigest())
 
     @contextlib.contextmanager
-    def incoming(self, src: Any) -> Iterator[tuple[Path, int, str]]:
+    def incoming(self, src: Any, size: int | None = None) -> Iterator[tuple[Path, int, str]]:
         """Copy a payload carried in (rdsstage -i) from the file ``src`` into ``.partial/``, hashed and
         flushed to disk; yields its path, size and SHA-256.  It is gone afterwards unless it was added."""
         fd, tmp = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), dir=self.partial)
         part = Path(tmp)
         try:
-            with os.fdopen(fd, "wb") as raw:
+            with os.fdopen(fd, "wb") as raw, progress.Progress(f"staging {getattr(src, 'name', 'a package')}",
+                                                                size) as shown:
                 copy = HashingWriter(raw)
-                shutil.copyfileobj(src, copy, 1 << 20)
+                shutil.copyfileobj(src, progress.Writer(copy, shown), 1 << 20)
                 raw.flush()
                 os.fsync(raw.fileno())
             yield part, copy.size, copy.sha.hexdigest()

@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     home = tmp_path / "default-home"
-    home.mkdir()
+    (home / "rdsprm").mkdir(parents=True)
+    (home / "rdsprm" / "RDSSETFL").touch()  # a home is a directory with rdsprm/RDSSETFL (an empty one: a manager)
     monkeypatch.setenv("RDS_HOME", str(home))
     monkeypatch.setenv("RDS_LOCK_TIMEOUT", "5")
     monkeypatch.delenv("RDS_CRASH_AT", raising=False)

@@ -96,8 +96,7 @@ def job_count(mgr: Host) -> int:
 
 def test_dcmjexe_creates_a_job(cli: Cli, mgr: Host, pid: str) -> None:
     assert cli(mgr, "dcmjexe", "-r", pid, "-h", "c1", "c9") == Ran(0, "1\n", (
-        "dcmjexe: c1 has not reported in yet; its job is held until it does\n"
-        "dcmjexe: c9 has not reported in yet; its job is held until it does\n"))
+        "dcmjexe: 2 hosts have not reported in yet (c1, c9); their jobs are held until they do\n"))
     assert job_count(mgr) == 2
 
 
@@ -261,7 +260,7 @@ def test_rdsgroupid_lists_and_deletes(cli: Cli, mgr: Host, pid: str) -> None:
 def test_rdsgroupid_json(cli: Cli, mgr: Host, pid: str) -> None:
     cli(mgr, "dcmjexe", "-r", pid, "-h", "c1")
     [row] = json.loads(cli(mgr, "rdsgroupid", "--json").stdout)
-    assert (row["job"], row["dest"], row["type"], row["package"], row["state"]) == (1, "c1", "INSTALL", pid, "WAIT")
+    assert (row["job_no"], row["dest"], row["type"], row["package"], row["state"]) == (1, "c1", "INSTALL", pid, "WAIT")
 
 
 @pytest.mark.parametrize("key", ["x", "1:", "-1", "1:c1 x"])
@@ -301,7 +300,7 @@ def test_rdsft_a_unreachable_upper(tree: Tree) -> None:
     proc = c1.run("rdsft", "-a", check=False)
     fails(proc, "rdsft", 253, f"upper system {gone}: no such directory")
     assert proc.stdout == ""
-    assert "retry 1 in 0s" in (c1.path / "log" / "rds.log").read_text()  # RetryCount 1: tried twice
+    assert "retry 1 of 1 in 0s, at " in (c1.path / "log" / "rds.log").read_text()  # RetryCount 1: tried twice
     assert not gone.exists()
 
 

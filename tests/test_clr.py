@@ -70,7 +70,7 @@ def clr(host, *args: str, **kw) -> dict:  # type: ignore[no-untyped-def, type-ar
 
 
 def groupid(host) -> dict[tuple[int, str], str]:  # type: ignore[no-untyped-def]
-    return {(r["job"], r["dest"]): r["state"] for r in json.loads(host.run("rdsgroupid", "--json").stdout)}
+    return {(r["job_no"], r["dest"]): r["state"] for r in json.loads(host.run("rdsgroupid", "--json").stdout)}
 
 
 def dcmstat(mgr) -> dict[tuple[int, str], dict]:  # type: ignore[no-untyped-def, type-arg]

@@ -139,6 +139,7 @@ def test_the_session_attaches_the_listener_and_with_home_closes_the_database(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RDS_HOME", str(tmp_path))
     home = Home.open(tmp_path)
+    (tmp_path / "rdsprm" / "RDSSETFL").touch()  # a home for with_home below
     db = session.open_database(home)
     try:
         assert any(isinstance(listener, delivery.Listener) for listener in db.listeners)

@@ -244,7 +244,7 @@ SAMPLE = [
 
 
 def dests(host: Host, *args: str) -> list[str]:
-    return [f"{r['dest']}:{r['package']}" for r in rows(host, *args)]
+    return [f"{r['dest']}:{r['package_id']}" for r in rows(host, *args)]
 
 
 def test_rdsdlv_filters(host: Host) -> None:
@@ -260,10 +260,11 @@ def test_rdsdlv_filters(host: Host) -> None:
     assert dests(host, "-a", "nobody") == []
     assert host.run("rdsdlv", "-a", "nobody").stdout.strip() == "no entry matches"
     full = rows(host, "-a", "h2")[0]
-    assert {k: full[k] for k in ("dest", "packager", "cabinet", "package", "version", "generation", "job_no",
-                                 "job_type", "status", "code", "message")} == {
-        "dest": "h2", "packager": "C", "cabinet": "AB", "package": "APP", "version": "0200", "generation": "0001",
-        "job_no": 2, "job_type": "INSTALL", "status": "COMPLETE", "code": "60", "message": "installed"}
+    assert {k: full[k] for k in ("dest", "packager", "cabinet", "package", "package_id", "version", "generation",
+                                 "job_no", "type", "status", "code", "message")} == {
+        "dest": "h2", "packager": "C", "cabinet": "AB", "package": "C.AB.APP.0200.0001", "package_id": "APP",
+        "version": "0200", "generation": "0001", "job_no": 2, "type": "INSTALL", "status": "COMPLETE", "code": "60",
+        "message": "installed"}
     for bad, code, words in ((["-e", "DONE"], 3, "unknown status 'DONE'"), (["-r", "C.AB"], 3, "bad package ID"),
                              (["-n", "x"], 3, "bad job number"), (["-c", "-l"], 1, "give one of -c, -l and -d"),
                              (["--all"], 1, "--all goes with -d"), (["-a"], 1, "requires an argument")):
@@ -353,11 +354,12 @@ def test_only_the_superuser_or_the_homes_owner() -> None:
         os.chmod(d, 0o755)
         home = Path(d) / "home"
         Home.open(home)
+        (home / "rdsprm" / "RDSSETFL").touch()
         for cmd in (["rdsdlv"], ["rdsdlv", "-d", "--all"], ["rdsdlvse"], ["rdsdlvse", "-p"], ["rdsdlvclr"]):
             proc = as_nobody([str(BIN / cmd[0]), *cmd[1:]], home)
             assert proc.returncode == 1, (cmd, proc.stderr)
             assert proc.stderr.strip() == \
-                f"{cmd[0]}: only the superuser (or the owner of RDS_HOME) may run this command"
+                f"{cmd[0]}: {home}: permission denied: only root or the owner of this home may use it"
         for p in [home, *home.rglob("*")]:
             os.chown(p, 65534, 65534)
         proc = as_nobody([str(BIN / "rdsdlv")], home)  # the owner passes; the facility is not running

@@ -145,7 +145,7 @@ def test_unknown_host_key_is_refused_not_added_and_with_cltstsud_is_exec_error(
     known.write_text("")
     (mgr.path / "rdsprm" / ".cltstsud").touch()
     mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
-    assert status(mgr) == (30, {"relay": "EXEC-ERROR"})
+    assert status(mgr) == (32, {"relay": "EXEC-ERROR"})  # interim: running with failures (issue 14)
     assert known.read_text() == ""  # never added
     line = next(ln for ln in log_of(mgr).splitlines() if "startup request to relay failed" in ln)
     assert "is not in" in line and "refused" in line and "on the lower system" in line
@@ -163,7 +163,7 @@ def test_refused_connection(tree: Tree, sshd_factory: Factory, cltstsud: bool) -
     if cltstsud:
         (mgr.path / "rdsprm" / ".cltstsud").touch()
     mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
-    assert status(mgr) == ((30, {"relay": "EXEC-ERROR"}) if cltstsud else (31, {"relay": "WAIT"}))
+    assert status(mgr) == ((32, {"relay": "EXEC-ERROR"}) if cltstsud else (31, {"relay": "WAIT"}))
     assert "startup request to relay failed: lower system relay at" in log_of(mgr)
     assert "cannot connect: connection refused" in log_of(mgr)
 
@@ -240,7 +240,7 @@ def test_wrong_forced_command_is_a_failed_request(tree: Tree, sshd_factory: Fact
     keys.write_text(keys.read_text().replace(sshd.wake_command(relay.path), forced.format(wake=wake)))
     (mgr.path / "rdsprm" / ".cltstsud").touch()
     mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
-    assert status(mgr) == (30, {"relay": "EXEC-ERROR"})
+    assert status(mgr) == (32, {"relay": "EXEC-ERROR"})  # interim: running with failures (issue 14)
     line = next(ln for ln in log_of(mgr).splitlines() if "startup request to relay failed" in ln)
     assert line.endswith(said), line
 

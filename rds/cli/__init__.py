@@ -14,19 +14,37 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from rds.errors import RdsError, SystemError_, UsageError
-from rds.home import Home
+from rds.errors import NotPermitted, RdsError, SettingsError, SystemError_, UsageError
+from rds.home import Home, default_home
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from rds import __version__
+
+        click.echo(f"{ctx.info_name} (rds) {__version__}")
+        ctx.exit(0)
+
+
+def add_version_option(command: click.Command) -> None:
+    """Every command answers ``--version``: added here, once, before it parses its options."""
+    if not any("--version" in p.opts for p in command.params):
+        command.params.append(click.Option(["--version", "show_rds_version"], is_flag=True, expose_value=False,
+                                           is_eager=True, callback=_print_version,
+                                           help="Print the version of rds and exit."))
+
+
 def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     name = command.name or os.path.basename(sys.argv[0])
+    add_version_option(command)
     try:
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -76,6 +94,16 @@ def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Call
     return 0
 
 
+def show_status(home: Home, name: str) -> int:
+    """``NAME --status``: one line; exit 0 if the resident runs, NotRunning's code if not."""
+    from rds import daemon
+    from rds.errors import NotRunning
+
+    st = daemon.status(home, name)
+    click.echo(st.describe())
+    return 0 if st.running else NotRunning.exit_code
+
+
 Command = Callable[..., int]
 
 
@@ -95,7 +123,7 @@ def with_home(lock: str | None = None, database: bool = False,
         def inner(*args: Any, **kw: Any) -> int:
             from rds import session
 
-            home = Home.open()
+            home = open_home()
             if superuser:
                 require_superuser(home)
             if not database:
@@ -107,13 +135,59 @@ def with_home(lock: str | None = None, database: bool = False,
     return decorate
 
 
+def open_home() -> Home:
+    """The home a command works on: RDS_HOME, else /NETMRDS for root, else the user's own.
+
+    It must be one already (``rdsprm/RDSSETFL``: nothing else turns a directory into a home), the
+    caller must be allowed to use it, and its settings are read and checked here, for every command.
+    """
+    env = os.environ.get("RDS_HOME")
+    if env is not None and not env.strip():
+        raise SettingsError("RDS_HOME is set but empty: set it to a home (RDS_HOME=/srv/rds/relay1), or unset "
+                            "it for the default home (/NETMRDS for root)")
+    try:
+        path = default_home()
+    except PermissionError as e:  # RDS_HOME lies beyond a directory this user may not enter
+        raise NotPermitted(not_permitted(Path(e.filename or env or "RDS_HOME"))) from None
+    check_may_use(path)
+    settings_file = path / "rdsprm" / "RDSSETFL"
+    if not settings_file.is_file():
+        raise SettingsError(f"{path}: not an rds home (no rdsprm/RDSSETFL); make one with: mkdir -p {path}/rdsprm "
+                            f"&& touch {settings_file} (a managing server; see rdssetfl(5) and RDSSETFL.sample)")
+    home = Home.open(path)
+    home.settings  # noqa: B018 - every command reads and checks RDSSETFL, whatever it goes on to do
+    return home
+
+
+def check_may_use(path: Path) -> None:
+    """Root may use any home; another user one they own or may write (the one error for all others)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # said next: not a home
+    except PermissionError:
+        raise NotPermitted(not_permitted(path)) from None
+    if st.st_uid == os.geteuid():
+        return
+    parts = [path, *(p for p in (path / "rdsprm", path / "GROUP", path / "log", path / "run") if p.exists())]
+    if not all(os.access(p, os.R_OK | os.W_OK | os.X_OK) for p in parts):
+        raise NotPermitted(not_permitted(path))
+
+
 def require_superuser(home: Home) -> None:
     """Root may; with RDS_HOME set, so may the home's owner."""
     if os.geteuid() == 0:
         return
     if os.environ.get("RDS_HOME") and home.path.stat().st_uid == os.geteuid():
         return
-    raise UsageError("only the superuser (or the owner of RDS_HOME) may run this command")
+    raise NotPermitted(not_permitted(home.path))
+
+
+def not_permitted(path: Path) -> str:
+    """The one error for a user who may not use a home or run a command on it (exit 1)."""
+    return f"{path}: permission denied: only root or the owner of this home may use it"
 
 
 def multi(first: tuple[str, ...], rest: tuple[str, ...]) -> list[str]:

@@ -41,11 +41,19 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tup
 @with_home(database=True)
 def create(pid: PackageId, hosts: list[str], job_type: str, *, home: Home, db: Database) -> int:
     job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type)
-    for h in unknown:
-        click.echo(f"dcmjexe: {h} has not reported in yet; its job is held until it does", err=True)
+    if unknown:
+        click.echo(f"dcmjexe: {unknown_hosts(unknown)}", err=True)
     startup.start_lowers(home, db, logger(home).info, [job_no])
     click.echo(str(job_no))
     return 0
+
+
+def unknown_hosts(hosts: list[str], shown: int = 10) -> str:
+    """One line however many: the count, the first names, how many more."""
+    names = ", ".join(hosts[:shown]) + (f" and {len(hosts) - shown} more" if len(hosts) > shown else "")
+    if len(hosts) == 1:
+        return f"{names} has not reported in yet; its job is held until it does"
+    return f"{len(hosts)} hosts have not reported in yet ({names}); their jobs are held until they do"
 
 
 main = entry(command)

@@ -2,35 +2,105 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import click
 
-from rds import manager
-from rds.cli import entry, print_json, table, with_home
+from rds import codes, manager
+from rds.cli import entry, fast_table, print_json, table, with_home
+from rds.clock import shown
 from rds.database import Database
+from rds.errors import UsageError
 from rds.home import Home
+
+STATUSES = list(codes.JOB_STATUS_CODES)
 
 
 @click.command(name="dcmstat", context_settings={"help_option_names": ["--help"]})
 @click.option("-n", "job_no", type=click.IntRange(1), metavar="JOB", help="Only this job.")
+@click.option("-s", "--summary", is_flag=True, help="Count the destinations of each job at each status.")
+@click.option("-w", "--watch", is_flag=True,
+              help="With -n: redraw the job's counts (and a bar on a terminal) until it ends; exit as without -w.")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True, metavar="SECONDS",
+              help="With -w: seconds between two looks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-@with_home(database=True)
-def command(job_no: int | None, as_json: bool, *, home: Home, db: Database) -> int:
+def command(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool) -> int:
     """Show each destination's status: WAIT, EXEC, COMPLETE, ERROR, EXEC-ERROR, LINE-DOWN, SETUP-ERROR.
 
     \b
     Exit status: 0 all complete, 30 some failed, 31 still running,
-    32 running with failures.
+    32 running with failures (an EXEC-ERROR or LINE-DOWN that the
+    destination's own outcome may still follow counts as running).
     """
+    if watch and job_no is None:
+        raise UsageError("-w watches one job: give it with -n JOB")
+    if watch and as_json:
+        raise UsageError("-w draws for people; --json prints once")
+    return show(job_no, summary, watch, interval, as_json)
+
+
+@with_home(database=True)
+def show(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool, *, home: Home,
+         db: Database) -> int:
     manager.require_managing_server(home)
+    if watch:
+        assert job_no is not None
+        return watch_job(db, job_no, interval)
+    if summary:
+        found = manager.summaries(db, job_no)
+        if as_json:
+            print_json([s.to_json() for s in found])
+        elif found:
+            click.echo(summary_table(found))
+        else:
+            click.echo("no jobs")
+        return manager.summaries_exit_code(found)
     rows = manager.destinations(db, job_no)
     if as_json:
         print_json([r.to_json() for r in rows])
     elif rows:
-        click.echo(table([[r.job_no, r.dest, r.package, r.status, r.updated, r.message] for r in rows],
+        click.echo(table([[r.job_no, r.dest, r.package, r.status, shown(r.updated), r.message] for r in rows],
                          ["JOB", "DESTINATION", "PACKAGE", "STATUS", "UPDATED", "MESSAGE"]))
     else:
         click.echo("no jobs")
     return manager.exit_code(rows)
+
+
+def summary_table(found: list[manager.JobSummary]) -> str:
+    rows = [[str(s.job_no), s.package, s.type, str(s.total), *(str(s.counts.get(st, 0)) for st in STATUSES)]
+            for s in found]
+    return fast_table(rows, ["JOB", "PACKAGE", "TYPE", "DESTINATIONS", *STATUSES])
+
+
+def counts_line(s: manager.JobSummary) -> str:
+    parts = [f"{st} {n}" for st, n in s.counts.items() if n]
+    return f"job {s.job_no} {s.package}: {s.ended}/{s.total} ended; " + ", ".join(parts)
+
+
+def bar(s: manager.JobSummary, width: int = 30) -> str:
+    done = width * s.ended // s.total if s.total else width
+    return "[" + "#" * done + "-" * (width - done) + f"] {100 * s.ended // max(s.total, 1):3d}%"
+
+
+def watch_job(db: Database, job_no: int, interval: float) -> int:
+    """Look every ``interval`` until the job ends.  On a terminal the line is redrawn with a bar;
+    otherwise a line is printed each time the counts change (cron, a pipe)."""
+    terminal = sys.stdout.isatty()
+    last = ""
+    while True:
+        s = manager.summaries(db, job_no)[0]
+        line = counts_line(s)
+        if terminal:
+            click.echo(f"\r\033[K{bar(s)} {line}", nl=False)
+        elif line != last:
+            click.echo(line)
+        last = line
+        if s.exit_code not in (manager.RUNNING, manager.RUNNING_WITH_FAILURES):
+            if terminal:
+                click.echo()
+            return s.exit_code
+        time.sleep(interval)
 
 
 main = entry(command)

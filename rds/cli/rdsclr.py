@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from rds import cleanup, storehouse
+from rds import cleanup, log, storehouse
 from rds.cli import entry, print_json, table, with_home
-from rds.clock import now_text
+from rds.cli.rdsma import RESIDENTS
+from rds.clock import local_text
 from rds.errors import UsageError
 from rds.home import PASS_LOCK, Home
 
@@ -31,19 +32,22 @@ def command(dry_run: bool, wait: bool, as_json: bool, *, home: Home) -> int:
         raise UsageError("this is the managing server: its storehouse holds the registered packages; "
                          "rdsclr runs on relays and clients")
     report = cleanup.clean(home, dry_run=dry_run, defer=True)
+    logs = [] if dry_run else log.prune(home, keep=RESIDENTS)  # install logs and .out files past LogRetention
     if wait:
         storehouse.reap(report.doomed)
         reaper = None
     else:
         reaper = storehouse.reap_in_background(report.doomed)
     if as_json:
-        print_json({**report.to_json(), "reaper_pid": reaper})
+        print_json({**report.to_json(), "reaper_pid": reaper, "logs_removed": len(logs)})
         return 0
-    rows = [[r.package, r.size, r.reason, now_text(r.accessed), "busy: kept" if r.busy else
+    rows = [[r.package, r.size, r.reason, local_text(r.accessed), "busy: kept" if r.busy else
              ("would remove" if dry_run else "removed")] for r in report.removed + report.busy]
     if rows:
         click.echo(table(rows, ["PACKAGE", "BYTES", "REASON", "LAST ACCESS", "DONE"]))
     click.echo(report.summary())
+    if logs:
+        click.echo(f"removed {len(logs)} install log(s) and .out file(s) older than LogRetention")
     if reaper:
         click.echo(f"the files of {len(report.doomed)} removed package(s) are being deleted in the background "
                    f"(pid {reaper})")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from rds import delivery
 from rds.cli import SpreadCommand, entry, fast_table, print_json, with_home
-from rds.clock import now_text
+from rds.clock import local_text
 from rds.errors import InputError, UsageError
 from rds.home import Home
 
@@ -75,13 +77,31 @@ def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool
     finally:
         f.close()
     if as_json:
-        print_json([dict(zip(delivery.COLUMNS, r, strict=True)) for r in rows])
+        print_json([vocabulary(dict(zip(delivery.COLUMNS, r, strict=True))) for r in rows])
     elif not rows:
         click.echo("no entries" if flt.empty else "no entry matches")
     else:
-        click.echo(fast_table([(r[0], r[1], r[2], r[3], r[4], r[5], str(r[6]), r[7], r[8], r[9], now_text(r[10]),
+        click.echo(fast_table([(r[0], r[1], r[2], r[3], r[4], r[5], str(r[6]), r[7], r[8], r[9], local_text(r[10]),
                                 " ".join(r[11].split())) for r in rows], LONG))
     return 0
+
+
+def vocabulary(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry in rds(7)'s JSON words: ``package`` the full package ID (its ID part ``package_id``),
+    ``type`` the job type, ``updated`` an ISO 8601 time with its offset."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "package":
+            out["package"] = ".".join(str(entry[k]) for k in ("packager", "cabinet", "package", "version",
+                                                              "generation"))
+            out["package_id"] = value
+        elif key == "job_type":
+            out["type"] = value
+        elif key == "updated":
+            out["updated"] = local_text(value)
+        else:
+            out[key] = value
+    return out
 
 
 def short_table(f: delivery.File, flt: delivery.Filter) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rds import delivery
-from rds.cli import entry, resident, with_home
+from rds.cli import entry, resident, show_status, with_home
 from rds.errors import UsageError
 from rds.home import Home
 
@@ -16,7 +16,10 @@ TRIM_INTERVAL = 60.0  # seconds between two trims of the file to OrderOfDelivery
 @click.command(name=NAME, context_settings={"help_option_names": ["--help"]})
 @click.option("-p", "stop", is_flag=True, help="Stop the facility: statuses are no longer recorded.")
 @click.option("--foreground", is_flag=True, help="Run the facility in this process instead of detaching (systemd).")
-def command(stop: bool, foreground: bool) -> int:
+@click.option("--status", is_flag=True,
+              help="Say whether the facility runs (pid, since when) and how its last pass ended; exit 0 if it runs, "
+                   "8 if not.")
+def command(stop: bool, foreground: bool, status: bool) -> int:
     """Start the distribution status server facility of this home (or with -p stop it).
 
     While it runs, this host records in the distribution situation file
@@ -24,13 +27,15 @@ def command(stop: bool, foreground: bool) -> int:
     each destination; rdsdlv shows it.  The facility keeps the file to
     OrderOfDeliveryStatus entries.
     """
-    if stop and foreground:
-        raise UsageError("-p stops; it takes no other option")
-    return start_or_stop(stop, foreground)
+    if stop and foreground or status and (stop or foreground):
+        raise UsageError("-p, --foreground and --status exclude one another")
+    return start_or_stop(stop, foreground, status)
 
 
 @with_home(superuser=True)
-def start_or_stop(stop: bool, foreground: bool, *, home: Home) -> int:
+def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> int:
+    if status:
+        return show_status(home, NAME)
     if not stop:
         delivery.open_file(home).close()  # a bad path or a newer file is said now, not in the log
     return resident(home, NAME, stop, foreground, lambda: _trim(home), TRIM_INTERVAL)

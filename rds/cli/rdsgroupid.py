@@ -8,7 +8,7 @@ import click
 
 from rds import jobs
 from rds.cli import entry, multi, print_json, table, with_home
-from rds.clock import now_text
+from rds.clock import local_text
 from rds.database import Database
 from rds.errors import InputError
 from rds.home import Home
@@ -45,11 +45,11 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...], *, ho
         raise InputError("job arguments go with -d")
     rows = jobs.listing(db)
     if as_json:
-        print_json([{"job": r["job_no"], "dest": r["dest"], "type": r["type"], "package": r["package"],
-                     "state": r["state"], "received": now_text(r["received"]), "handed_to": r["handed_to"]}
+        print_json([{"job_no": r["job_no"], "dest": r["dest"], "type": r["type"], "package": r["package"],
+                     "state": r["state"], "received": local_text(r["received"]), "handed_to": r["handed_to"]}
                     for r in rows])
     elif rows:
-        click.echo(table([[r["job_no"], r["dest"], r["package"], r["state"], r["type"], now_text(r["received"]),
+        click.echo(table([[r["job_no"], r["dest"], r["package"], r["state"], r["type"], local_text(r["received"]),
                            r["handed_to"] or ""] for r in rows],
                          ["JOB", "DESTINATION", "PACKAGE", "STATE", "TYPE", "RECEIVED", "HANDED TO"]))
     else:

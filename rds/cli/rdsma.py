@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import click
 
-from rds import cleanup, poller
-from rds.cli import entry, resident, with_home
+from rds import cleanup, log, poller
+from rds.cli import entry, resident, show_status, with_home
 from rds.errors import UsageError
 from rds.home import Home
 
 NAME = "rdsma"
+RESIDENTS = ("rdsma", "rdssnd", "rdsdlvse")  # their .out files stay while they may write them
 
 
 @click.command(name=NAME, context_settings={"help_option_names": ["--help"]})
 @click.option("-a", "start", is_flag=True, help="Start polling (the default).")
 @click.option("-q", "stop", is_flag=True, help="Stop polling; a pass under way finishes first.")
 @click.option("--foreground", is_flag=True, help="Poll in this process instead of detaching (systemd).")
-def command(start: bool, stop: bool, foreground: bool) -> int:
+@click.option("--status", is_flag=True,
+              help="Say whether rdsma runs (pid, since when) and how its last pass ended; exit 0 if it runs, 8 if not.")
+def command(start: bool, stop: bool, foreground: bool, status: bool) -> int:
     """Start (or with -q stop) the resident polling of this host.
 
     Every WatchTimeofOrders it does what rdsft -a does; 0 checks once, MANUAL
@@ -24,22 +27,30 @@ def command(start: bool, stop: bool, foreground: bool) -> int:
     """
     if stop and (start or foreground):
         raise UsageError("-q stops; it takes no other option")
-    return start_or_stop(stop, foreground)
+    if status and (start or stop or foreground):
+        raise UsageError("--status takes no other option")
+    return start_or_stop(stop, foreground, status)
 
 
 @with_home()
-def start_or_stop(stop: bool, foreground: bool, *, home: Home) -> int:
+def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> int:
+    if status:
+        return show_status(home, NAME)
     if not stop and home.settings.is_managing_server:
-        raise UsageError(f"{home.path}: this host is the managing server (RDSSETFL has no ManagingHost); "
-                         "rdsma runs on relays and clients")
+        # nothing to poll: said, and exit 0, so that a unit with Restart=on-failure does not loop
+        click.echo(f"{NAME}: {home.path} is the managing server (RDSSETFL has no ManagingHost): nothing to poll; "
+                   "rdsma runs on relays and clients")
+        return 0
     return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
                     home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)))
 
 
 def clean(home: Home) -> str:
-    """The cache cleanup every CacheCleanupInterval, between passes."""
+    """The cache cleanup every CacheCleanupInterval, between passes; old install logs and .out files too."""
+    pruned = log.prune(home, keep=RESIDENTS)
     report = cleanup.between_passes(home)
-    return "cache cleanup: " + report.summary() if report.removed or report.busy else ""
+    said = "cache cleanup: " + report.summary() if report.removed or report.busy else ""
+    return "; ".join(filter(None, [said, f"removed {len(pruned)} log(s) older than LogRetention" if pruned else ""]))
 
 
 def describe(report: poller.PassReport) -> str:

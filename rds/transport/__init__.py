@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rds import trust
+from rds import progress, trust
 from rds.client import Link, UpperClient
 from rds.errors import CommunicationError, IntegrityError, Refused, UsageError
 from rds.home import Home
@@ -80,6 +80,8 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
         except CommunicationError as e:
             if s.retry_count != 9 and attempt > s.retry_count:
                 raise
+            # said on a terminal (and logged): when, and which attempt of how many
+            said = progress.retrying(str(e), s.retry_interval, attempt, None if s.retry_count == 9 else s.retry_count)
             if log:
-                log(f"{e}; retry {attempt} in {s.retry_interval:g}s")
+                log(said)
             sleep(s.retry_interval)

@@ -209,7 +209,7 @@ class Hammer:
         call = self.run("c", "rdsgroupid", "--json")
         if call.code != 0:
             return
-        done = [f"{r['job']}:{r['dest']}" for r in json.loads(call.stdout) if r["state"] == "DONE"]
+        done = [f"{r['job_no']}:{r['dest']}" for r in json.loads(call.stdout) if r["state"] == "DONE"]
         if done:
             self.run("c", "rdsgroupid", "-d", *self.rng.sample(done, min(len(done), 3)))
         if self.rng.random() < 0.2:
