@@ -139,8 +139,8 @@ class UpperService:
         kept: list[Result] = []
         log = logger(self.home)
         believed = []
-        for r in parsed:  # each checked on its own: one forged result does not hold back the others
-            fault = trust.result_fault(self.db, self.lower, r, self.home.host, lambda h: jobs.route(self.db, h))
+        faults = trust.result_faults(self.db, self.lower, parsed, self.home.host, lambda h: jobs.route(self.db, h))
+        for r, fault in zip(parsed, faults, strict=True):  # each on its own: a forged one holds back no other
             if fault is None:
                 believed.append(r)
             else:

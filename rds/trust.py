@@ -467,9 +467,34 @@ def sign_result(me: Identity, host: str, r: Result) -> Result:
     return dataclasses.replace(r, sig=me.sign(r.body()))
 
 
-def result_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
+def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result], own_host: str,
+                  route_of: Callable[[str], str | None]) -> list[str | None]:
+    """Why each of ``results``, reported by ``lower``, is not believed here (None: it is).
+
+    The checks against what is known here come first; the signatures of
+    those that pass are then checked together (rds.identity.verify_many).
+    """
+    faults: list[str | None] = []
+    checks: list[tuple[str, dict[str, Any], str]] = []
+    waiting: list[int] = []
+    for r in results:
+        fault = _known_fault(db, lower, r, own_host, route_of)
+        key = pinned(db, r.by) if fault is None else None
+        if fault is None and key is None:
+            fault = f"{lower} reported a result for job {r.job_no}:{r.dest} signed by {r.by}, whose key is not known"
+        faults.append(fault)
+        if fault is None and key is not None:
+            waiting.append(len(faults) - 1)
+            checks.append((key, r.body(), r.sig))
+    for i, good in zip(waiting, identity.verify_many(checks), strict=True):
+        if not good:
+            r = results[i]
+            faults[i] = f"{lower} reported a result for job {r.job_no}:{r.dest} that does not verify with {r.by}'s key"
+    return faults
+
+
+def _known_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
                  route_of: Callable[[str], str | None]) -> str | None:
-    """Why the result ``r``, reported by ``lower``, is not believed here, or None when it is."""
     if r.dest == own_host or (r.dest != lower and route_of(r.dest) != lower):
         return f"{lower} reported a result for {r.dest}, which is not below it"
     if db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone() is None:
@@ -483,7 +508,4 @@ def result_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
             return f"{lower} reported a result signed by {r.by}, which is not below it"
         if not below(db, r.dest, r.by):
             return f"{r.by} reported {r.status} for {r.dest}, which is not proven below it"
-    key = pinned(db, r.by)
-    if key is None or not identity.verify(key, r.body(), r.sig):
-        return f"{lower} reported a result for job {r.job_no}:{r.dest} that does not verify with {r.by}'s key"
     return None
