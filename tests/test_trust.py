@@ -315,3 +315,11 @@ def test_a_relay_sends_again_what_its_upper_system_lost(tmp_path: Path) -> None:
     db.close()
     tree["relay"].run("rdsft", "-a")  # told 'unproven', it sends client's statement again at once
     assert routes(mgr.home()) == {"relay": "relay", "client": "relay"}
+
+
+def test_a_large_batch_of_signatures_is_checked_as_one_by_one() -> None:
+    s = Signer("h")
+    items = [(s.public, {"n": i}, s.sign({"n": i})) for i in range(600)]
+    items[17] = (s.public, {"n": 17}, s.sign({"n": 18}))  # a signature of something else
+    items[599] = (Signer("h").public, {"n": 599}, s.sign({"n": 599}))  # another key
+    assert identity.verify_many(items) == [i not in (17, 599) for i in range(600)]
