@@ -99,6 +99,7 @@ STATE = Schema("state database", 3, {
             key   TEXT NOT NULL,
             sig   TEXT NOT NULL,
             sent  TEXT)                 -- the upper system it went to (a relay sends each one once)""",
+        "CREATE INDEX statements_unsent ON statements (host) WHERE sent IS NULL",
         """CREATE TABLE believed (
             name  TEXT PRIMARY KEY,     -- 'signer': the managing server's name (its key is in keys)
             value TEXT NOT NULL)""",

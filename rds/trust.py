@@ -262,6 +262,8 @@ def own_statement(me: Identity, db: sqlite3.Connection, host: str, upper: str) -
     s = Statement(host, upper, n, me.public, me.sign(body))
     with Transaction(db):
         _put(db, [s])
+        if old is None or old.upper != upper:  # a new upper system has had none of them
+            db.execute("UPDATE statements SET sent=NULL")
     return s
 
 
@@ -277,16 +279,10 @@ def statements_up(db: sqlite3.Connection, own: Statement, subtree: Sequence[str]
     """What a check-in to ``upper`` carries: this host's statement, the latest statements of the hosts
     below it that ``upper`` has not had yet, and the names of every host below it."""
     names = [h for h in subtree if h != own.host]
-    fresh = [Statement(*r).to_json() for r in _chunks_with(db, names, upper)]
+    below = set(names)
+    fresh = [Statement(*r).to_json() for r in db.execute(
+        "SELECT host, upper, n, key, sig FROM statements WHERE sent IS NULL ORDER BY host") if r[0] in below]
     return [own.to_json(), *fresh], names
-
-
-def _chunks_with(db: sqlite3.Connection, hosts: Sequence[str], upper: str) -> Iterable[Any]:
-    for i in range(0, len(hosts), _CHUNK):
-        part = hosts[i:i + _CHUNK]
-        yield from db.execute(f"SELECT host, upper, n, key, sig FROM statements WHERE host IN"
-                              f" ({','.join('?' * len(part))}) AND (sent IS NULL OR sent != ?) ORDER BY host",
-                              (*part, upper))
 
 
 def sent(db: sqlite3.Connection, upper: str, statements: Sequence[dict[str, Any]],
@@ -294,7 +290,7 @@ def sent(db: sqlite3.Connection, upper: str, statements: Sequence[dict[str, Any]
     """``upper`` took this check-in: the statements it carried need not go again, but those of the
     hosts it could not prove must (it lost them, or refused them: it hears of them again)."""
     if not unproven and len(statements) == 1 and db.execute(
-            "SELECT 1 FROM statements WHERE host=? AND sent=?", (statements[0]["host"], upper)).fetchone():
+            "SELECT 1 FROM statements WHERE host=? AND sent IS NOT NULL", (statements[0]["host"],)).fetchone():
         return  # nothing changed: no commit
     with Transaction(db):
         db.executemany("UPDATE statements SET sent=? WHERE host=? AND sig=?",
@@ -332,8 +328,7 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
     if own.upper != own_host:
         raise Refused(f"{lower}'s route statement names {own.upper} as its upper system, not {own_host}")
     listed = list(claims)
-    seal = _seal(db, own, names)
-    if len(claims) == 1 and _believed(db, f"proof:{lower}") == seal:
+    if len(claims) == 1 and _sealed(db, own, names):
         return [lower, *(h for h in dict.fromkeys(names) if h != lower)], []  # nothing changed since it was proven
     stored = _stored(db, listed)
     pins = _pins(db, listed)
@@ -419,6 +414,13 @@ def _seal(db: sqlite3.Connection, own: Statement, names: list[str]) -> str:
     generation of everything believed here (any statement or key that changes makes a new one)."""
     digest = hashlib.sha256("\n".join([own.sig, *names]).encode()).hexdigest()
     return f"{_believed(db, 'generation') or 0}:{digest}"
+
+
+def _sealed(db: sqlite3.Connection, own: Statement, names: list[str]) -> bool:
+    """Whether ``own.host``'s last proof rests on what this check-in says (one query for both values)."""
+    got = dict(db.execute("SELECT name, value FROM believed WHERE name IN ('generation', ?)", (f"proof:{own.host}",)))
+    digest = hashlib.sha256("\n".join([own.sig, *names]).encode()).hexdigest()
+    return got.get(f"proof:{own.host}") == f"{got.get('generation', 0)}:{digest}"
 
 
 def _changed(db: sqlite3.Connection) -> None:
