@@ -7,7 +7,13 @@ A package leaves the storehouse by retention (past its storage period), by
 the size limit, by ``rdsft -init`` or by a DELETE job; ``remove`` does all
 four the same way: it settles the jobs that needed the package
 (``invalidate``, one transaction: the commit point), then has the storehouse
-rename the package's directory out of sight and delete the files.  A package
+rename the package's directory out of sight and delete the files.  One
+exception: under JIT the size limit only makes room.  A package it evicts
+is fetched again when it is next needed (seed 002: "If the software is not
+present locally ... the Software Repository Cache attempts to download the
+file"), so its jobs are not settled; they stay and wait for it.  Retention,
+``rdsft -init``, a DELETE job, and the size limit under SNEAKERNET (where
+nothing is fetched) invalidate them as seed 003 says.  A package
 that a lower system is reading right now is not removed under the reader
 (``Storehouse.hold``), but kept and named "busy".  Passes on this home (which
 install) are kept out by the caller holding the home's pass lock (``PASS_LOCK``).
@@ -22,9 +28,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rds import codes, crashpoints, fsutil, jobs, results, session
+from rds import cache, codes, crashpoints, fsutil, jobs, results, session
 from rds.clock import now_text
 from rds.database import Transaction
+from rds.errors import LockTimeout
 from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.log import logger
 from rds.packages import PackageId
@@ -123,8 +130,10 @@ def clean(home: Home, now: float | None = None, dry_run: bool = False, retention
                 for e in sorted(keep, key=lambda e: (e.id in pending, e.accessed, e.id)):
                     over.append((e, OVER_LIMIT))
         if over:
-            # the size pass stops once use is down to the mark; a busy package stays counted
-            remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use, defer=defer)
+            # the size pass stops once use is down to the mark; a busy package stays counted.
+            # Under JIT an evicted package comes back when needed: its jobs wait for it, still valid.
+            remove(home, db, store, over, dry_run=dry_run, wait=0.0, report=report, use=use, defer=defer,
+                   settle=settings.caching_policy != cache.JIT)
         report.use_after = report.use_before - sum(r.size for r in report.removed)
     finally:
         db.close()
@@ -143,8 +152,9 @@ CHUNK = 256  # packages held (one open file each) and settled per transaction
 
 def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable[tuple[Stored, str]],
            dry_run: bool = False, wait: float = 0.0, report: Report | None = None,
-           use: int | None = None, defer: bool = False) -> Report:
-    """Remove packages and settle their jobs; with ``use`` stop once it is at the high-water mark.
+           use: int | None = None, defer: bool = False, settle: bool = True) -> Report:
+    """Remove packages and settle their jobs (unless not ``settle``: JIT's eviction for room); with
+    ``use`` stop once it is at the high-water mark.
 
     By chunks: hold each package against readers, settle the jobs of the
     held ones in one transaction (the commit point), rename their directories
@@ -152,7 +162,7 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
     files.  Killed after the commit, the packages are still there and the
     next cleanup (or DELETE job, or rdsft -init) removes them; killed after
     the renames, the next pass removes the leftovers.  Jobs are never left
-    waiting for a package that is gone.
+    waiting for a package that is gone, but under JIT, which fetches it again.
     """
     report = report if report is not None else Report(dry_run=dry_run)
     todo = iter(todo)
@@ -181,9 +191,10 @@ def remove(home: Home, db: sqlite3.Connection, store: Storehouse, todo: Iterable
                 full = True
             if not held:
                 break
-            inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r in held})
-            report.invalidated += inv
-            report.deleted_jobs += deleted
+            if settle:
+                inv, deleted = invalidate(db, home.settings, {r.package: _why(home, r) for r in held})
+                report.invalidated += inv
+                report.deleted_jobs += deleted
             crashpoints.reach("cleanup-settled")
             hidden = store.hide(r.package for r in held)
             report.removed += [r for r in held if r.package in hidden]
@@ -241,6 +252,29 @@ def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
     return invalid, deleted
 
 
+def partial_downloads(home: Home, db: sqlite3.Connection, store: Storehouse) -> int:
+    """Remove the partial downloads that no one will resume; returns how many went.
+
+    Those are the empty ones (a pass killed before the first byte came), and
+    those of packages that no job here needs any more.  One that a process
+    is downloading right now is left: it holds the package's fetch lock.
+    """
+    fsutil.remove_strays(store.partial)  # what a killed rdsstage -i left
+    needed = jobs.pending_packages(db)
+    n = 0
+    for path, pid, size in store.partials():
+        if pid is None or (size and str(pid) in needed):
+            continue
+        try:
+            with store.fetch_lock(pid, timeout=0), contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size == size:  # not grown since: no one appends to it
+                    path.unlink()
+                    n += 1
+        except LockTimeout:
+            continue  # being downloaded: its process resumes or removes it
+    return n
+
+
 def upper_invalidated(db: sqlite3.Connection, store: Storehouse, keys: Iterable[tuple[int, str]], upper: str,
                       settings: Settings) -> int:
     """The upper system lost the package of jobs it handed here: end those that cannot run."""
@@ -262,6 +296,7 @@ def remove_all(home: Home, db: sqlite3.Connection, reason: str = INIT, wait: flo
     report = Report(packages=len(entries), use_before=sum(e.size for e in entries))
     remove(home, db, store, [(e, reason) for e in sorted(entries, key=lambda e: e.id)], wait=wait, report=report)
     store.clear_partial()
+    store.forget_damage()  # a good copy may be fetched or staged again, whatever happened to the old one
     report.use_after = report.use_before - sum(r.size for r in report.removed)
     return report
 

@@ -100,6 +100,12 @@ class UpperClient:
             self.verify(m)  # never cached, fetched or served unless the managing server signed it
         return m
 
+    def damaged(self, pid: PackageId, sha256: str) -> str:
+        """Tell the upper system that its copy of ``pid`` (``sha256``) came here damaged; returns what it
+        found: "removed", "intact" or "gone" (raises UnableToCache when it cannot fetch a good one)."""
+        copy = self._call("damaged", package=str(pid), sha256=sha256).get("copy")
+        return copy if copy in ("removed", "intact", "gone") else "gone"
+
     def fetch(self, store: Storehouse, manifest: Manifest) -> None:
         """Download a package into ``store``: resumed from what a cut left, hashed as it comes, verified,
         committed (rds.storehouse, ``receive``)."""

@@ -16,6 +16,7 @@
           .verified             the payload as last checked against the manifest
         .partial/             downloads in progress, resumed from their size
         .checksums/           the upper system's manifests and when they were asked (rds.storehouse)
+        .damaged/             why a copy found damaged was removed, until a good one comes (rds.cache)
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
       GROUP/delivery.db       distribution situation file (rds.delivery), unless OutPutFileOfDeliveryStatus
       log/rds.log             what the commands did

@@ -53,6 +53,7 @@ class PassReport:
     fetched: list[str] = dataclasses.field(default_factory=list)
     installed: list[Result] = dataclasses.field(default_factory=list)
     sent: int = 0
+    damaged: list[str] = dataclasses.field(default_factory=list)  # downloads that came damaged (rds.cache)
 
     @property
     def failed(self) -> list[Result]:
@@ -85,7 +86,9 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                         log.info(f"{n} job(s) invalid: their package left the storehouse of {client.where}")
                 if found:
                     log.info(f"received {len(found)} job(s) from {client.where}, {report.received} new")
-                report.fetched, ended = fetch_needed(home, db, store, client, log.info)
+                if n := cleanup.partial_downloads(home, db, store):  # what killed runs left, no one resumes
+                    log.info(f"removed {n} partial download(s) that no job here needs, or that were empty")
+                report.fetched, ended = fetch_needed(home, db, store, client, log.info, report.damaged)
                 announce_kept(home, db, store)
             finally:
                 if requests is not None:
@@ -140,26 +143,36 @@ def startup_address(home: Home) -> str | None:
 
 
 def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: UpperClient,
-                 log: Callable[[str], None]) -> tuple[list[str], list[Result]]:
+                 log: Callable[[str], None], damaged: list[str] | None = None) -> tuple[list[str], list[Result]]:
     """Do this host's Transfer jobs first, then bring the packages its own installs need, per the caching policy.
 
     Returns the packages fetched and the jobs that ended here (transfers, and
     installs whose package cannot be cached).  Jobs for the hosts below need
     nothing here: their packages are fetched when a lower system asks for them
-    (rds.cache).
+    (rds.cache).  A download that came damaged is added to ``damaged``; its
+    jobs stay, LINE-DOWN at the managing server until a pass brings a good copy.
     """
     fetched: list[str] = []
     ended: list[Result] = []
+    damaged = [] if damaged is None else damaged
 
     def end(job: Job, status: str, message: str) -> None:
         ended.append(Result(job.job_no, job.dest, status, message, now_text()))
         results.keep(db, ended[-1])  # the job is DONE in the same commit
 
+    def came_damaged(waiting: list[Job], e: IntegrityError) -> None:  # rds.cache logged it and told the upper
+        damaged.append(str(e))
+        for job in waiting:  # interim: the install's outcome replaces it
+            results.keep(db, Result(job.job_no, job.dest, codes.LINE_DOWN, str(e), now_text()))
+
     own = jobs.in_state(db, jobs.WAIT, home.host) + jobs.in_state(db, jobs.INSTALLING, home.host)
     for job in [j for j in own if j.type == jobs.TRANSFER]:  # the emergency push: ahead of everything
         try:
             m, got = cache.obtain(home, store, db, job.package, lambda: client, log, force=True)
-        except (IntegrityError, LockTimeout, Refused, UnableToCache) as e:
+        except IntegrityError as e:
+            came_damaged([job], e)
+            continue
+        except (LockTimeout, Refused, UnableToCache) as e:
             log(f"job {job.job_no} (transfer of {job.package}): {e}")
             if isinstance(e, UnableToCache):  # a relay above refused it
                 end(job, codes.ERROR, str(e))
@@ -179,7 +192,10 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
             for job in waiting:
                 end(job, codes.ERROR, str(e))
             continue
-        except (IntegrityError, LockTimeout, Refused) as e:  # LockTimeout: another process still fetches it
+        except IntegrityError as e:
+            came_damaged(waiting, e)
+            continue
+        except (LockTimeout, Refused) as e:  # LockTimeout: another process still fetches it
             log(str(e))  # the jobs stay; the next pass fetches again
             continue
         if got:

@@ -10,6 +10,7 @@ transport passes in.  The lower system's side is rds.client.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from rds.errors import (
     IntegrityError,
     LockTimeout,
     ProtocolError,
+    RdsError,
     Refused,
     UnableToCache,
 )
@@ -29,7 +31,7 @@ from rds.log import logger
 from rds.packages import Manifest, PackageId
 from rds.results import Result
 from rds.settings import startup_address
-from rds.storehouse import Storehouse
+from rds.storehouse import Served, Storehouse
 
 
 class UpperService:
@@ -50,6 +52,7 @@ class UpperService:
         self._db: sqlite3.Connection | None = None
         self._connect = upper
         self._upper: UpperClient | None = None
+        self._served: dict[PackageId, Served] = {}  # each package's SHA-256 as served, read after read
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -83,6 +86,8 @@ class UpperService:
                 return self.report(msg.get("results", []))
             if op == "stat":
                 return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
+            if op == "damaged":
+                return {"ok": True, "copy": self.damaged(msg.get("package"), msg.get("sha256"))}
             raise ProtocolError(f"unknown request {op!r}")
         except wire.ANSWERED as e:
             return wire.error_answer(e)
@@ -176,12 +181,24 @@ class UpperService:
             raise Refused(f"{self.home.host} cannot ask its upper system about {pid}: {e}; ask again later") \
                 from None
 
+    def damaged(self, package: Any, sha256: Any) -> str:
+        """The lower system's download of ``package`` did not match ``sha256`` (rds.cache.reported)."""
+        pid = self.authorize(package)
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ProtocolError("'sha256' must be 64 lowercase hex digits")
+        try:
+            return cache.reported(self.home, self.store, pid, sha256, self.lower, logger(self.home).info,
+                                  cache.may_fetch(self.home, self.db, pid))
+        except LockTimeout as e:
+            raise Refused(f"{self.home.host} is busy with {pid} ({e}); tell it again later") from None
+
     def obtain(self, pid: PackageId) -> Manifest:
         """A current, verified copy of ``pid`` here, fetched from this home's upper system if need be."""
         log = logger(self.home).info
         try:
             return cache.obtain(self.home, self.store, self.db, pid, self.upper, log)[0]
-        except UnableToCache:
+        except UnableToCache as e:
+            log(str(e))  # this end's line; the lower system's jobs end in ERROR with it
             raise
         except IntegrityError as e:
             raise Refused(str(e)) from None
@@ -208,16 +225,32 @@ class UpperService:
             raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         database.announce(self.db, events.Reading(self.lower, jobs.being_read(self.db, self.lower, m.id)))
-        return _counted(self.store.blocks(pid, offset, min(length, max(0, m.size - offset))),
-                        lambda n: logger(self.home).info(f"sent {n} byte(s) of {pid} to {self.lower}, "
-                                                         f"starting at byte {offset}"))
+        if offset == 0 or pid not in self._served or self._served[pid].manifest != m:
+            self._served[pid] = Served(m)  # a read that does not go on from the last one is not hashed
+        check = self._served[pid]
+        return self._counted(self.store.blocks(pid, offset, min(length, max(0, m.size - offset)), check),
+                             check, offset)
 
-
-def _counted(blocks: Iterator[bytes], done: Any) -> Iterator[bytes]:
-    """Pass the blocks on and say how many bytes went (the fan-out benchmark and tests count them)."""
-    n = 0
-    for block in blocks:
-        n += len(block)
-        yield block
-    done(n)
+    def _counted(self, blocks: Iterator[bytes], check: Served, offset: int) -> Iterator[bytes]:
+        """Pass the blocks on; say how many bytes went (the fan-out benchmark and tests count them), and
+        once the whole payload went, whether it was the package (checked as it was served)."""
+        n = 0
+        for block in blocks:
+            n += len(block)
+            yield block
+        log = logger(self.home).info
+        m = check.manifest
+        log(f"sent {n} byte(s) of {m.id} to {self.lower}, starting at byte {offset}")
+        if not check.complete:
+            return
+        self._served.pop(m.id, None)
+        if check.matches:
+            return
+        try:
+            cache.found_damaged(self.home, self.store, m, f"SHA-256 of the copy served to {self.lower} does not "
+                                f"match its manifest ({check.sha.hexdigest()[:16]}..., expected "
+                                f"{m.sha256[:16]}...)", log, cache.may_fetch(self.home, self.db, m.id), check.ino)
+        except RdsError as e:  # the lower system's own check and report still catch it
+            logger(self.home).warning(f"package {m.id}: served damaged to {self.lower}, and could not remove "
+                                      f"it: {e}")
 

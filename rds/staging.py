@@ -17,6 +17,11 @@ manifest must carry the managing server's signature (rds.trust), or the
 whole medium is refused before anything is staged.  A package is
 added under its fetch lock (``Storehouse.fetch_lock``) with the storehouse's
 atomic commit: it appears whole or not at all.
+
+Staging renews a package's storage period (rds.cleanup's retention counts
+from when a package was stored): a new or replaced copy is stored now, and
+a package already here, found intact, is "unchanged" and renewed all the
+same, so a SNEAKERNET relay whose media come regularly keeps what they carry.
 """
 
 from __future__ import annotations
@@ -244,8 +249,9 @@ def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Out
             have = store.get(m.id)
             if have is not None and have.sha256 == m.sha256:
                 with contextlib.suppress(RdsError):
-                    store.verify(have)
-                    return Outcome(name, "unchanged", "already here, verified", m.size)
+                    store.verify(have, full=True)  # hashed again: a copy damaged in place is replaced
+                    store.renew(m.id)  # staged again: its storage period starts again
+                    return Outcome(name, "unchanged", "already here, verified; storage period renewed", m.size)
             if have is not None and have.sha256 != m.sha256 and home.settings.is_managing_server:
                 raise InputError(f"package {m.id} is registered here with other content; not replaced")
             if have is not None:

@@ -3,8 +3,9 @@
 The storehouse is a home's ``RDS/`` (its tree is drawn in rds.home): one
 directory a package, named by its full ID, holding the payload, the manifest
 and the stamps ``.accessed`` and ``.verified``; beside them ``.partial/``
-(downloads in progress) and ``.checksums/`` (the upper system's manifests,
-remembered for rds.cache).  The fetch locks are in the home's ``run/``.
+(downloads in progress), ``.checksums/`` (the upper system's manifests,
+remembered for rds.cache) and ``.damaged/`` (why a copy found damaged was
+removed, until a good copy comes).  The fetch locks are in the home's ``run/``.
 
 A package's directory is built under a temporary name and renamed into place
 last, so a package is either wholly there, verified, or not there at all.
@@ -23,6 +24,15 @@ stamp costs one system call.  ``os.utime`` changes one inode at once; after a
 power loss it may come back older, which only makes the package look less
 recently used.  The time a package was stored is the mtime of its
 ``manifest.json``, the file written last when the package was committed.
+
+Checked as it is served.  The ``.verified`` stamp trusts the payload's size,
+mtime and inode, which silent disk corruption leaves as they were; so a
+payload is also hashed as it is served (``blocks`` with a ``Served``), read
+after read of one conversation, at no I/O of its own, and rds.cache removes a
+copy whose bytes turn out not to be the package.
+
+Storage period.  A package's storage period counts from when it was stored,
+the mtime of its ``manifest.json``; staging it again renews it (``renew``).
 
 Readers and removal.  A lower system reading a package holds a shared
 ``flock`` on its payload (``blocks``).  A package leaves (``rds.cleanup``
@@ -58,6 +68,7 @@ ACCESSED = ".accessed"
 VERIFIED = ".verified"
 PARTIAL = ".partial"
 CHECKSUMS = ".checksums"
+DAMAGED = ".damaged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +101,39 @@ class HashingWriter:
 
     def flush(self) -> None:
         self.raw.flush()
+
+
+class Served:
+    """The SHA-256 of one payload as one conversation with a lower system serves it, read after read.
+
+    Only reads that go on where the last one ended are hashed; a read that
+    begins elsewhere (a resumed download) leaves the check to the lower
+    system, which hashes the whole and reports a damaged copy (rds.cache).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.sha = hashlib.sha256()
+        self.upto = 0
+        self.ino: int | None = None
+
+    def follows(self, offset: int, ino: int) -> bool:
+        """Whether a read of the file ``ino`` from ``offset`` goes on with what was hashed."""
+        if self.ino is None and offset == 0:
+            self.ino = ino
+        return ino == self.ino and offset == self.upto
+
+    def update(self, block: bytes) -> None:
+        self.sha.update(block)
+        self.upto += len(block)
+
+    @property
+    def complete(self) -> bool:
+        return self.upto == self.manifest.size
+
+    @property
+    def matches(self) -> bool:
+        return self.complete and self.sha.hexdigest() == self.manifest.sha256
 
 
 class Storehouse:
@@ -213,6 +257,7 @@ class Storehouse:
         if target.exists():
             raise InputError(f"package {manifest.id} is already in the storehouse")
         fsutil.durable_rename(work, target)  # the commit point: the package is visible whole
+        self.forget_damage(manifest.id)  # a good copy came
 
     def partial_path(self, pid: PackageId, sha256: str) -> Path:
         return self.partial / f"{pid}.{sha256[:16]}.part"
@@ -238,12 +283,15 @@ class Storehouse:
             have = 0
         sha = fsutil.sha256_of(part) if have else hashlib.sha256()
         if have < manifest.size:
+            out = _Appending(part)  # opened at the first byte: a run killed before any leaves no empty file
             try:
-                with open(part, "ab") as out, progress.Progress(f"{manifest.id} from {where}", manifest.size,
-                                                                have) as shown:
-                    read(have, manifest.size - have, progress.Writer(HashingWriter(out, sha, "downloading"), shown))
-                    out.flush()
-                    os.fsync(out.fileno())
+                try:
+                    with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
+                        read(have, manifest.size - have,
+                             progress.Writer(HashingWriter(out, sha, "downloading"), shown))
+                    out.close()  # flushed to disk
+                finally:
+                    out.close(flush=False)  # what came is kept for the next run to resume after
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -292,25 +340,26 @@ class Storehouse:
             fsutil.remove_tree(work)
             raise
 
-    def fetch_lock(self, pid: PackageId) -> contextlib.AbstractContextManager[None]:
+    def fetch_lock(self, pid: PackageId, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
         """The lock held while ``pid`` is fetched or staged.
 
         Packages share 256 lock files (``run/fetch-XX.lock``) by a hash of their
         ID, so lock files do not pile up as packages come and go; two packages
         that share one wait for each other's fetch, which is rare and harmless.
         """
-        return self.home.lock(f"fetch-{hashlib.sha256(str(pid).encode()).hexdigest()[:2]}")
+        return self.home.lock(f"fetch-{hashlib.sha256(str(pid).encode()).hexdigest()[:2]}", timeout)
 
     # -- using packages -------------------------------------------------------------------------------
 
-    def verify(self, manifest: Manifest) -> None:
-        """Check the payload against its manifest; a check is remembered until the file changes."""
+    def verify(self, manifest: Manifest, full: bool = False) -> None:
+        """Check the payload against its manifest; a check is remembered until the file changes
+        (``full``: hashed again whatever the stamp says)."""
         path = self.payload(manifest.id)
         st = path.stat()
         stamp_path = self.dir(manifest.id) / VERIFIED
         stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {manifest.sha256}"
         try:
-            if stamp_path.read_text() == stamp:
+            if not full and stamp_path.read_text() == stamp:
                 return
         except FileNotFoundError:
             pass
@@ -328,17 +377,61 @@ class Storehouse:
             with contextlib.suppress(FileNotFoundError):  # the package itself may have just left
                 stamp.touch()
 
-    def blocks(self, pid: PackageId, offset: int, length: int) -> Iterator[bytes]:
-        """The payload's bytes from ``offset``, read under a shared lock that keeps removal out."""
+    def renew(self, pid: PackageId) -> None:
+        """Start the package's storage period again now (it counts from the mtime of its manifest).
+
+        The manifest is written again, flushed, rather than touched: a renewal
+        lost to a power cut would let retention at the next boot remove it.
+        """
+        path = self.dir(pid) / MANIFEST
+        fsutil.atomic_write(path, path.read_bytes())
+
+    def payload_inode(self, pid: PackageId) -> int | None:
+        try:
+            return self.payload(pid).stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    def blocks(self, pid: PackageId, offset: int, length: int, check: Served | None = None) -> Iterator[bytes]:
+        """The payload's bytes from ``offset``, read under a shared lock that keeps removal out;
+        ``check`` hashes them if they go on where its last read ended."""
         with open(self.payload(pid), "rb") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
+            if check is not None and not check.follows(offset, os.fstat(f.fileno()).st_ino):
+                check = None
             f.seek(offset)
             while length > 0:
                 block = f.read(min(length, 1 << 20))
                 if not block:
                     break
                 length -= len(block)
+                if check is not None:
+                    check.update(block)
                 yield block
+
+    # -- copies found damaged ---------------------------------------------------------------------------
+
+    def _damage_path(self, pid: PackageId) -> Path:
+        return self.root / DAMAGED / str(pid)
+
+    def note_damage(self, pid: PackageId, why: str) -> None:
+        """Remember why the copy of ``pid`` was removed as damaged, to say so to whoever asks for it."""
+        fsutil.atomic_write(self._damage_path(pid), f"{why} (found {time.strftime('%Y-%m-%d %H:%M:%S')})".encode())
+
+    def damage(self, pid: PackageId) -> str | None:
+        """Why the last copy of ``pid`` here was removed as damaged, if no good copy came since."""
+        try:
+            return self._damage_path(pid).read_text()[:1000]
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def forget_damage(self, pid: PackageId | None = None) -> None:
+        """Forget that the copy of ``pid`` (of every package: None) was damaged."""
+        if pid is None:
+            shutil.rmtree(self.root / DAMAGED, ignore_errors=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._damage_path(pid).unlink()
 
     # -- the upper system's checksums -----------------------------------------------------------------
 
@@ -384,6 +477,7 @@ class Storehouse:
         for m in self.list():
             n += self.remove(m.id)
         self.clear_partial()
+        self.forget_damage()
         return n
 
     def clear_partial(self) -> None:
@@ -392,6 +486,20 @@ class Storehouse:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         fsutil.remove_strays(self.root)
+
+    def partials(self) -> Iterator[tuple[Path, PackageId | None, int]]:
+        """The partial downloads here: path, package (None: not a download's name) and size."""
+        with os.scandir(self.partial) as it:
+            entries = list(it)
+        for entry in entries:
+            pid = None
+            if entry.name.endswith(".part"):
+                with contextlib.suppress(InputError):
+                    pid = PackageId.parse(entry.name[:-len(".part")].rsplit(".", 1)[0])
+            try:
+                yield Path(entry.path), pid, entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
 
     @contextlib.contextmanager
     def hold(self, name: str, wait: float) -> Iterator[bool]:
@@ -439,6 +547,34 @@ class Storehouse:
                 hidden[name] = target
         fsutil.fsync_dir(self.root)
         return hidden
+
+
+class _Appending:
+    """A partial download opened for appending when its first byte comes, then flushed to disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f: Any = None
+
+    def write(self, data: bytes) -> int:
+        if self.f is None:
+            self.f = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        return int(self.f.write(data))
+
+    def flush(self) -> None:
+        if self.f is not None:
+            self.f.flush()
+
+    def close(self, flush: bool = True) -> None:
+        if self.f is None:
+            return
+        f, self.f = self.f, None
+        try:
+            if flush:
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            f.close()
 
 
 def reap(paths: Iterable[Path]) -> None:

@@ -28,6 +28,11 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              from its own upper system first (rds.cache) while the asker waits.
 ``stat``     ``package``: the upper system's current ``manifest`` of a package
              (SHA-256 and size; authorized like ``read``).
+``damaged``  ``package``, ``sha256``: the copy the asker downloaded did not
+             match that SHA-256.  The upper system hashes its copy again and
+             answers ``copy``: ``removed`` (damaged: removed, fetched again
+             when asked), ``intact`` or ``gone``; or ``uncacheable`` when it
+             cannot fetch a good copy (rds.cache).
 
 An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
 "message": ...}`` where KIND is ``refused``, ``protocol`` or ``uncacheable``

@@ -145,7 +145,8 @@ def test_no_cleanup_below_the_limit_and_down_to_the_mark_above_it(tree) -> None:
 
 
 def test_packages_that_pending_jobs_need_go_last(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    """Under SNEAKERNET (nothing is fetched again) the size limit invalidates the jobs of what it removes."""
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", "CachingPolicy\tSNEAKERNET\n")
     tree.add("c", "relay")
     tree.check_in_upward(["c", "relay"])
     needed = tree.package(name="NEEDED", script=None)
@@ -424,7 +425,8 @@ def test_rdsft_init_waits_for_a_reader_then_keeps_the_package_and_says_so(tree) 
 
 def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tree) -> None:  # type: ignore[no-untyped-def]
     """The jobs are settled before the package leaves: a kill in between never strands a job."""
-    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", "CacheSizeLimit\t1\nIDCommandDeleteTiming\tMANUAL\n")
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr", "CacheSizeLimit\t1\nIDCommandDeleteTiming\tMANUAL\n"
+                                          "CachingPolicy\tSNEAKERNET\n")
     tree.add("c", "relay")
     tree.check_in_upward(["c", "relay"])
     pkg = tree.package(name="A", script=None)

@@ -252,26 +252,24 @@ def test_corrupt_staged_copy_under_sneakernet_is_an_error(tree: Tree) -> None:
     assert "does not match its manifest" in row["message"]
 
 
-def assert_discarded(client: Host, pid: str) -> None:
-    """The upper system checks a copy before serving it, refuses a corrupt one and removes it."""
+def test_corrupt_payload_on_the_managing_server_is_an_error_that_says_so(tree: Tree) -> None:
+    """The managing server checks its copy before serving it; damaged, it cannot fetch a good one: the job
+    ends in ERROR saying what to do (it used to stay EXEC for ever, each pass discarding the download)."""
+    mgr, client, pid, job = two_levels(tree)
+    corrupt(mgr.path / "RDS" / pid / "payload.tgz")
     proc = client.run("rdsft", "-a", check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert "packages fetched: 0" in proc.stdout
     assert not client.installed().exists()
     assert not (client.path / "RDS" / pid).exists()
     assert list((client.path / "RDS" / ".partial").iterdir()) == []
-    log = (client.path / "log" / "rds.log").read_text()
-    assert f"refused read: package {pid}: SHA-256 of" in log or "is not kept on" in log
-    assert "does not match its manifest" in log or "is not kept on" in log
-
-
-def test_corrupt_payload_on_the_managing_server_is_discarded_on_download(tree: Tree) -> None:
-    mgr, client, pid, job = two_levels(tree)
-    corrupt(mgr.path / "RDS" / pid / "payload.tgz")
-    assert_discarded(client, pid)
-    assert_discarded(client, pid)  # and again on the next pass: never installed
     [row] = job_status(mgr, job)
-    assert row["status"] == "EXEC"  # taken by c1, not done
+    assert row["status"] == "ERROR"
+    assert row["message"].startswith(f"package {pid} cannot be served by the managing server mgr: the copy here "
+                                     f"was damaged (package {pid}: SHA-256 of ")
+    assert row["message"].endswith("register it again with 'rdsft -c', or stage a good copy with 'rdsstage -i PATH'")
+    assert (client.path / "log" / "rds.log").read_text().count("cannot be served by the managing server") == 1
+    assert (mgr.path / "log" / "rds.log").read_text().count("cannot be served by the managing server") == 1
 
 
 def test_corrupt_copy_on_a_relay_is_never_served(tree: Tree) -> None:

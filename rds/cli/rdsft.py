@@ -9,7 +9,7 @@ import click
 from rds import cleanup, poller, trust
 from rds.cli import entry, table, with_home
 from rds.database import Database
-from rds.errors import InputError, JobsFailed, LockTimeout, UsageError
+from rds.errors import InputError, IntegrityError, JobsFailed, LockTimeout, UsageError
 from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.packages import PackageId
 from rds.storehouse import Storehouse
@@ -90,8 +90,12 @@ def empty_storehouse(*, home: Home, db: Database) -> int:
 def check_in(*, home: Home) -> int:
     report = poller.run_once(home)
     show_pass(report)
+    failed = f"{len(report.failed)} of {len(report.installed)} install(s) ended in error" if report.failed else ""
+    if report.damaged:  # the jobs wait for a good copy; the pass failed all the same
+        raise IntegrityError(f"{len(report.damaged)} download(s) came damaged and were discarded: "
+                             f"{report.damaged[0]}" + (f"; {failed}" if failed else ""))
     if report.failed:
-        raise JobsFailed(f"{len(report.failed)} of {len(report.installed)} install(s) ended in error")
+        raise JobsFailed(failed)
     return 0
 
 

@@ -54,10 +54,11 @@ def clean(home: Home) -> str:
 
 
 def describe(report: poller.PassReport) -> str:
-    if not (report.received or report.fetched or report.installed or report.sent):
+    if not (report.received or report.fetched or report.installed or report.sent or report.damaged):
         return ""
     return (f"pass: {report.received} job(s) received, {len(report.fetched)} package(s) fetched, "
-            f"{len(report.installed)} installed ({len(report.failed)} failed), {report.sent} result(s) sent")
+            f"{len(report.installed)} installed ({len(report.failed)} failed), {report.sent} result(s) sent"
+            + (f", {len(report.damaged)} download(s) came damaged" if report.damaged else ""))
 
 
 main = entry(command)
