@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Rows of bench/faults for issue 7's points 5 and 6: hostile input and concurrency.
+"""Rows of bench/faults for issue 7's points 5 and 6: concurrency and hostile input.
 
-Each function returns one row ``(fault, trials, survived, lost, doubled)``:
+Each function returns one ``Row`` of tests/faults/runners.py, its jobs counted as in every other row
+(tests/faults/audit.py: the install script's own record and the managing server's database, both
+read outside rds):
 
 - ``hammer_row``: rdsma, rdsft -a, rdsclr, rdsgroupid -d and rdsdlv on one home for 60 s while
-  dcmjexe keeps creating jobs (tests/faults/hammer.py).  Trials are the jobs created; survived,
-  those that ended exactly once with every check passing (installed once, or never installed and
-  ERROR as invalid because rdsclr evicted their package: the cache holds two of three packages);
-  lost, never installed nor invalidated; doubled, installed more than once.  A problem that is
-  not about one job (a deadlock, a traceback, a corrupt database) counts every job as not survived.
+  dcmjexe keeps creating jobs and rdsft -c new versions (tests/faults/hammer.py).  Trials are the
+  seconds; jobs, those dcmjexe created: each must be installed once and taken as COMPLETE once (no
+  eviction is legitimate there: a job ended as invalid is lost).  A problem that is not about one job
+  (a deadlock, a traceback, a corrupt database) is a failure of the row.
 - ``broken_homes_row``: the real commands on homes with random damage
-  (tests/faults/test_fuzz_process.py).  Trials are the damaged homes; survived, those where every
-  command exited with a documented code, one line on stderr and nothing written outside the homes;
-  lost, the others (a failure that was not clean); doubled does not apply and is 0.
+  (tests/faults/test_fuzz_process.py).  Trials are the damaged homes.  Each home holds one job for c;
+  it is one of the row's jobs when ``rdsft -a`` on c said it worked (exit 0) and the damage left it a
+  job the managing server hands out and did not end it in ERROR there: then it must be installed once
+  and taken as COMPLETE once.
+  Every command must exit with a documented code and one line on stderr, and write nothing outside
+  the homes; what does not is a failure of the row.
 
-``RUNNERS`` offers both as runners of tests/faults/runners.py (``run(work, trials, seed) -> Row``, with
-every problem in ``Row.failed``), so that bench/faults takes them with
-``RUNNERS = runners.RUNNERS + faults_rows_fuzz.RUNNERS`` (bench/ on sys.path).
+``RUNNERS`` offers both as runners of tests/faults/runners.py (``run(work, trials, seed) -> Row``), so
+that bench/faults takes them with ``RUNNERS = runners.RUNNERS + faults_rows_fuzz.RUNNERS``.
 
 Run alone it prints both rows:  .venv/bin/python bench/faults_rows_fuzz.py [--seconds S] [--homes N]
 """
@@ -28,91 +31,84 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-Row = tuple[str, int, int, int, int]
+from faults import audit  # noqa: E402
+from faults.runners import Row  # noqa: E402
 
 
-def hammer_row(seconds: float = 60.0, seed: int = 0, problems: list[str] | None = None) -> Row:
-    """The hammer's row; what went wrong is appended to ``problems`` (else printed on stderr)."""
+def hammer_row(work: Path, seconds: float, seed: int = 0) -> Row:
     from faults.hammer import hammer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = hammer(Path(tmp) / "hammer", seconds, seed)
-        found = outcome.problems()
-        per_job = {p for p in found if p.startswith("job ")}
-        lost, doubled = len(outcome.lost), len(outcome.doubled)
-        if found and len(per_job) < len(found):  # a problem of the whole home spoils every job
-            survived = 0
-        else:
-            survived = len(outcome.created) - len({int(p.split()[1]) for p in per_job})
-        report(found, problems, "hammer")
-    return (f"concurrency: 5 commands on one home, {seconds:g}s", len(outcome.created), survived, lost, doubled)
+    outcome = hammer(work / "hammer", seconds, seed)
+    row = Row(f"concurrency: 5 commands on one home, {seconds:g}s", trials=round(seconds))
+    row.jobs = len(outcome.created)
+    row.lost, row.doubled = len(outcome.lost), len(outcome.doubled)
+    row.failed += outcome.problems()
+    row.notes.append(f"{row.jobs} jobs, {outcome.evictions} package(s) evicted by rdsclr while they ran")
+    return row
 
 
-def report(found: list[str], problems: list[str] | None, what: str) -> None:
-    if problems is not None:
-        problems += found
-    else:
-        for p in found[:20]:
-            print(f"{what}: {p}", file=sys.stderr)
-
-
-def broken_homes_row(homes: int = 30, seed: int = 0, problems: list[str] | None = None) -> Row:
-    """The broken homes' row; what went wrong is appended to ``problems`` (else printed on stderr)."""
+def broken_homes_row(work: Path, homes: int, seed: int = 0) -> Row:
     from faults import test_fuzz_process as fuzz
     from faults.hostile import clean_stderr, documented_codes, snapshot
 
     rng = random.Random(seed)
-    survived = 0
-    found: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        pristine = fuzz.build_pristine(Path(tmp) / "pristine")
-        for n in range(homes):
-            root = Path(tmp) / f"broken{n}"
-            fuzz.copy_tree(pristine, root)
-            damage = [(rng.choice(["mgr", "c"]), rng.choice(fuzz.KINDS),
-                       rng.choice(["", "{}", "x" * 70, "\x00", "[" * 3000, '{"job": 1}', 5]), rng.randrange(2**32))
-                      for _ in range(rng.choice([1, 2]))]
-            for host, kind, value, s in damage:
-                fuzz.corrupt(root / host, kind, value, s)
-            outside = snapshot(root, skip=(root / "mgr", root / "c"))
-            clean = True
-            for host, *args in (("c", "rdsft", "-a"), ("c", "rdsgroupid", "--json"), ("mgr", "dcmstat", "--json")):
-                proc = fuzz.run(root / host, *args)
-                try:
-                    assert proc.returncode in documented_codes(args[0])
-                    clean_stderr(proc.stderr)
-                except AssertionError:
-                    clean = False
-                    found.append(f"{damage}: {' '.join(args)} exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
-            if snapshot(root, skip=(root / "mgr", root / "c")) != outside:
-                clean = False
-                found.append(f"{damage}: something was written outside the homes")
-            survived += clean
-            shutil.rmtree(root)
-    report(found, problems, "broken homes")
-    return ("hostile input: randomly broken homes", homes, survived, homes - survived, 0)
-
-
-def _runner(row: Callable[..., Row]) -> Callable[[Path, int, int], Any]:
-    def run(work: Path, trials: int, seed: int) -> Any:
-        from faults.runners import Row as RunnerRow
-
-        problems: list[str] = []
-        fault, n, survived, lost, doubled = row(trials, seed, problems)
-        return RunnerRow(fault, n, survived, lost, doubled, failed=problems)
-
-    return run
+    row = Row("hostile input: randomly broken homes", trials=homes)
+    pristine = fuzz.build_pristine(work / "pristine")
+    audit.watch(pristine / "mgr")
+    refused = 0
+    for n in range(homes):
+        root = work / f"broken{n}"
+        fuzz.copy_tree(pristine, root)
+        damage = [(rng.choice(["mgr", "c"]), rng.choice(fuzz.KINDS),
+                   rng.choice(["", "{}", "x" * 70, "\x00", "[" * 3000, '{"job": 1}', 5]), rng.randrange(2**32))
+                  for _ in range(rng.choice([1, 2]))]
+        for host, kind, value, s in damage:
+            fuzz.corrupt(root / host, kind, value, s)
+        outside = snapshot(root, skip=(root / "mgr", root / "c"))
+        said_done = False
+        for host, *args in (("c", "rdsft", "-a"), ("c", "rdsft", "-a"), ("c", "rdsgroupid", "--json"),
+                            ("mgr", "dcmstat", "--json")):
+            proc = fuzz.run(root / host, *args)
+            said_done |= args == ["rdsft", "-a"] and proc.returncode == 0
+            try:
+                assert proc.returncode in documented_codes(args[0])
+                clean_stderr(proc.stderr)
+            except AssertionError:
+                row.failed.append(f"{damage}: {' '.join(args)} exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        if snapshot(root, skip=(root / "mgr", root / "c")) != outside:
+            row.failed.append(f"{damage}: something was written outside the homes")
+        runs, state, result = fuzz.done_once(root)
+        if said_done and state in fuzz.DELIVERABLE and (runs, result) != (0, "ERROR"):
+            row.jobs += 1
+            try:
+                taken = audit.outcomes(root / "mgr").get((fuzz.JOB, "c"), [])
+            except Exception as e:  # noqa: BLE001 - the audit table went with the damage: no outcome known
+                taken = []
+                row.notes.append(f"{damage}: the managing server's outcomes cannot be read: {e}")
+            lost, doubled, what = audit.judge((fuzz.JOB, "c"), runs, taken)
+            row.lost += lost
+            row.doubled += doubled
+            if what:
+                row.failed.append(f"{damage}: rdsft -a exited 0, but {what}")
+        elif runs > 1:
+            row.doubled += 1
+            row.failed.append(f"{damage}: installed {runs} times")
+        else:
+            refused += 1
+        shutil.rmtree(root)
+    row.notes.append(f"{row.jobs} home(s) where rdsft -a said it worked on a job the managing server hands out; "
+                     f"{refused} where the damage stopped the job (the commands or the managing server said so, "
+                     f"or it erased the job)")
+    return row
 
 
 # (name, runner, full count): the hammer's count is its seconds, the broken homes' the homes
-RUNNERS = [("hammer", _runner(hammer_row), 60), ("broken-homes", _runner(broken_homes_row), 30)]
+RUNNERS = [("hammer", hammer_row, 60), ("broken-homes", broken_homes_row, 30)]
 
 
 def main() -> None:
@@ -120,10 +116,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the hammer runs (default 60)")
     parser.add_argument("--homes", type=int, default=30, help="how many broken homes (default 30)")
     a = parser.parse_args()
-    from tabulate import tabulate
-
-    rows = [broken_homes_row(a.homes), hammer_row(a.seconds)]
-    print(tabulate(rows, headers=["fault", "trials", "survived", "lost", "doubled"], tablefmt="plain"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in (broken_homes_row(Path(tmp) / "homes", a.homes), hammer_row(Path(tmp) / "hammer", a.seconds)):
+            print(f"{row.fault}: trials {row.trials}, jobs {row.jobs}, lost {row.lost}, doubled {row.doubled}",
+                  *(f"  {x}" for x in row.notes + row.failed[:20]), sep="\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rds import fsutil
+from rds import crashpoints, fsutil
 from rds.clock import now_text, shown
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
 from rds.home import Home
@@ -137,7 +137,7 @@ def start_background(home: Home, name: str, argv: list[str], wait: float = 10.0)
     out = open(home.log_dir / f"{name}.out", "ab")  # noqa: SIM115 - handed to the child
     with out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "RDS_HOME": str(home.path)})
+                                start_new_session=True, env=crashpoints.child_env(RDS_HOME=str(home.path)))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if running_pid(home, name) == proc.pid:

@@ -75,7 +75,7 @@ def run_script(home: Home, job: Job, manifest: Manifest, dest: Path) -> int | No
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        env = dict(os.environ, RDS_PACKAGE=str(manifest.id), RDS_INSTALL_DIR=str(dest),
+        env = crashpoints.child_env(RDS_PACKAGE=str(manifest.id), RDS_INSTALL_DIR=str(dest),
                    RDS_JOB=str(job.job_no), RDS_HOST=job.dest)
         with open(log_path, "ab") as log:
             log.write(f"--- {now_text()} job {job.job_no} {manifest.id} in {dest}\n".encode())

@@ -28,7 +28,6 @@ package comes when the lower system asks for it, see rds.cache.)
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import threading
@@ -37,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rds import cache, codes, daemon, database, events, flags, jobs, results
+from rds import cache, codes, crashpoints, daemon, database, events, flags, jobs, results
 from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError
 from rds.home import Home
@@ -50,7 +49,7 @@ def wake_home(home: Home) -> str:
     if daemon.wake(home, "rdsma"):
         return "woke its rdsma"
     with open(home.log_dir / "startup.out", "ab") as out:
-        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env={**os.environ, "RDS_HOME": str(home.path)},
+        subprocess.Popen(daemon.foreground_argv("rdsft", "-a"), env=crashpoints.child_env(RDS_HOME=str(home.path)),
                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return "started rdsft -a"
 

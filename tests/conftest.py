@@ -24,6 +24,7 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("RDS_HOME", str(home))
     monkeypatch.setenv("RDS_LOCK_TIMEOUT", "5")
     monkeypatch.delenv("RDS_CRASH_AT", raising=False)
+    monkeypatch.delenv("RDS_CRASH_AT_CHILDREN", raising=False)
     yield
 
 

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
-import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import installs
+from conftest import installs, wait_for
+from observe import asleep_in, gone, pass_owner
 
 from rds.home import Home
 
@@ -130,24 +132,89 @@ def test_second_rdsft_waits_then_says_who_holds_the_lock(tree) -> None:  # type:
 
 
 def test_two_rdsft_are_serialized(tree) -> None:  # type: ignore[no-untyped-def]
+    """The order of events, each observed: this process holds the pass lock; the second rdsft -a is
+    waiting for it (asleep in the lock's poll loop, and has not run: the lock's owner file still names
+    this process); this process lets go; only then does the other take the lock (the owner file names
+    it) and run its pass."""
     tree.add("mgr")
     relay = tree.add("relay", "mgr")
     home = Home.open(relay.path)
-    release = threading.Event()
-
-    def hold() -> None:
-        with home.lock("rdsft"):
-            release.wait(10)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    time.sleep(0.2)
-    proc = subprocess.Popen([str(relay.run.__globals__["BIN"] / "rdsft"), "-a"], env=relay.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
-    assert proc.poll() is None  # waiting for the lock
-    release.set()
-    t.join()
-    out, err = proc.communicate(timeout=30)
+    owner = relay.path / "run" / "rdsft.owner"
+    with home.lock("rdsft"):
+        assert json.loads(owner.read_text())["pid"] == os.getpid()
+        proc = subprocess.Popen([str(relay.run.__globals__["BIN"] / "rdsft"), "-a"],
+                                env=relay.env(RDS_LOCK_TIMEOUT="600"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        # before its lock, rdsft -a sleeps nowhere but in the lock's poll loop
+        wait_for(lambda: asleep_in(proc.pid, "nanosleep") or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.communicate()
+        assert json.loads(owner.read_text())["pid"] == os.getpid()  # it has not taken the lock
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert json.loads(owner.read_text())["pid"] == proc.pid  # it took the lock after this process let go
     assert "jobs received: 0" in out
+
+
+def relay_job_state(relay) -> list[str]:  # type: ignore[no-untyped-def]
+    db = sqlite3.connect(f"file:{relay.path / 'GROUP' / 'rds.db'}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in db.execute("SELECT state FROM jobs WHERE dest='relay'")]
+    finally:
+        db.close()
+
+
+def test_a_stray_rds_crash_at_does_not_reach_the_passes_it_wakes(tree) -> None:  # type: ignore[no-untyped-def]
+    """Bug: RDS_CRASH_AT in the shell of whoever ran dcmjexe was inherited by the detached rdsft -a
+    that the startup request started, which then killed itself at that point."""
+    mgr = tree.add("mgr", push=True)
+    relay = tree.add("relay", "mgr", push=True)
+    relay.run("rdsft", "-a")
+    mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay", env=mgr.env(RDS_CRASH_AT="installing"))
+    wait_for(lambda: statuses(mgr) == {"relay": "COMPLETE"}, timeout=60)
+    assert installs(relay) == 1
+
+
+def test_a_test_may_ask_for_the_hook_in_the_woken_pass(tree) -> None:  # type: ignore[no-untyped-def]
+    """RDS_CRASH_AT_CHILDREN reaches the woken pass as its RDS_CRASH_AT: it dies at the point, the job
+    taken and not installed; the next pass installs it once."""
+    mgr = tree.add("mgr", push=True)
+    relay = tree.add("relay", "mgr", push=True)
+    relay.run("rdsft", "-a")
+    before = pass_owner(relay.path)
+    mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay", env=mgr.env(RDS_CRASH_AT_CHILDREN="installing"))
+    wait_for(lambda: pass_owner(relay.path) not in (None, before), timeout=60)
+    woken = pass_owner(relay.path)
+    assert woken is not None
+    wait_for(lambda: gone(woken), timeout=60)
+    assert relay_job_state(relay) == ["INSTALLING"] and installs(relay) == 0
+    relay.run("rdsft", "-a")
+    assert installs(relay) == 1 and statuses(mgr) == {"relay": "COMPLETE"}
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("instaling", "'instaling' is not a crash point"),
+    ("installing@x", "'installing@x': after '@' give a count from 1"),
+    ("installing@0", "'installing@0': after '@' give a count from 1"),
+    ("", None),
+])
+def test_a_malformed_rds_crash_at_is_a_clear_error(tree, value: str, says: str | None) -> None:  # type: ignore[no-untyped-def]
+    tree.add("mgr")
+    for variable in ("RDS_CRASH_AT", "RDS_CRASH_AT_CHILDREN"):
+        proc = tree["mgr"].run("dcmstat", "--json", check=False, env=tree["mgr"].env(**{variable: value}))
+        if says is None:
+            assert proc.returncode == 0, proc.stderr
+            continue
+        assert proc.returncode == 2 and proc.stdout == "", proc
+        assert proc.stderr.startswith(f"dcmstat: {variable}={value!r}: {says}") and "test hook" in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1
+
+
+def test_every_crash_point_that_rds_reaches_is_known() -> None:
+    """RDS_CRASH_AT is checked against crashpoints.POINTS: a point reached in the code but not listed would be
+    refused, a point listed but never reached would kill nothing."""
+    from rds import crashpoints
+
+    source = "\n".join(p.read_text() for p in Path(crashpoints.__file__).parent.rglob("*.py"))
+    reached = set(re.findall(r'crashpoints\.reach\("([\w-]+)"\)', source))
+    reached |= set(re.findall(r'HashingWriter\([^()]*"([\w-]+)"\)', source))  # a point per block written
+    assert reached == crashpoints.POINTS

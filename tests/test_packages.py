@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from conftest import BIN, Tree
 
 from rds import fsutil
 from rds.errors import InputError, IntegrityError
+from rds.home import Home
 from rds.packages import Manifest, PackageId
 from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
 
@@ -168,13 +171,29 @@ def test_source_that_is_a_file(store: Storehouse, tmp_path: Path) -> None:
     assert only_partial_left(store)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_source_with_an_unreadable_file(store: Storehouse, tmp_path: Path) -> None:
-    src = make_source(tmp_path)
-    (src / "etc" / "app.conf").chmod(0)
-    with pytest.raises(InputError, match=r"app\.conf: cannot read"):
-        store.register(PID, src, "/opt/app")
-    assert only_partial_left(store)
+def test_source_with_an_unreadable_file() -> None:
+    """rdsft -c run by a user who cannot read a file of the source directory (root reads every file,
+    so as root, as under CI, the command runs as nobody with setpriv, on a home nobody owns)."""
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        home = Path(d) / "home"
+        (home / "rdsprm").mkdir(parents=True)
+        (home / "rdsprm" / "RDSSETFL").touch()  # a managing server
+        Home.open(home)
+        src = make_source(Path(d))
+        (src / "etc" / "app.conf").chmod(0)
+        argv = [str(BIN / "rdsft"), "-c", "-g", "AB", "-r", "APP", "-v", "0100", "-i", "/opt/app", str(src)]
+        env = {**os.environ, "RDS_HOME": str(home)}
+        if os.geteuid() == 0:
+            for q in [home, *home.rglob("*")]:
+                os.chown(q, 65534, 65534)
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == InputError.exit_code, proc.stderr
+        assert re.fullmatch(r"rdsft: \S*app\.conf: cannot read.*\n", proc.stderr), proc.stderr
+        assert sorted(q.name for q in (home / "RDS").iterdir() if q.name != ".partial") == []
+        partial = home / "RDS" / ".partial"
+        assert not partial.exists() or list(partial.iterdir()) == []
 
 
 @pytest.mark.parametrize("install_dir", ["opt/app", "", "./opt", "~/app"])

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 from conftest import BIN, installs, wait_for
+from observe import asleep_in, delivered
 
 from rds import daemon
 from rds.home import Home
 
-SLOW_SCRIPT = "#!/bin/sh\nsleep 2\necho run >> \"$RDS_INSTALL_DIR/../installs\"\n"
+# An install script that waits until the test opens its gate (a file), then counts itself.
+GATED_SCRIPT = "#!/bin/sh\nwhile [ ! -e '{gate}' ]; do sleep 0.05; done\necho run >> \"$RDS_INSTALL_DIR/../installs\"\n"
 
 
 
@@ -61,35 +62,45 @@ def started_script(c) -> bool:  # type: ignore[no-untyped-def]
     return any(p.suffix == ".sh" for p in (c.path / "work").iterdir())
 
 
-def slow_install_under_way(tree):  # type: ignore[no-untyped-def]
-    """A client whose rdsma --foreground is running a two-second install script."""
+def gated_install_under_way(tree):  # type: ignore[no-untyped-def]
+    """A client whose rdsma --foreground is running an install script that waits for its gate."""
     mgr, relay, c = tree.add("mgr"), tree.add("relay", "mgr"), tree.add("c", "relay", "WatchTimeofOrders\t1h\n")
     tree.check_in_upward(["c", "relay"])
-    mgr.run("dcmjexe", "-r", tree.package(script=SLOW_SCRIPT), "-h", "c")
+    gate = tree.root / "gate"
+    mgr.run("dcmjexe", "-r", tree.package(script=GATED_SCRIPT.format(gate=gate)), "-h", "c")
     relay.run("rdsft", "-a")
     proc = foreground(c)
     wait_for(lambda: started_script(c))
-    return mgr, relay, c, proc
+    return mgr, relay, c, proc, gate
+
+
+def sigterm(proc: subprocess.Popen[str]) -> None:
+    """Send SIGTERM and wait until it was delivered (no longer pending), so a second one is a second one."""
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: delivered(proc.pid, signal.SIGTERM))
 
 
 def test_sigterm_lets_the_install_finish(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay, c, proc = slow_install_under_way(tree)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    mgr, relay, c, proc, gate = gated_install_under_way(tree)
+    sigterm(proc)
+    assert proc.poll() is None  # still waiting for the script
+    gate.touch()
+    assert proc.wait(timeout=60) == 0
     assert installs(c) == 1
     relay.run("rdsft", "-a")
     assert status(mgr) == {"c": "COMPLETE"}
 
 
 def test_second_sigterm_stops_at_once_and_next_pass_finishes(tree) -> None:  # type: ignore[no-untyped-def]
-    mgr, relay, c, proc = slow_install_under_way(tree)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    began = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
-    assert time.monotonic() - began < 1.5
-    assert installs(c) == 0  # the script is still running in its wrapper
+    """The order of events: the second SIGTERM ends rdsma while the script is still held at its gate
+    (so it did not wait for the install); the next pass waits for the script and takes its status."""
+    mgr, relay, c, proc, gate = gated_install_under_way(tree)
+    sigterm(proc)
+    sigterm(proc)
+    assert proc.wait(timeout=60) == 0
+    assert not gate.exists() and installs(c) == 0  # the script is still waiting in its wrapper
+    assert "rdsma: second SIGTERM, stopping at once" in (c.path / "log" / "rds.log").read_text()
+    gate.touch()
     c.run("rdsft", "-a")  # waits for the wrapper and takes its status: no second run
     relay.run("rdsft", "-a")
     assert installs(c) == 1
@@ -109,13 +120,15 @@ def test_watch_zero_checks_once_and_manual_waits_for_a_wake(tree) -> None:  # ty
         home = Home.open(manual.path)
         wait_for(lambda: daemon.running_pid(home, "rdsma") == proc.pid)
         log = manual.path / "log" / "rds.log"
-        time.sleep(1)
+        wait_for(lambda: asleep_in(proc.pid, "select", "poll"))  # waiting, with no timer, for a wake
+        assert f"rdsma: started (pid {proc.pid}, interval MANUAL)" in log.read_text()
         assert log.read_text().count("received") == 0
         assert daemon.wake(home, "rdsma")
-        wait_for(lambda: _known_at(tree["mgr"], "manual"), timeout=5)
+        wait_for(lambda: _known_at(tree["mgr"], "manual"))
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
+    assert "rdsma: stopped after 1 pass(es)" in log.read_text()  # the woken one: none of its own
 
 
 def test_resident_rdssnd_forwards_a_result_at_once(tree) -> None:  # type: ignore[no-untyped-def]

@@ -10,9 +10,9 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def unsigned(m: Manifest | None) -> Manifest | None:
 def statements(host: Host, upper: str = "mgr") -> list[dict[str, object]]:
     """A check-in's statements: the host's own, signed with its host key (rds.trust)."""
     me = host.home().identity
-    body = {"kind": "route", "host": host.name, "upper": upper, "n": int(time.time() * 1000), "key": me.public}
+    body = {"kind": "route", "host": host.name, "upper": upper, "n": 1, "key": me.public}
     return [{**body, "sig": me.sign(body)}]
 
 
@@ -74,6 +74,24 @@ def open_link(host: Host) -> UpperClient:
     assert home.settings.managing_host is not None
     link = SSHLink.open(home.settings, home.settings.managing_host)
     return UpperClient(link, home.host, link.where)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def same_payload(lower: Host, upper: Host, package: str) -> None:
+    """The lower system's payload is byte for byte the upper's (hashed here, not by rds), and no
+    partial download is left."""
+    got, sent = lower.path / "RDS" / package / "payload.tgz", upper.path / "RDS" / package / "payload.tgz"
+    assert got.stat().st_size == sent.stat().st_size
+    assert sha256_of(got) == sha256_of(sent)
+    partial = lower.path / "RDS" / ".partial"
+    assert not partial.exists() or list(partial.iterdir()) == []
 
 
 def make_pair(tree: Tree, server: Sshd) -> tuple[Tree, Sshd]:
@@ -268,10 +286,10 @@ def test_silent_link_times_out_instead_of_hanging(pair: tuple[Tree, Sshd], monke
     try:
         client = open_link(relay)
         client.checkin(statements(relay))
-        start = time.monotonic()
-        with pytest.raises(CommunicationError, match="nothing received for 4s"):
+        # the link's own idle clock gives up (4 x ConnectTimeout), not this test's: no wall-clock bound
+        with pytest.raises(CommunicationError, match=r"nothing received for 4s"):
             client.fetch(Storehouse(relay.home().packages), m)
-        assert time.monotonic() - start < 15
+        assert proxy.down <= m.size // 2 + (1 << 20)  # the proxy froze the link half way: it did time out
         client.link.close()
     finally:
         proxy.close()
@@ -285,12 +303,11 @@ def test_unreachable_upper_retries_then_exits_253_with_one_line(tree: Tree, sshd
     relay = tree.add("relay1", settings=ssh_settings(server, key, port=port))
     rdssetfl = relay.path / "rdsprm/RDSSETFL"
     rdssetfl.write_text(rdssetfl.read_text().replace("RetryCount\t1\n", "RetryCount\t2\n"))
-    start = time.monotonic()
     proc = relay.run("rdsft", "-a", check=False)
     assert proc.returncode == 253
     assert one_line(proc) == f"rdsft: upper system {server.user}@127.0.0.1:{port}: cannot connect: connection refused"
-    assert (relay.path / "log/rds.log").read_text().count("retry") == 2
-    assert time.monotonic() - start < 10
+    retries = re.findall(r"; (retry \d+ of \d+ in \S+), at ", (relay.path / "log/rds.log").read_text())
+    assert retries == ["retry 1 of 2 in 0s", "retry 2 of 2 in 0s"]  # RetryCount 2, RetryInterval 0s: no wait
 
 
 def test_rejected_key_and_wrong_forced_command_are_clear(tree: Tree, sshd_factory: Factory,
@@ -332,7 +349,7 @@ def test_renegotiations_in_both_directions_during_transfers(tree: Tree, sshd_fac
     store = Storehouse(relay.home().packages)
     client.fetch(store, m)
     client.link.close()
-    assert unsigned(store.get(m.id)) == m
+    same_payload(relay, mgr, str(m.id))
     assert connection.STATS["rekeys"] - before >= 10
 
 
@@ -359,11 +376,11 @@ def test_channel_closing_during_renegotiation_does_not_hang(sshd_factory: Factor
         chan = client.get_transport().open_session(window_size=connection.WINDOW, max_packet_size=connection.PACKET)
         chan.settimeout(20)
         chan.exec_command("stream")
-        start, n = time.monotonic(), 0
-        while data := chan.recv(connection.RECV):
+        n = 0
+        while data := chan.recv(connection.RECV):  # a stalled key exchange raises socket.timeout here
             n += len(data)
         assert chan.recv_exit_status() == 0
-        assert n == 24 << 20 and time.monotonic() - start < 15
+        assert n == 24 << 20
         assert client.get_transport().is_active()
         client.close()
 
@@ -382,7 +399,7 @@ def test_package_over_1_gib_crosses_two_renegotiations(pair: tuple[Tree, Sshd]) 
     store = Storehouse(relay.home().packages)
     client.fetch(store, Manifest.from_json(manifests[str(m.id)].to_json()))
     client.link.close()
-    assert unsigned(store.get(m.id)) == m  # fetch verified the SHA-256 of the whole file
+    same_payload(relay, mgr, str(m.id))
     assert connection.STATS["rekeys"] - before >= 2
     store.remove(m.id)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 from conftest import BIN, installs, wait_for
+from observe import gone, pass_owner
 
 from rds import flags
 from rds.home import Home
@@ -26,7 +26,14 @@ def test_push_reaches_a_client_two_levels_down_without_polling(tree) -> None:  #
     wait_for(lambda: installs(c) == 1)
     assert "startup request to relay: started rdsft -a" in (mgr.path / "log" / "rds.log").read_text()
     wait_for(lambda: "startup request to c: started rdsft -a" in (relay.path / "log" / "rds.log").read_text())
-    time.sleep(0.5)
+    # every pass has ended (the relay's: its lock is free; c's: the process that took its lock last is gone),
+    # each host was woken once, and c installed once
+    with Home.open(relay.path).lock("rdsft"):
+        assert (relay.path / "log" / "rds.log").read_text().count("startup request to c:") == 1
+    woken = pass_owner(c.path)
+    assert woken is not None
+    wait_for(lambda: gone(woken))
+    assert (mgr.path / "log" / "rds.log").read_text().count("startup request to relay:") == 1
     assert installs(c) == 1
 
 
@@ -120,10 +127,14 @@ def test_cltwup_off_hosts_not_listed_get_their_jobs_by_polling(tree) -> None:  #
     tree.check_in_upward(["c1", "c2", "relay"])
     (mgr.path / "rdsprm" / ".cltwup_off").touch()
     mgr.run("dcmjexe", "-r", tree.package(), "-h", "c1", "c2")
+    before = pass_owner(c2.path)
     relay.run("rdsft", "-a")
     wait_for(lambda: installs(c1) == 1)
-    time.sleep(1)
-    assert installs(c2) == 0
+    log = (relay.path / "log" / "rds.log").read_text()  # the relay's pass has ended: what it did is said
+    assert "startup request to c1: started rdsft -a" in log
+    assert "no startup request to c2; they get their jobs by polling" in log
+    assert "startup request to c2:" not in log
+    assert installs(c2) == 0 and pass_owner(c2.path) == before  # no pass ran on c2 since its check-in
     c2.run("rdsft", "-a")
     assert installs(c2) == 1
 

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
+from rds import crashpoints
 from rds.errors import NotPermitted, RdsError, SettingsError, SystemError_, UsageError
 from rds.home import Home, default_home
 
@@ -46,6 +47,7 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     name = command.name or os.path.basename(sys.argv[0])
     add_version_option(command)
     try:
+        crashpoints.check()  # a test hook (rds(7)): a malformed value is refused before anything runs
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.NoArgsIsHelpError as e:

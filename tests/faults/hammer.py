@@ -13,16 +13,19 @@ For ``seconds``, each of these loops runs without pause, each in its own thread,
 - ``rdsdlv`` (with ``rdsdlvse`` started for it);
 
 and at mgr ``dcmjexe`` creates an install job for c every few tenths of a second, for one of three
-packages whose script appends the job number to ``/opt/installs`` under c's install root.  c's
-CacheSizeLimit holds two of the three packages, not all: rdsclr evicts packages while passes fetch
-and install them, and a package that pending jobs need may go too, which ends those jobs as ERROR
-("the job is invalid", rdssetfl(5)) without an install.  So a job ends exactly once when it was
-installed once and is COMPLETE, or was never installed and is ERROR as invalid.
+packages whose script appends the job number to ``/opt/installs`` under c's install root, while
+``rdsft -c`` publishes a new version of the three every second or so.  c's CacheSizeLimit holds a few
+versions, not all: rdsclr evicts the old ones while passes fetch and install the new ones.  A new
+version comes only once every job of the versions before the current one has its outcome, so the
+packages that pending jobs need always fit under the limit's high-water mark: no job may end ERROR
+as invalid (rdssetfl(5)), and every job created must be installed exactly once and taken as COMPLETE
+exactly once at mgr, counted outside rds (faults/audit.py: the script's own record, and mgr's
+database through triggers of the test's own).
 Commands still placeholders (``Not built`` in their --help) are run all the same; their exit 255
 is expected only while they are.  Afterwards the loops stop, ``rdsft -a`` drains what is left, and
 ``check`` says what went wrong: exit codes, stderr, processes that did not end in their bound,
-jobs not installed exactly once, statuses, the integrity of both state databases and of every
-package in c's storehouse.
+jobs not done exactly once, the integrity of both state databases and of every package in c's
+storehouse (hashed with hashlib against mgr's copy).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import threading
@@ -39,8 +43,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from faults import audit
 from faults.hostile import BIN, not_built
-from rds.storehouse import Storehouse
 
 BOUND = 120.0  # seconds any one command may take; longer is a deadlock
 PACKAGES = ("APP", "TOOL", "LIB")
@@ -67,28 +71,27 @@ class Outcome:
     seconds: float
     calls: list[Call]
     created: list[int]  # job numbers dcmjexe printed
-    installs: Counter[int]  # job number -> times its script ran
-    statuses: dict[int, tuple[str, str]]  # job number -> (status, message) at mgr
+    installs: Counter[int]  # job number -> times its script ran (its own record)
+    outcomes: dict[int, list[str]]  # job number -> every outcome mgr took (mgr's database, by trigger)
+    statuses: dict[int, tuple[str, str]]  # job number -> (status, message) at mgr, as dcmstat says
     integrity: dict[str, str]  # host -> PRAGMA integrity_check
     bad_packages: list[str]
     placeholders: set[str]
     logs_with_traceback: list[str]
 
-    def invalid(self, job: int) -> bool:
-        status, message = self.statuses.get(job, ("", ""))
-        return status == "ERROR" and "invalid" in message
-
     @property
     def lost(self) -> list[int]:
-        return [j for j in self.created if self.installs[j] == 0 and not self.invalid(j)]
+        return [j for j in self.created if audit.judge((j, "c"), self.installs[j], self.outcomes.get(j, []))[0]]
 
     @property
     def doubled(self) -> list[int]:
-        return [j for j in self.created if self.installs[j] > 1 or self.installs[j] == 1 and self.invalid(j)]
+        return [j for j in self.created if audit.judge((j, "c"), self.installs[j], self.outcomes.get(j, []))[1]]
 
     @property
-    def evicted(self) -> list[int]:
-        return [j for j in self.created if self.installs[j] == 0 and self.invalid(j)]
+    def evictions(self) -> int:
+        """Packages rdsclr said it removed (not a check: shows that the evictions happened)."""
+        return sum(int(m.group(1)) for c in self.calls if c.args[0] == "rdsclr" and c.code == 0
+                   for m in [re.search(r"^removed (\d+) of", c.stdout, re.M)] if m)
 
     def allowed(self, call: Call) -> set[int]:
         name, args = call.args[0], call.args[1:]
@@ -119,11 +122,9 @@ class Outcome:
                 out.append(f"a lock timeout that does not name the holder: {call}")
             if call.code == 255 and call.args[0] in self.placeholders and "not built" not in call.stderr:
                 out.append(f"a placeholder that does not say so: {call}")
-        out += [f"job {j} was never installed" for j in self.lost]
-        out += [f"job {j} was installed {self.installs[j]} times" for j in self.doubled]
-        out += [f"job {j} at mgr: {s}: {m}" for j, (s, m) in sorted(self.statuses.items())
-                if s != "COMPLETE" and not (self.installs[j] == 0 and self.invalid(j))]
-        out += [f"job {j} has no status at mgr" for j in self.created if j not in self.statuses]
+        for j in self.created:
+            if what := audit.judge((j, "c"), self.installs[j], self.outcomes.get(j, []))[2]:
+                out.append(f"{what}; at mgr: {': '.join(self.statuses.get(j, ('no status', '')))}")
         out += [f"install of job {j}, which was never created" for j in self.installs if j not in self.created]
         out += [f"{host}: integrity_check says {r}" for host, r in self.integrity.items() if r != "ok"]
         out += [f"package in c's storehouse: {p}" for p in self.bad_packages]
@@ -143,6 +144,10 @@ class Hammer:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.placeholders = {c for c in ("rdsclr", "rdsdlv", "rdsdlvse") if not_built(c)}
+        self.version = 100  # of the packages that new jobs install
+        self.version_of: dict[int, int] = {}  # job number -> the version it installs
+        self.published: set[int] = set()
+        self.creating = threading.Lock()
 
     # -- running commands
 
@@ -175,16 +180,34 @@ class Hammer:
             lines = [f"HostName\t{name}", "RetryCount\t1", "RetryInterval\t0s",
                      f"InstallRoot\t{self.root / name / 'root'}"]
             if name == "c":
-                lines += [f"ManagingHost\t{self.root / 'mgr'}", "WatchTimeofOrders\t1s", "CacheSizeLimit\t400K"]
+                lines += [f"ManagingHost\t{self.root / 'mgr'}", "WatchTimeofOrders\t1s", "CacheSizeLimit\t144K"]
             (prm / "RDSSETFL").write_text("\n".join(lines) + "\n")
         self.must("c", "rdsft", "-a")  # c checks in: mgr learns the route and where to wake it
+        audit.watch(self.root / "mgr")
         (self.root / "script").write_text(SCRIPT)
+        for version in range(100, 103):  # three versions installed one after the other: c's cache is over its
+            self.publish(version)       # limit from the start, and the first rdsclr evicts
+            self.published.add(version)
+            for name in PACKAGES:
+                job = int(self.must("mgr", "dcmjexe", "-r", f"C.AB.{name}.{version:04d}", "-h", "c").strip())
+                self.created.append(job)
+                self.version_of[job] = version
+            self.must("c", "rdsft", "-a")
+        self.version = 102
+
+    def publish(self, version: int) -> bool:
+        """Register ``version`` of the three packages at mgr (8, 16, 32 KiB: 56 KiB a version)."""
         for i, name in enumerate(PACKAGES):
-            src = self.root / f"src-{name}"
+            src = self.root / f"src-{name}-{version}"
             (src / "bin").mkdir(parents=True)
-            (src / "bin" / name.lower()).write_bytes(os.urandom(64 << 10 << i))  # 64, 128, 256 KiB
-            self.must("mgr", "rdsft", "-c", "-g", "AB", "-r", name, "-v", "0100", "-i", f"/opt/{name.lower()}",
-                      "--script", str(self.root / "script"), str(src))
+            (src / "bin" / name.lower()).write_bytes(os.urandom(8 << 10 << i))
+            call = self.run("mgr", "rdsft", "-c", "-g", "AB", "-r", name, "-v", f"{version:04d}", "-i",
+                            f"/opt/{name.lower()}", "--script", str(self.root / "script"), str(src))
+            if call.code != 0:
+                if not self.created:
+                    raise RuntimeError(f"setting up: {call}")
+                return False
+        return True
 
     # -- the loops
 
@@ -198,12 +221,29 @@ class Hammer:
         return t
 
     def dcmjexe(self) -> None:
-        pkg = self.rng.choice(PACKAGES)
-        call = self.run("mgr", "dcmjexe", "-r", f"C.AB.{pkg}.0100", "-h", "c")
-        if call.code == 0:
-            with self.lock:
-                self.created.append(int(call.stdout.strip()))
+        with self.creating:  # the version cannot move on while a job for it is being created
+            pkg, version = self.rng.choice(PACKAGES), self.version
+            call = self.run("mgr", "dcmjexe", "-r", f"C.AB.{pkg}.{version:04d}", "-h", "c")
+            if call.code == 0:
+                with self.lock:
+                    job = int(call.stdout.strip())
+                    self.created.append(job)
+                    self.version_of[job] = version
         time.sleep(self.rng.uniform(0.1, 0.5))
+
+    def publisher(self) -> None:
+        """A new version once every job of the versions before the current one has its outcome at mgr: the
+        packages of pending jobs (two versions at most, 112 KiB) stay under c's limit (144 KiB, 90%: 129 KiB)."""
+        self.stop.wait(1)
+        if self.version + 1 not in self.published and not self.stop.is_set():
+            if not self.publish(self.version + 1):
+                return
+            self.published.add(self.version + 1)
+        with self.creating:
+            older = [(j, "c") for j, v in self.version_of.items() if v < self.version]
+            taken = audit.outcomes(self.root / "mgr")
+            if all(key in taken for key in older):
+                self.version += 1
 
     def rdsgroupid(self) -> None:
         call = self.run("c", "rdsgroupid", "--json")
@@ -225,7 +265,7 @@ class Hammer:
         if "rdsdlvse" not in self.placeholders:
             self.run("c", "rdsdlvse")
         self.run("c", "rdsma")
-        threads = [self.loop(self.dcmjexe), self.loop(lambda: self.run("c", "rdsft", "-a")),
+        threads = [self.loop(self.dcmjexe), self.loop(self.publisher), self.loop(lambda: self.run("c", "rdsft", "-a")),
                    self.loop(lambda: self.run("c", "rdsclr")), self.loop(self.rdsgroupid),
                    self.loop(lambda: self.run("c", "rdsdlv")), self.loop(self.rdsma)]
         time.sleep(self.seconds)
@@ -245,9 +285,12 @@ class Hammer:
             statuses = self.statuses()
             if all(statuses.get(j, ("WAIT", ""))[0] not in ("WAIT", "EXEC") for j in self.created):
                 break
-        return Outcome(self.root, self.seconds, self.calls, sorted(self.created), self.installs(), self.statuses(),
+        taken = audit.outcomes(self.root / "mgr")
+        return Outcome(self.root, self.seconds, self.calls, sorted(self.created), self.installs(),
+                       {j: taken[(j, d)] for j, d in taken if d == "c"}, self.statuses(),
                        {h: integrity(self.root / h / "GROUP" / "rds.db") for h in ("mgr", "c")},
-                       bad_packages(self.root / "c" / "RDS"), self.placeholders, self.tracebacks())
+                       bad_packages(self.root / "c" / "RDS", self.root / "mgr" / "RDS"), self.placeholders,
+                       self.tracebacks())
 
     def statuses(self) -> dict[int, tuple[str, str]]:
         call = self.run("mgr", "dcmstat", "--json")
@@ -271,19 +314,18 @@ def integrity(db_path: Path) -> str:
         db.close()
 
 
-def bad_packages(root: Path) -> list[str]:
-    store = Storehouse(root)
+def bad_packages(root: Path, source: Path) -> list[str]:
+    """Packages in ``root`` that are not whole, or whose payload is not byte for byte the one in
+    ``source`` (mgr's storehouse), hashed with hashlib."""
     bad = []
     for d in root.iterdir():
         if d.name.startswith(".") or not d.is_dir():
             continue
-        if not (d / "manifest.json").is_file() or not (d / "payload.tgz").is_file():
+        payload = d / "payload.tgz"
+        if not (d / "manifest.json").is_file() or not payload.is_file():
             bad.append(f"{d.name}: half a package is visible")
-    for m in store.list():
-        try:
-            store.verify(m)
-        except Exception as e:  # noqa: BLE001 - any failure is a finding
-            bad.append(f"{m.id}: {e}")
+        elif audit.sha256_of(payload) != audit.sha256_of(source / d.name / "payload.tgz"):
+            bad.append(f"{d.name}: its payload is not the one mgr holds")
     return bad
 
 

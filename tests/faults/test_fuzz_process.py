@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from faults.hostile import BIN, clean_stderr, documented_codes, json_values, snapshot
 
 PACKAGE = "C.AB.APP.0100.0000"
+JOB = 1  # the job for c that the pristine tree holds
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,6 +62,39 @@ def build_pristine(root: Path) -> Path:
         proc = run(root / args[0], *args[1:])
         assert proc.returncode == 0, proc.stderr
     return root
+
+
+def done_once(root: Path) -> tuple[int, str | None, str | None]:
+    """How many times the job's script ran on c (its own record), and the job's state and result in the
+    managing server's database (read here with sqlite3, not through rds)."""
+    record = root / "c" / "root" / "opt" / "installs"
+    runs = len(record.read_text().splitlines()) if record.exists() else 0
+    try:
+        db = sqlite3.connect(f"file:{root / 'mgr' / 'GROUP' / 'rds.db'}?mode=ro", uri=True)
+        try:
+            job = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest='c'", (JOB,)).fetchone()
+            result = db.execute("SELECT status FROM results WHERE job_no=? AND dest='c'", (JOB,)).fetchone()
+        finally:
+            db.close()
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # a damaged schema may not even be UTF-8
+        return runs, f"unreadable: {e}", None
+    return runs, job[0] if job else None, result[0] if result else None
+
+
+DELIVERABLE = ("WAIT", "HANDED", "INSTALLING", "DONE")  # the states of a job that the managing server hands out
+
+
+def check_exit_zero(root: Path, broken: object) -> None:
+    """``rdsft -a`` on c said it worked: the job, if the damage left it a job the managing server hands
+    out, was installed exactly once and is COMPLETE there, or it ended in ERROR there (the damage made it
+    impossible, and the managing server says so) without an install; if the damage erased it (an empty
+    database, a state that is no state), it was never installed.  Never silently lost, never doubled."""
+    runs, state, result = done_once(root)
+    if state in DELIVERABLE:
+        assert (runs, result) in ((1, "COMPLETE"), (0, "ERROR")), \
+            f"rdsft -a exited 0 after {broken}: {(runs, state, result)}"
+    else:
+        assert runs == 0, f"rdsft -a exited 0 after {broken}: {(runs, state, result)}"
 
 
 def copy_tree(pristine: Path, root: Path) -> None:
@@ -168,6 +202,8 @@ def test_commands_on_broken_homes(tmp_path_factory: pytest.TempPathFactory, pris
             clean_stderr(proc.stderr)
         except AssertionError as e:
             raise AssertionError(f"{' '.join(args)} on {host} after {broken}: {e}") from None
+        if args == ["rdsft", "-a"] and proc.returncode == 0:  # a pass that says it worked did the job
+            check_exit_zero(root, broken)
     assert snapshot(root, skip=(root / "mgr", root / "c")) == outside
     shutil.rmtree(root)
 
@@ -177,6 +213,7 @@ def test_the_pristine_tree_installs(tmp_path: Path, pristine: Path) -> None:
     copy_tree(pristine, tmp_path)
     assert run(tmp_path / "c", "rdsft", "-a").returncode == 0
     assert (tmp_path / "c" / "root" / "opt" / "installs").read_text() == "installed\n"
+    assert done_once(tmp_path) == (1, "DONE", "COMPLETE")  # job JOB is the pristine tree's job
 
 
 
@@ -200,6 +237,15 @@ def test_a_job_record_that_is_not_json(tmp_path: Path, pristine: Path) -> None:
     proc = run(root / "c", "rdsft", "-a")
     assert proc.returncode == 3 and "not a valid job record: not JSON: 'not json'" in proc.stderr
     clean_stderr(proc.stderr)
+
+
+def test_a_corrupt_payload_at_the_managing_server_settles_the_job(tmp_path: Path, pristine: Path) -> None:
+    """Found by the exit-0 check: the managing server removed a corrupt payload but left its job handed out;
+    the client's pass exited 0 and the job waited for ever.  Now the job ends in ERROR, reported once."""
+    root = broken_copy(tmp_path, pristine, "mgr", "payload", "")
+    codes = [run(root / "c", "rdsft", "-a").returncode for _ in range(2)]
+    runs, state, result = done_once(root)
+    assert runs == 0 and result == "ERROR", (codes, runs, state, result)  # settled: not waiting for ever
 
 
 def test_a_job_record_without_its_manifest(tmp_path: Path, pristine: Path) -> None:
