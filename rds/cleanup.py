@@ -236,7 +236,9 @@ def invalidate(db: sqlite3.Connection, settings: Settings, gone: dict[str, str],
             if type_ == jobs.DELETE or (only is not None and key not in only):
                 continue
             if st in (jobs.WAIT, jobs.INSTALLING):
-                results.keep(db, Result(*key, codes.ERROR, gone[package] + "; the job is invalid", finished))
+                # about a host below, a relay may say only EXEC-ERROR (rds.trust): it signs what it reports
+                status = codes.ERROR if key[1] == settings.host_name else codes.EXEC_ERROR
+                results.keep(db, Result(*key, status, gone[package] + "; the job is invalid", finished))
                 invalid += 1
                 if auto:
                     deleted += jobs.drop(db, key)

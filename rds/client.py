@@ -21,6 +21,8 @@ from rds.storehouse import Storehouse
 class Link(Protocol):
     """What a transport gives the lower system: one conversation with its upper."""
 
+    def hello(self) -> str: ...  # the upper system's name, as it says it
+
     def call(self, msg: dict[str, Any]) -> dict[str, Any]: ...
 
     def read(self, package: str, offset: int, length: int, out: Any) -> None: ...
@@ -36,6 +38,9 @@ class UpperClient:
         self.host = host
         self.where = where
         self.invalid: list[tuple[int, str]] = []
+        self.unproven: list[str] = []
+        self.signer: Any = None  # the managing server's name and key, as the upper system says them
+        self.verify: Any = None  # checks a manifest from the upper system (rds.trust via rds.poller)
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         reply = self.link.call(wire.request(op, self.host, **fields))
@@ -45,8 +50,13 @@ class UpperClient:
             raise wire.exception(reply, self.where, op)
         return reply
 
-    def checkin(self, below: list[str], wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
-        fields: dict[str, Any] = {"below": below}
+    def checkin(self, statements: list[dict[str, Any]], below: list[str] | None = None,
+                wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
+        """Check in with the route statements the upper system has not had yet and the names of every host
+        below (rds.trust); the jobs and manifests that come back are checked against the managing
+        server's key by the caller, ``signer`` is what the upper system says that key is, and
+        ``unproven`` the hosts below whose route it could not prove."""
+        fields: dict[str, Any] = {"statements": statements, "below": below or []}
         if wake is not None:
             fields["wake"] = wake
         reply = self._call("checkin", **fields)
@@ -55,14 +65,15 @@ class UpperClient:
             manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}
         except (RdsError, AttributeError, TypeError) as e:
             raise ProtocolError(f"{self.where}: bad check-in answer: {e}") from None
-        for job in found:
-            m = manifests.get(str(job.package))
-            if m is None or m.id != job.package:
-                raise ProtocolError(f"{self.where}: job {job.key} came without the manifest of {job.package}")
         try:  # jobs handed here whose package left the upper's storehouse (an older upper sends none)
             self.invalid = [(int(j), str(d)) for j, d in reply.get("invalid", [])]
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError(f"{self.where}: bad check-in answer: 'invalid' is not a list of jobs") from None
+        self.signer = reply.get("signer")
+        unproven = reply.get("unproven", [])
+        if not isinstance(unproven, list) or not all(isinstance(h, str) for h in unproven):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'unproven' is not a list of host names")
+        self.unproven = unproven
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:
@@ -85,6 +96,8 @@ class UpperClient:
             raise ProtocolError(f"{self.where}: bad stat answer: {e}") from None
         if m.id != pid:
             raise ProtocolError(f"{self.where}: asked about {pid}, answered about {m.id}")
+        if self.verify is not None:
+            self.verify(m)  # never cached, fetched or served unless the managing server signed it
         return m
 
     def damaged(self, pid: PackageId, sha256: str) -> str:

@@ -7,8 +7,10 @@ bring it from one version to the next, run in one transaction on open.
 The state database (``GROUP/rds.db``, ``STATE`` below) holds the temporary
 job storehouse (``jobs``, written only by rds.jobs), the results waiting to go
 up or kept as seen (``results``, written only by rds.results), what lower
-systems reported about the hosts below them (``routes``, ``lowers``) and, on
-the managing server, the jobs created there (``orders``).  Journaling (WAL)
+systems reported about the hosts below them (``routes``, ``lowers``), what is
+believed about who is who (``keys``, ``key_changes``, ``statements``,
+``believed``, written only by rds.trust) and, on the managing server, the jobs
+created there (``orders``).  Journaling (WAL)
 and full synchronous commits stay on: a commit that returned survives
 ``kill -9`` and power loss.  The distribution situation file has its schema
 in rds.delivery.
@@ -38,7 +40,7 @@ class Schema:
     synchronous: str = "FULL"
 
 
-STATE = Schema("state database", 2, {
+STATE = Schema("state database", 3, {
     1: [
         """CREATE TABLE jobs (
             job_no    INTEGER NOT NULL,
@@ -78,6 +80,31 @@ STATE = Schema("state database", 2, {
             name TEXT PRIMARY KEY,    -- a lower system that checked in directly
             wake TEXT,                -- where to send it a startup request (a home path), if it said
             seen REAL NOT NULL)""",
+    ],
+    3: [  # issue 12: what is believed (rds.trust)
+        """CREATE TABLE keys (
+            host     TEXT PRIMARY KEY,  -- a host's Ed25519 public key, pinned when first seen
+            key      TEXT NOT NULL,
+            since    REAL NOT NULL,
+            enrolled INTEGER NOT NULL DEFAULT 0)  -- 1: given by an administrator (rdslink)""",
+        """CREATE TABLE key_changes (
+            host TEXT PRIMARY KEY,      -- a known host that offered another key: refused until accepted
+            key  TEXT NOT NULL,
+            via  TEXT NOT NULL,         -- the lower system (or upper) that brought it
+            seen REAL NOT NULL)""",
+        """CREATE TABLE statements (
+            host  TEXT PRIMARY KEY,     -- the latest route statement signed by host
+            upper TEXT NOT NULL,
+            n     INTEGER NOT NULL,
+            key   TEXT NOT NULL,
+            sig   TEXT NOT NULL,
+            sent  TEXT)                 -- the upper system it went to (a relay sends each one once)""",
+        "CREATE INDEX statements_unsent ON statements (host) WHERE sent IS NULL",
+        """CREATE TABLE believed (
+            name  TEXT PRIMARY KEY,     -- 'signer': the managing server's name (its key is in keys)
+            value TEXT NOT NULL)""",
+        "ALTER TABLE results ADD COLUMN signer TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE results ADD COLUMN sig TEXT NOT NULL DEFAULT ''",
     ],
 })
 

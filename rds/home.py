@@ -4,7 +4,9 @@
 
     RDS_HOME/                 /NETMRDS for root when RDS_HOME is unset
       FORMAT                  "rds-home 1"; checked on every open
-      rdsprm/                 RDSSETFL and the flag files .cltwup_off, wuphosts, .cltstsud
+      rdsprm/                 RDSSETFL and the flag files .cltwup_off, wuphosts, .cltstsud;
+                              host_key, this host's Ed25519 key (0600, rds.identity), and
+                              host_key.pub
       RDS/                    temporary package storehouse (on the managing server: the
         C.CAB.PKG.VER.GEN/    registered packages), one directory a package:
           payload.tgz           the archive, written and flushed first
@@ -44,7 +46,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rds import fsutil
+from rds import fsutil, identity
 from rds.errors import LockTimeout, SettingsError
 from rds.settings import Settings, load_settings
 
@@ -111,6 +113,7 @@ class Home:
         self.run = path / "run"
         self.work = path / "work"
         self._settings: Settings | None = None
+        self._identity: identity.Identity | None = None
 
     @classmethod
     def open(cls, path: Path | None = None, create: bool = True) -> Home:
@@ -150,6 +153,13 @@ class Home:
         if self._settings is None:
             self._settings = load_settings(self.path)
         return self._settings
+
+    @property
+    def identity(self) -> identity.Identity:
+        """This host's key (rds.identity), made on first use."""
+        if self._identity is None:
+            self._identity = identity.load(self.prm)
+        return self._identity
 
     @property
     def host(self) -> str:

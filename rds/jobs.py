@@ -46,14 +46,18 @@ class Job:
     type: str
     package: PackageId
     created: str
+    sig: str = ""  # the managing server's signature (rds.trust)
 
     @property
     def key(self) -> str:
         return f"{self.job_no}:{self.dest}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"job": self.job_no, "dest": self.dest, "type": self.type,
-                "package": str(self.package), "created": self.created}
+        d = {"job": self.job_no, "dest": self.dest, "type": self.type,
+             "package": str(self.package), "created": self.created}
+        if self.sig:
+            d["sig"] = self.sig
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> Job:
@@ -68,7 +72,10 @@ class Job:
                 raise ValueError(f"job type {type_!r}")
             if not isinstance(created, str) or len(created) > 64:
                 raise ValueError(f"creation time {created!r}")
-            return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created)
+            sig = d.get("sig", "")
+            if not isinstance(sig, str) or len(sig) > 200:
+                raise ValueError("signature")
+            return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created, sig)
         except (TypeError, KeyError, ValueError) as e:
             raise JobRecordError(f"not a valid job record: {str(e)[:300]}") from None  # a hostile value may be huge
         except JobRecordError:
@@ -261,19 +268,29 @@ def delete(db: sqlite3.Connection, keys: Iterable[tuple[int, str | None]]) -> in
 # -- routing ---------------------------------------------------------------
 
 def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own_host: str,
-                   now: float | None = None, wake: str | None = None) -> None:
-    """Learn from a check-in which hosts ``lower`` leads to (itself included)."""
+                   now: float | None = None, wake: str | None = None) -> dict[str, str]:
+    """Learn from a check-in which hosts ``lower`` leads to (itself included; rds.trust proved them).
+
+    Returns the hosts whose route moved to ``lower``, with the lower system
+    that led to them before."""
     now = time.time() if now is None else now
     hosts = {lower, *below} - {own_host}
     with Transaction(db):
         db.execute("INSERT INTO lowers (name, wake, seen) VALUES (?, ?, ?)"
                    " ON CONFLICT(name) DO UPDATE SET wake=excluded.wake, seen=excluded.seen", (lower, wake, now))
+        names = sorted(hosts)
+        moved: dict[str, str] = {}
+        for i in range(0, len(names), 500):
+            part = names[i:i + 500]
+            moved.update(db.execute(f"SELECT host, via FROM routes WHERE via!=? AND host IN"
+                                    f" ({','.join('?' * len(part))})", (lower, *part)))
         held = {r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (lower,))}
         for gone in held - hosts:
             db.execute("DELETE FROM routes WHERE host=? AND via=?", (gone, lower))
         db.executemany("INSERT INTO routes (host, via, seen) VALUES (?, ?, ?)"
                        " ON CONFLICT(host) DO UPDATE SET via=excluded.via, seen=excluded.seen",
                        [(h, lower, now) for h in sorted(hosts)])
+    return moved
 
 
 def subtree(db: sqlite3.Connection) -> list[str]:
@@ -306,3 +323,8 @@ def wake_address(db: sqlite3.Connection, lower: str) -> str | None:
 
 def routes(db: sqlite3.Connection) -> list[sqlite3.Row]:
     return list(db.execute("SELECT host, via, seen FROM routes ORDER BY via, host"))
+
+
+def checked_in(db: sqlite3.Connection) -> dict[str, float]:
+    """The lower systems that checked in here, with when they last did."""
+    return {r[0]: r[1] for r in db.execute("SELECT name, seen FROM lowers ORDER BY name")}

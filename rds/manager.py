@@ -7,11 +7,12 @@ import hashlib
 import sqlite3
 import time
 
-from rds import codes, jobs
+from rds import codes, jobs, trust
 from rds.clock import now_text, shown
 from rds.database import Transaction
 from rds.errors import InputError, UsageError
 from rds.home import Home
+from rds.identity import fingerprint
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
@@ -47,11 +48,13 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
     if manifest is None:
         raise InputError(f"unknown package {package} (register it with rdsft -c)")
     created = now_text(now)
+    me = home.identity
+    manifest = trust.sign_manifest(me, manifest)  # the one the job's signature covers
     with Transaction(db):
         job_no = int(db.execute("INSERT INTO orders (type, package, created) VALUES (?, ?, ?)",
                                 (type_, str(package), created)).lastrowid or 0)
         for h in dict.fromkeys(hosts):
-            jobs.insert(db, Job(job_no, h, type_, package, created), manifest, now)
+            jobs.insert(db, trust.sign_job(me, Job(job_no, h, type_, package, created), manifest), manifest, now)
     unknown = [h for h in dict.fromkeys(hosts) if jobs.route(db, h) is None]
     return job_no, unknown
 
@@ -83,9 +86,16 @@ def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[Dest
         query += " WHERE j.job_no=?"
         args = (job_no,)
     out = []
+    changed = trust.changes(db)
     for row in db.execute(query + " ORDER BY j.job_no, j.dest", args):
+        held = next((h for h in (row["dest"], row["via"]) if h in changed), None)
         if row["status"] is not None:
             st, updated, msg = row["status"], row["finished"], row["message"]
+        elif row["state"] == jobs.WAIT and held is not None:
+            old, new, brought = changed[held]
+            st, updated = codes.WAIT, now_text(row["received"])
+            msg = (f"held: the host key of {held} changed ({fingerprint(old) if old else 'none'} pinned, "
+                   f"{fingerprint(new)} offered through {brought}); if that is right: rdslink --accept {held}")
         elif row["state"] == jobs.HANDED:
             st, updated, msg = codes.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
         elif row["via"] is None:

@@ -77,6 +77,7 @@ class Manifest:
     # the archive's tar stream in bytes, recorded at rdsft -c: extraction stops there (rds.archive);
     # None in a manifest made before it was recorded (extraction is then bounded by the ratio alone)
     unpacked: int | None = None
+    signature: str = ""  # the managing server's, over every other field (rds.trust)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,6 +85,14 @@ class Manifest:
         d["format"] = MANIFEST_FORMAT
         if self.unpacked is None:  # an old manifest reads back as it was
             del d["unpacked"]
+        if not self.signature:
+            del d["signature"]
+        return d
+
+    def body(self) -> dict[str, Any]:
+        """What the managing server signs: every field but the signature."""
+        d = self.to_json()
+        d.pop("signature", None)
         return d
 
     @classmethod
@@ -100,7 +109,10 @@ class Manifest:
                 script=d.get("script"),
                 packaged=str(d.get("packaged", "")),
                 unpacked=None if d.get("unpacked") is None else int(d["unpacked"]),
+                signature=d.get("signature", ""),
             )
+            if not isinstance(m.signature, str) or len(m.signature) > 200:
+                raise ValueError("signature")
             if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or (m.unpacked or 0) < 0 \
                     or not m.install_dir.startswith("/") \
                     or ".." in PurePosixPath(m.install_dir).parts or "\x00" in m.install_dir:

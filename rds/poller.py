@@ -20,13 +20,28 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from rds import cache, cleanup, codes, crashpoints, database, events, fsutil, install, jobs, results, session, startup
+from rds import (
+    cache,
+    cleanup,
+    codes,
+    crashpoints,
+    database,
+    events,
+    fsutil,
+    install,
+    jobs,
+    results,
+    session,
+    startup,
+    trust,
+)
 from rds.client import UpperClient
 from rds.clock import now_text
 from rds.errors import CommunicationError, IntegrityError, LockTimeout, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
+from rds.packages import Manifest
 from rds.results import Result
 from rds.storehouse import Storehouse
 from rds.transport import connect
@@ -54,9 +69,11 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse.of(home)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            found, manifests = client.checkin(jobs.subtree(db), wake=startup_address(home))
+            found, manifests = check_in(home, db, client)
             crashpoints.reach("checked-in")
-            report.received = jobs.store(db, found, manifests=manifests)
+            key = trust.learn_signer(home.settings, db, client.signer, client.where, log.warning)
+            good = refuse_forged(home, db, key, found, manifests, log.warning)
+            report.received = jobs.store(db, good, manifests=manifests)
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
@@ -76,7 +93,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
             finally:
                 if requests is not None:
                     requests.finish()
-            report.installed = ended + install_own(home, db, store, log.info)
+            report.installed = ended + install_own(home, db, store, log.info, key)
             try:
                 report.sent = send_results(home, db, client)
             except CommunicationError:
@@ -89,6 +106,39 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         finally:
             client.link.close()
     return report
+
+
+def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[list[Job], dict[str, Manifest]]:
+    """Check in with this host's route statement, the statements of the hosts below that the upper system
+    has not had, and all their names; once more at once with those it could not prove (it lost them)."""
+    upper = client.link.hello()
+    own = trust.own_statement(home.identity, db, home.host, upper)
+    statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+    found, manifests = client.checkin(statements, below, wake=startup_address(home))
+    trust.sent(db, upper, statements, client.unproven)
+    carried = {d["host"] for d in statements}
+    if any(h not in carried for h in client.unproven):
+        again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+        if any(d["host"] not in carried for d in again):  # statements it lost that this host has
+            found, manifests = client.checkin(again, below, wake=startup_address(home))
+            trust.sent(db, upper, again, client.unproven)
+    return found, manifests
+
+
+def refuse_forged(home: Home, db: sqlite3.Connection, key: str | None, found: list[Job], manifests: dict[str, Manifest],
+                  log: Callable[[str], None]) -> list[Job]:
+    """The jobs the managing server really signed, with its manifests; any other is never acted on: it
+    ends here in ERROR (EXEC-ERROR for a host below), which goes up like any result."""
+    good = []
+    for job in found:
+        fault = trust.job_fault(key, job, manifests.get(str(job.package)))
+        if fault is None:
+            good.append(job)
+            continue
+        log(f"refused job {job.key} from the upper system: {fault}")
+        status = codes.ERROR if job.dest == home.host else codes.EXEC_ERROR
+        results.keep(db, Result(job.job_no, job.dest, status, f"refused on {home.host}: {fault}", now_text()))
+    return good
 
 
 def startup_address(home: Home) -> str | None:
@@ -173,7 +223,8 @@ def announce_kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None
     database.announce(db, events.Kept([j for j in waiting if j not in gone], missing))
 
 
-def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Callable[[str], None]) -> list[Result]:
+def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Callable[[str], None],
+                key: str | None = None) -> list[Result]:
     done = []
     host = home.host
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
@@ -192,6 +243,13 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
         m = store.get(job.package)  # current and verified by fetch_needed, which may have replaced the job's
         if m is None:
             continue  # not fetched yet (its download failed): the next pass
+        fault = None if key is None else trust.manifest_fault(key, m)
+        if fault is not None:  # a client verifies before it installs, whatever brought the copy
+            res = Result(job.job_no, job.dest, codes.ERROR, f"not installed: {fault}", now_text())
+            results.keep(db, res)
+            log(f"job {job.job_no} {m.id}: {res.status}: {res.message}")
+            done.append(res)
+            continue
         if not resumed:
             jobs.begin_install(db, job)
         crashpoints.reach("installing")
@@ -209,7 +267,8 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
     sent = 0
     with home.lock("send"):
         while batch := results.unsent(db, limit=500):
-            client.report(batch)
+            # this host's own results (and what it says about the hosts below it) are signed as they go up
+            client.report([r if r.sig else trust.sign_result(home.identity, home.host, r) for r in batch])
             crashpoints.reach("reported")
             results.mark_sent(db, batch)
             sent += len(batch)

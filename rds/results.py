@@ -31,15 +31,25 @@ class Result:
     status: str
     message: str
     finished: str
+    by: str = ""  # the host that signed it: the destination, or a relay for EXEC-ERROR and LINE-DOWN
+    sig: str = ""  # its signature (rds.trust); empty until this host sends its own result up
 
     def to_json(self) -> dict[str, Any]:
-        return {"job": self.job_no, "dest": self.dest, "status": self.status,
-                "message": self.message, "finished": self.finished}
+        d = {"job": self.job_no, "dest": self.dest, "status": self.status,
+             "message": self.message, "finished": self.finished}
+        if self.sig:
+            d.update(by=self.by, sig=self.sig)
+        return d
+
+    def body(self) -> dict[str, Any]:
+        """What its signer signs."""
+        return {"kind": "result", "job": self.job_no, "dest": self.dest, "status": self.status,
+                "message": self.message, "finished": self.finished, "by": self.by}
 
     @classmethod
     def from_json(cls, d: Any) -> Result:
         try:
-            r = cls(d["job"], d["dest"], d["status"], d["message"], d["finished"])
+            r = cls(d["job"], d["dest"], d["status"], d["message"], d["finished"], d.get("by", ""), d.get("sig", ""))
             if not isinstance(r.job_no, int) or isinstance(r.job_no, bool) or not 0 < r.job_no < 2**63:
                 raise ValueError(f"job number {r.job_no!r}")
             if not isinstance(r.dest, str) or not valid_hostname(r.dest):
@@ -48,6 +58,9 @@ class Result:
                 raise ValueError(f"status {r.status!r}")
             if not isinstance(r.message, str) or not isinstance(r.finished, str):
                 raise ValueError("message")
+            if not isinstance(r.by, str) or not isinstance(r.sig, str) or len(r.sig) > 200 \
+                    or (r.by and not valid_hostname(r.by)):
+                raise ValueError("signature")
             return dataclasses.replace(r, message=r.message[:MESSAGE_MAX], finished=r.finished[:64])
         except (TypeError, KeyError, ValueError) as e:
             raise ProtocolError(f"not a valid result: {e}") from None
@@ -59,10 +72,11 @@ def _keep(db: sqlite3.Connection, r: Result) -> bool:
     if old is not None and (old[0] == r.status or old[0] in codes.OUTCOMES):
         return False
     db.execute(
-        "INSERT INTO results (job_no, dest, status, message, finished, sent) VALUES (?, ?, ?, ?, ?, NULL)"
+        "INSERT INTO results (job_no, dest, status, message, finished, sent, signer, sig)"
+        " VALUES (?, ?, ?, ?, ?, NULL, ?, ?)"
         " ON CONFLICT(job_no, dest) DO UPDATE SET status=excluded.status, message=excluded.message,"
-        " finished=excluded.finished, sent=NULL",
-        (r.job_no, r.dest, r.status, r.message[:MESSAGE_MAX], r.finished),
+        " finished=excluded.finished, sent=NULL, signer=excluded.signer, sig=excluded.sig",
+        (r.job_no, r.dest, r.status, r.message[:MESSAGE_MAX], r.finished[:64], r.by, r.sig),
     )
     if r.status in codes.OUTCOMES:
         jobs.done(db, (r.job_no, r.dest))
@@ -97,9 +111,9 @@ def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_ho
 
 
 def unsent(db: sqlite3.Connection, limit: int = 1000) -> list[Result]:
-    rows = db.execute("SELECT job_no, dest, status, message, finished FROM results WHERE sent IS NULL"
+    rows = db.execute("SELECT job_no, dest, status, message, finished, signer, sig FROM results WHERE sent IS NULL"
                       " ORDER BY finished, job_no, dest LIMIT ?", (limit,))
-    return [Result(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return [Result(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
 
 def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None = None) -> None:
@@ -111,6 +125,7 @@ def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None 
 
 
 def get(db: sqlite3.Connection, job_no: int, dest: str) -> Result | None:
-    row = db.execute("SELECT job_no, dest, status, message, finished FROM results WHERE job_no=? AND dest=?",
+    row = db.execute("SELECT job_no, dest, status, message, finished, signer, sig FROM results"
+                     " WHERE job_no=? AND dest=?",
                      (job_no, dest)).fetchone()
     return None if row is None else Result(*row)

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, jobs, results, session, wire
+from rds import cache, daemon, database, events, identity, jobs, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -30,7 +30,7 @@ from rds.home import Home
 from rds.log import logger
 from rds.packages import Manifest, PackageId
 from rds.results import Result
-from rds.settings import startup_address, valid_hostname
+from rds.settings import startup_address
 from rds.storehouse import Served, Storehouse
 
 
@@ -79,7 +79,7 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("below", []), msg.get("wake"))
+                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -92,12 +92,7 @@ class UpperService:
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, below: Any, wake: Any = None) -> dict[str, Any]:
-        if not isinstance(below, list) or len(below) > wire.MAX_BELOW:
-            raise ProtocolError("'below' must be a list of host names")
-        for h in below:
-            if not isinstance(h, str) or not valid_hostname(h):
-                raise ProtocolError(f"'below' holds a bad host name: {h!r}")
+    def checkin(self, statements: Any, below: Any, wake: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -105,18 +100,32 @@ class UpperService:
                 raise ProtocolError("'wake' must be ssh://[user@]host[:port] or the absolute path of a home") from None
             if self.remote and not wake.startswith("ssh://"):
                 raise ProtocolError("'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine")
-        jobs.record_checkin(self.db, self.lower, below, self.home.host, wake=wake)
+        log = logger(self.home)
+        proven, unproven = trust.prove(self.db, self.home.settings, self.home.host, self.lower, statements, below,
+                                       log.warning)
+        moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
+        for host, was in sorted(moved.items()):
+            log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        managing = self.home.settings.is_managing_server
         ready: list[dict[str, Any]] = []
         manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
             # handed out whether the package is here or not: the record carries its manifest,
             # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)
+            m = jobs.manifest(self.db, job)
+            if managing and (not job.sig or not m.signature):  # made before signatures: signed now
+                m = trust.sign_manifest(self.home.identity, m)
+                job = trust.sign_job(self.home.identity, job, m)
             if key not in manifests or job.type != jobs.DELETE:
-                manifests[key] = jobs.manifest(self.db, job).to_json()
+                manifests[key] = m.to_json()
             ready.append(job.to_json())
-        return {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
-                "invalid": jobs.invalid_handed_to(self.db, self.lower)}
+        answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+                  "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
+        if signer is not None:
+            answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
+        return answer
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:
@@ -133,16 +142,20 @@ class UpperService:
             raise ProtocolError("'results' must be a list")
         parsed = [Result.from_json(r) for r in items]
         kept: list[Result] = []
-        try:
-            n = results.accept(self.db, self.lower, parsed, self.home.host, kept)
-        except ProtocolError as e:
-            raise Refused(str(e)) from None
         log = logger(self.home)
+        believed = []
+        faults = trust.result_faults(self.db, self.lower, parsed, self.home.host, lambda h: jobs.route(self.db, h))
+        for r, fault in zip(parsed, faults, strict=True):  # each on its own: a forged one holds back no other
+            if fault is None:
+                believed.append(r)
+            else:
+                log.warning(f"result refused: {fault}")
+        n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
-        return {"ok": True, "accepted": n}
+        return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}
 
     def authorize(self, package: Any) -> PackageId:
         """A package that a job of the lower system's subtree needs; any other is refused."""
@@ -158,8 +171,10 @@ class UpperService:
         log = logger(self.home).info
         log(f"stat of {pid} asked by {self.lower}")
         try:
-            return cache.current(self.home, self.store, pid, self.upper, log,
-                                 cache.may_fetch(self.home, self.db, pid))
+            m = cache.current(self.home, self.store, pid, self.upper, log, cache.may_fetch(self.home, self.db, pid))
+            if self.home.settings.is_managing_server:  # it signs what it hands out (registered before, too)
+                m = trust.sign_manifest(self.home.identity, m)
+            return m
         except Refused:
             raise
         except CommunicationError as e:

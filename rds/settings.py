@@ -75,6 +75,8 @@ class Settings:
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
     serve_idle_timeout: float = 300.0  # seconds rds-serve waits for a lower system's next request
     startup_interval: float = 60.0  # seconds at least between the starts of passes startup requests cause
+    key_pinning: str = "FIRST-USE"  # STRICT: only host keys enrolled beforehand (rdslink) are accepted
+    manager_key: str | None = None  # the managing server's public key; else pinned at the first check-in
     system_log_level: int = 3  # JP1's SystemLogOutputLevel: 0 nothing, 1 errors, 2 and warnings, 3 and information
     log_file: bool = True  # log/rds.log besides the journal (rds.log)
     log_retention: float = 30 * 86400.0  # seconds an install log or a resident's .out file is kept; 0 = for ever
@@ -160,6 +162,14 @@ def startup_address(v: str) -> str:
     return v
 
 
+def _public_key(v: str) -> str:
+    from rds.identity import valid_key
+
+    if not valid_key(v):
+        raise ValueError(v)
+    return v
+
+
 def _hostname(v: str) -> str:
     if not valid_hostname(v):
         raise ValueError(v)
@@ -218,6 +228,8 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
                        "command) or the absolute path of this home"),
     "ServeIdleTimeout": ("serve_idle_timeout", *_duration("s", 1, 86400, "seconds")),
     "StartupInterval": ("startup_interval", *_duration("s", 0, 3600, "seconds")),
+    "KeyPinning": ("key_pinning", *_choice("FIRST-USE", "STRICT")),
+    "ManagerKey": ("manager_key", _public_key, "the managing server's host key in base64, as 'rdslink -k' prints it"),
     "SystemLogOutputLevel": ("system_log_level", *_int_range(0, 3)),
     "LogFile": ("log_file", _yes_no, "YES or NO"),
     "LogRetention": ("log_retention", *_duration("d", 0, 36500 * 86400, "days")),

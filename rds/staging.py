@@ -12,7 +12,9 @@ Nothing from the medium is trusted: an archive may hold only those regular
 files (anything else, a link, a device, a path outside, rejects the whole
 archive before anything is staged); each payload is copied into a temporary
 file while it is hashed, and must have the manifest's size and SHA-256, and
-its own members must pass the install's checks (rds.archive).  A package is
+its own members must pass the install's checks (rds.archive).  Every
+manifest must carry the managing server's signature (rds.trust), or the
+whole medium is refused before anything is staged.  A package is
 added under its fetch lock (``Storehouse.fetch_lock``) with the storehouse's
 atomic commit: it appears whole or not at all.
 
@@ -26,16 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rds import archive, fsutil, progress
+from rds import archive, fsutil, progress, trust
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.packages import Manifest, PackageId
@@ -78,11 +81,14 @@ def _select(store: Storehouse, only: list[PackageId] | None) -> list[Manifest]:
     return out
 
 
-def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None) -> list[Outcome]:
-    """Copy packages (all, or ``only``) to a directory or an archive; each is verified first."""
+def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
+           sign: Callable[[Manifest], Manifest] | None = None) -> list[Outcome]:
+    """Copy packages (all, or ``only``) to a directory or an archive; each is verified first, and its
+    manifest signed on the way out by ``sign`` (the managing server's, which signs what it hands out)."""
     manifests = _select(store, only)
     for m in manifests:
         store.verify(m)  # never put a damaged copy on the medium
+    manifests = [sign(m) if sign is not None else m for m in manifests]
     if is_archive(dest):
         mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
         shown = progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests))
@@ -92,6 +98,11 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None) -
                     info = tar.gettarinfo(str(store.dir(m.id) / name), arcname=f"{m.id}/{name}")
                     info.uid = info.gid = 0
                     info.uname = info.gname = "root"
+                    if name == MANIFEST:
+                        data = _manifest_bytes(m)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                        continue
                     with open(store.dir(m.id) / name, "rb") as f:
                         tar.addfile(info, progress.Reader(f, shown) if name == PAYLOAD else f)
     else:
@@ -102,13 +113,17 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None) -
     return [Outcome(str(m.id), "exported", str(dest), m.size) for m in manifests]
 
 
+def _manifest_bytes(m: Manifest) -> bytes:
+    return json.dumps(m.to_json(), indent=1).encode()
+
+
 def _export_dir(store: Storehouse, m: Manifest, dest: Path, shown: progress.Progress) -> None:
     target = dest / str(m.id)
     work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
     try:
-        for name in (MANIFEST, PAYLOAD):
-            with open(store.dir(m.id) / name, "rb") as src, fsutil.atomic_writer(work / name) as out:
-                shutil.copyfileobj(progress.Reader(src, shown) if name == PAYLOAD else src, out, 1 << 20)
+        fsutil.atomic_write(work / MANIFEST, _manifest_bytes(m))
+        with open(store.dir(m.id) / PAYLOAD, "rb") as src, fsutil.atomic_writer(work / PAYLOAD) as out:
+            shutil.copyfileobj(progress.Reader(src, shown), out, 1 << 20)
         if target.exists():
             fsutil.remove_tree(target)
         fsutil.durable_rename(work, target)  # the package appears whole on the medium
@@ -188,8 +203,15 @@ def _read_manifest(medium: _Medium, package: str) -> Manifest:
     return m
 
 
-def stage(home: Home, source: Path, only: list[PackageId] | None = None) -> list[Outcome]:
-    """Stage every package (or ``only``) of ``source`` into ``home``'s storehouse, each verified."""
+def stage(home: Home, source: Path, only: list[PackageId] | None = None, key: str | None = None) -> list[Outcome]:
+    """Stage every package (or ``only``) of ``source`` into ``home``'s storehouse, each verified.
+
+    Every manifest on the medium must verify with ``key``, the managing
+    server's, or nothing at all is staged.
+    """
+    if key is None:
+        raise InputError(f"the managing server's key is not known on {home.host}: check in with the upper "
+                         "system once, or set ManagerKey in RDSSETFL (rdslink -k on the managing server prints it)")
     store = Storehouse.of(home)
     out = []
     with _Medium(source) as medium:
@@ -201,6 +223,13 @@ def stage(home: Home, source: Path, only: list[PackageId] | None = None) -> list
             names = [str(p) for p in only]
         if not names:
             raise InputError(f"{source}: no packages there")
+        for name in names:  # the whole medium is refused if one manifest is not the managing server's
+            try:
+                fault = trust.manifest_fault(key, _read_manifest(medium, name))
+            except InputError:
+                continue  # rejected below, on its own
+            if fault is not None:
+                raise IntegrityError(f"{source}: {fault}; nothing was staged")
         for name in names:
             try:
                 out.append(_stage_one(home, store, medium, name))

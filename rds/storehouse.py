@@ -213,8 +213,10 @@ class Storehouse:
         install_dir: str,
         script: str | None = None,
         expire_days: int | None = None,
+        sign: Callable[[Manifest], Manifest] | None = None,
     ) -> Manifest:
-        """Pack ``source`` into a new package and add it; the rename into place comes last."""
+        """Pack ``source`` into a new package and add it, its manifest signed by ``sign`` (rds.trust);
+        the rename into place comes last."""
         if not source.is_dir():
             raise InputError(f"{source}: no such directory")
         if not os.access(source, os.R_OK | os.X_OK):
@@ -244,6 +246,8 @@ class Storehouse:
                 packaged=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 unpacked=unpacked,
             )
+            if sign is not None:
+                manifest = sign(manifest)
             self._commit(work, manifest)
         except BaseException:
             fsutil.remove_tree(work) if work.exists() else None

@@ -4,16 +4,24 @@ The lower system always asks; the upper system answers.  Every request is a
 JSON object with ``op``, the protocol version ``v`` and the asking ``host``
 (``request``):
 
-``checkin``  ``below``: every host under the asking one; ``wake``: where a
-             startup request reaches the asker (optional): ``ssh://[user@]host[:port]``
+``checkin``  ``statements``: the signed route statements of the asker and of
+             the hosts under it that the upper system has not had yet, and
+             ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
+             request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup).  The upper system
-             learns its routes from it and answers with the jobs waiting for
-             the asker's whole subtree and the manifests of their packages,
-             and ``invalid``: the jobs it handed the asker whose package has
-             left its storehouse since (rds.cleanup).
+             believes the routes the statements prove and answers with the
+             jobs waiting for the asker's whole subtree and the manifests of
+             their packages (both signed by the managing server), ``signer``:
+             the managing server's name and key as the upper system believes
+             them, ``invalid``: the jobs it handed the asker whose package
+             has left its storehouse since (rds.cleanup), and ``unproven``:
+             the hosts named below whose route it could not prove.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
-``report``   ``results``: how jobs ended in the asker's subtree.
+``report``   ``results``: how jobs ended in the asker's subtree, each signed by
+             the host it is about (or, for EXEC-ERROR and LINE-DOWN, by the
+             relay above it); the answer counts those ``accepted`` (new) and
+             ``refused`` (not believed, logged by the upper system).
 ``read``     ``package``, ``offset``, ``length``: bytes of a package's archive
              (only a package that a job of the asker's subtree needs).  A relay
              that lacks the package, or whose copy is not current, fetches it
@@ -45,8 +53,7 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 1
-MAX_BELOW = 1_000_000
+VERSION = 2  # 2: route statements, signed jobs, manifests and results (issue 12)
 READ_MAX = 64 << 20
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
@@ -67,15 +74,24 @@ def check(msg: Any, lower: str) -> str:
     """The request's op, once its form, version and asking host (it must be ``lower``) are checked."""
     if not isinstance(msg, dict):
         raise ProtocolError("a request must be a JSON object")
-    if msg.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {msg.get('v')!r} is not supported (this side speaks {VERSION})")
     host = msg.get("host")
+    if msg.get("v") != VERSION:
+        raise ProtocolError(mismatch(msg.get("v"), "the lower system", host if isinstance(host, str) else lower,
+                                     "this upper system"))
     if host != lower:
         raise Refused(f"{lower} may not act as {host!r}")
     op = msg.get("op")
     if not isinstance(op, str):
         raise ProtocolError("a request needs an op")
     return op
+
+
+def mismatch(theirs: Any, them: str, name: str, us: str) -> str:
+    """One line saying which side of a link must be upgraded: the one that speaks the older protocol."""
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs > VERSION:
+        return f"{them} {said(name)[:64]} speaks protocol {theirs}, {us} speaks {VERSION}: upgrade rds on {us}"
+    return (f"{them} {said(name)[:64]} speaks protocol {said(theirs)[:20]}, {us} speaks {VERSION}: "
+            f"upgrade rds on {them} {said(name)[:64]}")
 
 
 # the errors a lower system is told of in an answer (rds-serve turns any other into "upper")

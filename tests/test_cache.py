@@ -170,6 +170,7 @@ def test_staging_from_a_directory_and_an_archive(tree: Tree) -> None:
 
 def test_tampered_and_hostile_media_are_rejected(tree: Tree) -> None:
     mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    relay.run("rdsft", "-a")  # learns the managing server's key
     pid = tree.package()
     cd = tree.root / "cd"
     mgr.run("rdsstage", "-o", str(cd))
@@ -216,7 +217,7 @@ def test_emergency_transfer_under_sneakernet_ahead_of_queued_installs(tree: Tree
     r1 = tree.add("r1", "mgr", settings="CachingPolicy\tSNEAKERNET\n")
     r2 = tree.add("r2", "r1", settings="CachingPolicy\tSNEAKERNET\n")
     c = tree.add("c", "r2")
-    tree.check_in_upward(["c", "r2", "r1"])
+    tree.check_in_upward(["c", "r2", "r1", "r2"])  # r2 learns the managing server's key once r1 knows it
     staged = tree.package(name="TOOL", install_dir="/opt/tool")
     fix = tree.package(name="FIX", install_dir="/opt/fix")
     cd = tree.root / "cd"
@@ -402,23 +403,31 @@ def test_a_read_that_waits_too_long_for_a_fetch_is_asked_again_later(tree: Tree)
 def test_staging_replaces_another_copy_but_never_a_registered_package(tree: Tree) -> None:
     mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
     other_mgr = tree.add("mgr2")  # a second managing server
+    relay.run("rdsft", "-a")  # learns the managing server's key, which staged manifests must verify with
     pid = tree.package(files={"VERSION": "old\n"})
-    old_cd, new_cd = tree.root / "old.tar", tree.root / "new.tgz"
+    old_cd, new_cd, foreign_cd = tree.root / "old.tar", tree.root / "new.tgz", tree.root / "foreign.tgz"
     mgr.run("rdsstage", "-o", str(old_cd))
     relay.run("rdsstage", "-i", str(old_cd))
-    # the same package ID with other content, made on the other managing server
+    # the same package ID with other content: made on another managing server, and again on this one
     shutil.rmtree(tree.root / "src-APP-0100")
     os.remove(tree.root / "script-APP-0100")
     assert tree.package(host="mgr2", files={"VERSION": "new\n"}) == pid
-    other_mgr.run("rdsstage", "-o", str(new_cd))
+    other_mgr.run("rdsstage", "-o", str(foreign_cd))
+    proc = relay.run("rdsstage", "-i", str(foreign_cd), check=False)  # not signed by its managing server
+    assert proc.returncode == 6 and "nothing was staged" in proc.stderr
+    shutil.rmtree(mgr.path / "RDS" / pid)
+    shutil.rmtree(tree.root / "src-APP-0100")
+    os.remove(tree.root / "script-APP-0100")
+    assert tree.package(files={"VERSION": "new\n"}) == pid
+    mgr.run("rdsstage", "-o", str(new_cd))
     out = json.loads(relay.run("rdsstage", "-i", str(new_cd), "--json").stdout)
     assert [(o["package"], o["action"]) for o in out] == [(pid, "replaced")]
-    assert size_of(relay, pid) == size_of(other_mgr, pid)
-    proc = mgr.run("rdsstage", "-i", str(new_cd), check=False)
+    assert size_of(relay, pid) == size_of(mgr, pid)
+    proc = mgr.run("rdsstage", "-i", str(old_cd), check=False)
     assert proc.returncode == 6
     assert f"package {pid} is registered here with other content; not replaced" in proc.stderr
     payload = f"RDS/{pid}/payload.tgz"
-    assert (mgr.path / payload).read_bytes() != (other_mgr.path / payload).read_bytes()  # kept its own
+    assert (mgr.path / payload).read_bytes() == (relay.path / payload).read_bytes()  # kept its own
 
 
 def test_fetch_locks_do_not_pile_up(tmp_path: Path) -> None:

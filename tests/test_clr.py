@@ -200,10 +200,11 @@ def test_rdsft_init_invalidates_jobs_as_the_settings_say(tree, timing: str, with
     assert groupid(relay) == left  # rdsgroupid shows the invalid jobs that are kept
     table = relay.run("rdsgroupid").stdout
     assert "INVALID" in table
-    # the job that was waiting on the relay ends ERROR at the managing server, with the reason
+    # the job that was waiting on the relay ends EXEC-ERROR at the managing server (all a relay may sign
+    # about a host below it), with the reason
     relay.run("rdssnd", "--once")
     st = dcmstat(mgr)
-    assert st[(2, "c1")]["status"] == "ERROR"
+    assert st[(2, "c1")]["status"] == "EXEC-ERROR"
     assert st[(2, "c1")]["message"] == (f"rdsft -init removed package {a} from the package storehouse of relay; "
                                         "the job is invalid")
     assert st[(1, "relay")]["status"] == "COMPLETE"
@@ -330,7 +331,7 @@ def test_delete_job_removes_the_package_on_the_relay(tree) -> None:  # type: ign
     assert st[(2, "relay")]["status"] == "COMPLETE"
     assert st[(2, "relay")]["message"] == f"deleted package {a} from the package storehouse of relay; " \
                                           "1 job(s) invalidated"
-    assert st[(1, "c")]["status"] == "ERROR" and "a DELETE job removed package" in st[(1, "c")]["message"]
+    assert st[(1, "c")]["status"] == "EXEC-ERROR" and "a DELETE job removed package" in st[(1, "c")]["message"]
     # a second DELETE finds nothing to delete, and says so
     mgr.run("dcmjexe", "-t", "DELETE", "-r", a, "-h", "relay")
     relay.run("rdsft", "-a")
@@ -439,7 +440,7 @@ def test_killed_after_settling_the_jobs_the_next_cleanup_removes_the_package(tre
     assert [r["package"] for r in out["removed"]] == [pkg] and out["jobs_invalidated"] == 0
     assert kept(relay) == []
     relay.run("rdssnd", "--once")
-    assert dcmstat(mgr)[(1, "c")]["status"] == "ERROR"
+    assert dcmstat(mgr)[(1, "c")]["status"] == "EXEC-ERROR"  # the relay signs it: an interim status
 
 
 def strays(host) -> list[str]:  # type: ignore[no-untyped-def]

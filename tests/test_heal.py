@@ -226,6 +226,7 @@ def test_a_damaged_copy_under_sneakernet_is_reported_as_damaged(tree: Tree) -> N
     pid = tree.package()
     cd = tree.root / "cd"
     mgr.run("rdsstage", "-o", str(cd), "-r", pid)
+    rb.run("rdsft", "-a")  # learns the managing server's key (relayA knows it now), which staging checks with
     rb.run("rdsstage", "-i", str(cd))
     deliver(tree, pid, "c1")
     c1.run("rdsft", "-a")  # served once: verified, stamped
@@ -357,7 +358,7 @@ def test_under_jit_the_size_limit_never_invalidates_a_waiting_job(tree: Tree) ->
     relay.run("rdsstage", "-i", str(_export(tree, pid)))
     assert "1 job(s) invalidated" in relay.run("rdsft", "-init").stdout
     relay.run("rdssnd", "--once")
-    assert dcmstat(mgr)[(job2, "c1")]["status"] == "ERROR"
+    assert dcmstat(mgr)[(job2, "c1")]["status"] == "EXEC-ERROR"  # all a relay signs about a host below
 
 
 def _export(tree: Tree, pid: str) -> Path:
@@ -374,6 +375,7 @@ def test_staging_again_renews_a_staged_package_under_sneakernet(tree: Tree) -> N
     "unchanged" without renewing it."""
     tree.add("mgr")
     relay = tree.add("relay", "mgr", "CachingPolicy\tSNEAKERNET\nLifeofResource\t2\n")
+    relay.run("rdsft", "-a")  # learns the managing server's key, which staging checks with
     pid = tree.package()
     cd = _export(tree, pid)
     relay.run("rdsstage", "-i", str(cd))
@@ -393,6 +395,7 @@ def test_staging_again_renews_a_staged_package_under_sneakernet(tree: Tree) -> N
 def test_staging_replaces_a_copy_damaged_in_place(tree: Tree) -> None:
     mgr = tree.add("mgr")
     relay = tree.add("relay", "mgr", "CachingPolicy\tSNEAKERNET\n")
+    relay.run("rdsft", "-a")  # learns the managing server's key
     pid = tree.package()
     cd = _export(tree, pid)
     relay.run("rdsstage", "-i", str(cd))

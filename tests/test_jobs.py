@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from trustkit import Signer
 
 from rds import codes, database, jobs, manager, results
 from rds.errors import JobRecordError, ProtocolError, Refused, UnableToCache
@@ -293,6 +295,20 @@ def req(op: str, host: str = "r1", **fields: Any) -> dict[str, Any]:
     return {"op": op, "v": VERSION, "host": host, **fields}
 
 
+KEYS = {name: Signer(name) for name in ("r1", "r2", "c1", "c2")}
+
+
+def checkin(host: str = "r1", below: list[str] | None = None) -> dict[str, Any]:
+    """A check-in of ``host`` with the signed statements of the hosts below it (rds.trust)."""
+    statements = [KEYS[host].statement("mgr")] + [KEYS[h].statement(host) for h in below or []]
+    return req("checkin", host=host, statements=statements, below=below or [])
+
+
+def signed(r: Result) -> dict[str, Any]:
+    """``r`` as its destination signs it."""
+    return KEYS[r.dest].result(r.job_no, r.dest, r.status, r.message, r.finished)
+
+
 def create_job(mgr: Home, dest: str, pid: PackageId = PID) -> int:
     db = database.connect(mgr.db_path)
     try:
@@ -304,12 +320,13 @@ def create_job(mgr: Home, dest: str, pid: PackageId = PID) -> int:
 def test_checkin_hands_out_the_subtree_s_jobs_with_their_manifests(mgr: Home, service: UpperService) -> None:
     n1 = create_job(mgr, "c1")
     create_job(mgr, "c2")
-    reply = service.handle(req("checkin", below=["c1"]))
+    reply = service.handle(checkin("r1", ["c1"]))
     assert reply["ok"] is True and reply["upper"] == "mgr"
     assert [(j["job"], j["dest"]) for j in reply["jobs"]] == [(n1, "c1")]
-    assert Manifest.from_json(reply["manifests"][str(PID)]) == Storehouse(mgr.packages).get(PID)
+    got = Manifest.from_json(reply["manifests"][str(PID)])  # as registered, signed by the managing server
+    assert dataclasses.replace(got, signature="") == Storehouse(mgr.packages).get(PID) and got.signature
     assert service.handle(req("ack", jobs=[[n1, "c1"]])) == {"ok": True, "taken": 1}
-    assert service.handle(req("checkin", below=["c1"]))["jobs"] == []
+    assert service.handle(checkin("r1", ["c1"]))["jobs"] == []
 
 
 def test_request_for_another_host_is_refused(service: UpperService) -> None:
@@ -322,21 +339,23 @@ def test_request_for_another_host_is_refused(service: UpperService) -> None:
 def test_results_for_hosts_not_below_are_refused(mgr: Home, service: UpperService) -> None:
     n = create_job(mgr, "c1")
     other = serving(mgr, "r2")
-    other.handle(req("checkin", host="r2", below=["c2"]))
+    other.handle(checkin("r2", ["c2"]))
     other.close()
-    service.handle(req("checkin", below=["c1"]))
-    bad = service.handle(req("report", results=[result(dest="c2", no=n).to_json()]))
-    assert bad == {"ok": False, "error": "refused", "message": "r1 reported a result for c2, which is not below it"}
-    good = service.handle(req("report", results=[result(dest="c1", no=n).to_json()]))
-    assert good == {"ok": True, "accepted": 1}
-    assert service.handle(req("report", results=[result(dest="c1", no=n).to_json()])) == {"ok": True, "accepted": 0}
+    service.handle(checkin("r1", ["c1"]))
+    bad = service.handle(req("report", results=[signed(result(dest="c2", no=n))]))
+    assert bad == {"ok": True, "accepted": 0, "refused": 1}
+    assert "r1 reported a result for c2, which is not below it" in (mgr.log_dir / "rds.log").read_text()
+    good = service.handle(req("report", results=[signed(result(dest="c1", no=n))]))
+    assert good == {"ok": True, "accepted": 1, "refused": 0}
+    assert service.handle(req("report", results=[signed(result(dest="c1", no=n))])) == \
+        {"ok": True, "accepted": 0, "refused": 0}
     assert stored(service.db) == [(n, "c1", "COMPLETE", "done")]
 
 
 def test_reads_only_packages_the_subtree_needs(mgr: Home, service: UpperService) -> None:
     create_job(mgr, "c1")
     create_job(mgr, "c2", PackageId.make("AB", "OTHER", "1"))
-    service.handle(req("checkin", below=["c1"]))
+    service.handle(checkin("r1", ["c1"]))
     store = Storehouse(mgr.packages)
     assert b"".join(service.read(str(PID), 0, 1 << 20)) == store.payload(PID).read_bytes()
     assert b"".join(service.read(str(PID), 10, 5)) == store.payload(PID).read_bytes()[10:15]
@@ -352,7 +371,7 @@ def test_reads_only_packages_the_subtree_needs(mgr: Home, service: UpperService)
 
 def test_reads_of_a_package_no_longer_kept_are_refused(mgr: Home, service: UpperService) -> None:
     create_job(mgr, "c1")
-    service.handle(req("checkin", below=["c1"]))
+    service.handle(checkin("r1", ["c1"]))
     Storehouse(mgr.packages).remove(PID)
     with pytest.raises(Refused, match=r"^package C\.AB\.APP\.0100\.0000 is not kept on mgr$"):
         service.read(str(PID), 0, 100)
@@ -362,7 +381,7 @@ def test_a_corrupt_payload_is_not_served(mgr: Home, service: UpperService) -> No
     """Regression: SPEC says every package is verified by SHA-256 before it is served; a relay kept serving a
     corrupted ``payload.tgz`` to the hosts below it."""
     create_job(mgr, "c1")
-    service.handle(req("checkin", below=["c1"]))
+    service.handle(checkin("r1", ["c1"]))
     store = Storehouse(mgr.packages)
     payload = store.payload(PID)
     data = bytearray(payload.read_bytes())
@@ -383,9 +402,13 @@ def test_a_corrupt_payload_is_not_served(mgr: Home, service: UpperService) -> No
     ([], "a request must be a JSON object"),
     ("checkin", "a request must be a JSON object"),
     (5, "a request must be a JSON object"),
-    ({"op": "checkin", "host": "r1"}, "protocol version None is not supported (this side speaks 1)"),
-    ({"op": "checkin", "host": "r1", "v": 2}, "protocol version 2 is not supported (this side speaks 1)"),
-    ({"op": "checkin", "host": "r1", "v": "1"}, "protocol version '1' is not supported (this side speaks 1)"),
+    ({"op": "checkin", "host": "r1"}, "the lower system r1 speaks protocol None, this upper system speaks 2: "
+                                      "upgrade rds on the lower system r1"),
+    ({"op": "checkin", "host": "r1", "v": 3}, "the lower system r1 speaks protocol 3, this upper system speaks 2: "
+                                              "upgrade rds on this upper system"),
+    ({"op": "checkin", "host": "r1", "v": "1"}, "the lower system r1 speaks protocol 1, this upper system speaks 2"),
+    (req("checkin", below=[]), "'statements' must be a list of signed route statements"),
+    (req("checkin", statements=[{"host": "r1"}]), "not a valid route statement"),
     (req("delete"), "unknown request 'delete'"),
     ({"v": VERSION, "host": "r1"}, "a request needs an op"),
     (req("checkin", below="c1"), "'below' must be a list of host names"),

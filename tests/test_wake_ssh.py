@@ -21,6 +21,7 @@ import pytest
 import sshd
 from conftest import Tree, installs, wait_for
 from sshd import CutProxy, Sshd, free_port, ssh_hierarchy
+from trustkit import Signer
 
 from rds.client import UpperClient
 from rds.errors import ProtocolError, SettingsError
@@ -197,6 +198,7 @@ def test_prepared_request_that_went_stale_is_sent_again(tree: Tree, sshd_factory
     wait_for(lambda: log_of(tree["relay"]).count("startup request from 127.0.0.1") == 2)
 
 
+RELAY1 = Signer("relay1")
 BAD_WAKE = ["relative/home", "ssh://h/path", "ssh://h:0", "ssh://h:70000", "ssh://a@b@c", "ssh://h?x=1",
             "ssh://-oProxyCommand=x", "ssh://h;reboot", "ssh://[1.2.3.4]", "ssh://300.1.1.1", "ssh://u@h:22 ",
             "http://h", "/home\nx", 7, ["ssh://h"], "/" + "x" * 5000]
@@ -208,7 +210,8 @@ def test_check_in_takes_only_a_strict_startup_address(tree: Tree, wake: object) 
     mgr = tree.add("mgr")
     service = serving(Home.open(mgr.path), "relay1")
     try:
-        answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": wake})
+        answer = service.handle({"op": "checkin", "v": 2, "host": "relay1", "below": [],
+                                 "statements": [RELAY1.statement("mgr")], "wake": wake})
     finally:
         service.close()
     if wake in GOOD_WAKE:
@@ -302,10 +305,11 @@ def test_a_lower_over_ssh_cannot_name_a_home_on_the_upper_system(tree: Tree) -> 
     mgr = tree.add("mgr")
     service = serving(Home.open(mgr.path), "relay1", remote=True)
     try:
-        answer = service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [], "wake": str(mgr.path)})
+        answer = service.handle({"op": "checkin", "v": 2, "host": "relay1", "below": [],
+                                 "statements": [RELAY1.statement("mgr")], "wake": str(mgr.path)})
         assert answer == {"ok": False, "error": "protocol", "message":
                           "'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine"}
-        assert service.handle({"op": "checkin", "v": 1, "host": "relay1", "below": [],
-                               "wake": "ssh://127.0.0.1:2222"})["ok"]
+        assert service.handle({"op": "checkin", "v": 2, "host": "relay1", "below": [],
+                               "statements": [RELAY1.statement("mgr")], "wake": "ssh://127.0.0.1:2222"})["ok"]
     finally:
         service.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rds import cleanup, poller, startup
+from rds import cleanup, poller, startup, trust
 from rds.cli import entry, table, with_home
 from rds.database import Database
 from rds.errors import InputError, IntegrityError, JobsFailed, LockTimeout, UsageError
@@ -68,7 +68,8 @@ def register(cabinet: str | None, package: str | None, version: str | None, gene
             text = script.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{script}: cannot read the script ({getattr(e, 'strerror', None) or e})") from None
-    m = Storehouse.of(home).register(pid, source, install_dir, script=text, expire_days=expire_days)
+    m = Storehouse.of(home).register(pid, source, install_dir, script=text, expire_days=expire_days,
+                                     sign=lambda m: trust.sign_manifest(home.identity, m))
     click.echo(str(m.id))
     return 0
 

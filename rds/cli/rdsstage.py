@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from rds import staging
+from rds import staging, trust
 from rds.cli import entry, multi, print_json, table, with_home
+from rds.database import Database
 from rds.errors import IntegrityError, UsageError
 from rds.home import Home
 from rds.packages import PackageId
@@ -45,14 +46,16 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
     return carry(export_to, stage_from, [PackageId.parse(p) for p in multi(packages, more_packages)], as_json)
 
 
-@with_home()
+@with_home(database=True)
 def carry(export_to: Path | None, stage_from: Path | None, only: list[PackageId], as_json: bool, *,
-          home: Home) -> int:
+          home: Home, db: Database) -> int:
     if export_to is not None:
-        outcomes = staging.export(Storehouse.of(home), export_to, only)
+        sign = (lambda m: trust.sign_manifest(home.identity, m)) if home.settings.is_managing_server else None
+        outcomes = staging.export(Storehouse.of(home), export_to, only, sign=sign)
     else:
         assert stage_from is not None
-        outcomes = staging.stage(home, stage_from, only)
+        me = home.identity if home.settings.is_managing_server else None
+        outcomes = staging.stage(home, stage_from, only, key=trust.signer_key(home.settings, db, me))
     if as_json:
         print_json([o.to_json() for o in outcomes])
     else:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from rds import progress
+from rds import progress, trust
 from rds.client import Link, UpperClient
-from rds.errors import CommunicationError, Refused, UsageError
+from rds.errors import CommunicationError, IntegrityError, Refused, UsageError
 from rds.home import Home
 from rds.log import logger
+from rds.packages import Manifest
 from rds.service import UpperService
 
 
@@ -39,6 +40,30 @@ def serving(home: Home, lower: str, remote: bool = False) -> UpperService:
     return UpperService(home, lower, upper=lambda: connect(home, log=logger(home).warning), remote=remote)
 
 
+class ManifestCheck:
+    """Checks a manifest from the upper system with the managing server's key as this home believes it."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.key: str | None = None
+
+    def __call__(self, m: Manifest) -> None:
+        if self.key is None:
+            from rds import database
+
+            db = database.connect(self.home.db_path)
+            try:
+                self.key = trust.signer_key(self.home.settings, db)
+            finally:
+                db.close()
+        if self.key is None:
+            raise IntegrityError(f"package {m.id}: the managing server's key is not known on {self.home.host} "
+                                 "yet (it is learnt at the first check-in, or set ManagerKey)")
+        fault = trust.manifest_fault(self.key, m)
+        if fault is not None:
+            raise IntegrityError(f"{fault}; not used")
+
+
 def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
             log: Callable[[str], None] | None = None) -> UpperClient:
     s = home.settings
@@ -47,7 +72,9 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
         attempt += 1
         try:
             link, where = open_link(home)
-            return UpperClient(link, s.host_name, where)
+            client = UpperClient(link, s.host_name, where)
+            client.verify = ManifestCheck(home)
+            return client
         except Refused:
             raise  # a refusal (host key, authority) does not change by retrying
         except CommunicationError as e:

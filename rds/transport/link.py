@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from rds import wire
 from rds.errors import CommunicationError, ProtocolError
-from rds.settings import Settings
+from rds.settings import Settings, valid_hostname
 from rds.transport.connection import RECV, STATS, Target, open_serve, reason
 from rds.transport.frames import END, FAILED, HEADER, MAX_FRAME, SERVE, decode, encode
 
@@ -93,13 +93,25 @@ class SSHLink:
         except Exception as e:  # paramiko.SSHException: the transport died
             raise self._cut(f"sending {msg.get('op')}: {e}") from None
 
-    def _answer(self) -> dict[str, Any]:
+    def hello(self) -> str:
+        """The upper system's name, from rds-serve's hello (read once), whose protocol must be this one's."""
         if not self._greeted:
             hello = self._frame()
             self._greeted = True
             if not hello.get("ok"):
                 raise wire.exception(hello, self.where, "the session")
-            self.upper = hello.get("upper")
+            upper = hello.get("upper")
+            if hello.get("serve") != wire.VERSION:
+                raise ProtocolError(wire.mismatch(hello.get("serve"), "the upper system", self.target.where,
+                                                  "this lower system"))
+            if not isinstance(upper, str) or not valid_hostname(upper):
+                raise ProtocolError(f"{self.where}: rds-serve gave no valid host name in its hello")
+            self.upper = upper
+        assert self.upper is not None
+        return self.upper
+
+    def _answer(self) -> dict[str, Any]:
+        self.hello()
         reply = self._frame()
         if not reply.get("ok") and reply.get("error") == "upper":  # the upper system itself failed: a cut link
             raise wire.exception(reply, self.where, "the request")

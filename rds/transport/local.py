@@ -34,6 +34,10 @@ class LocalLink:
         self.service = service
         self.where = where
 
+    def hello(self) -> str:
+        """The upper system's name (the same rds on both sides: no protocol to compare)."""
+        return self.service.home.host
+
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         try:
             reply = self.service.handle(json.loads(json.dumps(msg)))

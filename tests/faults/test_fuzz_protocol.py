@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from trustkit import Signer
 
 from faults.hostile import clean_error, json_values, nasty_text, one_line, snapshot, wire
 from rds import database, jobs, manager
@@ -89,6 +90,11 @@ def upper(tmp_path: Path) -> tuple[Home, Manifest]:
     return home, m
 
 
+SIGNERS = {h: Signer(h) for h in ("relay", "c", "d")}
+STATEMENTS = [SIGNERS["relay"].statement("mgr"), SIGNERS["c"].statement("relay"), SIGNERS["d"].statement("relay"),
+              SIGNERS["c"].statement("relay2", n=5), {**SIGNERS["relay"].statement("mgr"), "n": 7}]
+
+
 def requests() -> Any:
     ops = st.sampled_from(["checkin", "ack", "report", "read", "stat", "hello", ""]) | json_values()
     result = st.fixed_dictionaries({"job": _field(1, numbers), "dest": _field("c", hosts),
@@ -97,6 +103,7 @@ def requests() -> Any:
     return st.fixed_dictionaries(
         {"op": _field("checkin", ops), "v": _field(VERSION, json_values()), "host": _field("relay", hosts)},
         optional={"below": st.lists(hosts, max_size=4) | json_values(),
+                  "statements": st.lists(st.sampled_from(STATEMENTS), max_size=3) | json_values(),
                   "wake": st.sampled_from(["/tmp/x", "relative", "/" + "a" * 5000, "/x\x00"]) | json_values(),
                   "jobs": st.lists(st.tuples(numbers, hosts).map(list), max_size=3) | json_values(),
                   "results": st.lists(result, max_size=3) | json_values(),
