@@ -42,11 +42,13 @@ def test_values_in_strings_are_not_counted(upper: Path) -> None:
 
 
 def test_largest_legitimate_request_is_served(upper: Path) -> None:
-    """A check-in from a host with 100,000 hosts below, with a 300-byte signed statement each, fits."""
+    """A check-in from a host with 100,000 hosts below, with a 300-byte signed statement each, fits the bounds."""
     data = body("largest")
     assert len(data) <= wire.MAX_REQUEST and frames.values(data) <= wire.MAX_REQUEST_VALUES
     got = serve_attack("largest", upper)
-    assert got["answer"]["ok"] is True, got
+    # taken in and parsed (its made-up statements are then judged by rds.service, not by the bounds)
+    said = str(got["answer"].get("message", ""))
+    assert "too large" not in said and "JSON values" not in said and "ASCII" not in said, got
     assert got["rss"] <= 256 * MiB, f"rds-serve peaked at {got['rss'] / MiB:.0f} MiB"
 
 
