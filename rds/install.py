@@ -168,7 +168,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
             store.touch(manifest.id)  # used: an access, for the cache's least-recently-accessed order
             store.verify(manifest)
             dest = target_dir(home, manifest)
-            n = archive.extract(store.payload(manifest.id), dest, manifest.unpacked)
+            n = archive.extract(store.source(manifest), dest, manifest.unpacked)  # a chunked one checked whole as read
             log(f"job {job.job_no}: extracted {n} members of {manifest.id} into {dest}")
             crashpoints.reach("extracted")
             if not manifest.script:
