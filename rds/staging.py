@@ -95,7 +95,7 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
         with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar, shown:  # type: ignore[call-overload]
             for m in manifests:
                 for name in (MANIFEST, PAYLOAD):
-                    info = tar.gettarinfo(str(store.dir(m.id) / name), arcname=f"{m.id}/{name}")
+                    info = tar.gettarinfo(str(store.dir(m.id) / MANIFEST), arcname=f"{m.id}/{name}")
                     info.uid = info.gid = 0
                     info.uname = info.gname = "root"
                     if name == MANIFEST:
@@ -103,8 +103,9 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
                         continue
-                    with open(store.dir(m.id) / name, "rb") as f:
-                        tar.addfile(info, progress.Reader(f, shown) if name == PAYLOAD else f)
+                    info.size = m.size  # a chunked package's chunks, concatenated: its archive
+                    with store.open_archive(m) as f:
+                        tar.addfile(info, progress.Reader(f, shown))
     else:
         dest.mkdir(parents=True, exist_ok=True)
         with progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests)) as shown:
@@ -122,7 +123,7 @@ def _export_dir(store: Storehouse, m: Manifest, dest: Path, shown: progress.Prog
     work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
     try:
         fsutil.atomic_write(work / MANIFEST, _manifest_bytes(m))
-        with open(store.dir(m.id) / PAYLOAD, "rb") as src, fsutil.atomic_writer(work / PAYLOAD) as out:
+        with store.open_archive(m) as src, fsutil.atomic_writer(work / PAYLOAD) as out:
             shutil.copyfileobj(progress.Reader(src, shown), out, 1 << 20)
         if target.exists():
             fsutil.remove_tree(target)

@@ -49,6 +49,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -406,6 +407,13 @@ class Storehouse:
         """The package's archive, to scan and extract (rds.archive): its payload, or its chunks read as one
         and checked whole against the manifest as they are read."""
         return _Chunked(self.chunks, manifest) if manifest.chunked else self.payload(manifest.id)
+
+    def open_archive(self, manifest: Manifest) -> Any:
+        """The package's archive as one binary file: its payload, or its chunks concatenated (a valid
+        gzip stream: one gzip member a chunk), which is what a medium carries (rds.staging)."""
+        if manifest.chunked:
+            return io.BufferedReader(chunks.Reader(self.chunks, manifest.chunks), 1 << 20)
+        return open(self.payload(manifest.id), "rb")
 
     @contextlib.contextmanager
     def incoming(self, src: Any, size: int | None = None) -> Iterator[tuple[Path, int, str]]:

@@ -53,7 +53,7 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 2  # 2: route statements, signed jobs, manifests and results (issue 12)
+VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: chunked packages (issue 17)
 READ_MAX = 64 << 20
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
