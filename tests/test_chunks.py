@@ -19,7 +19,9 @@ import zlib
 from pathlib import Path
 
 import pytest
+import sshd
 from conftest import Host, Tree
+from sshd import serve_command
 
 from rds import chunks, trust
 from rds.errors import IntegrityError, UnsafeArchive
@@ -268,3 +270,41 @@ def test_receiver_refuses_more_than_it_asked(tmp_path: Path) -> None:
     r = chunks.Receiver(store, [entry], "up")
     with pytest.raises(IntegrityError, match="more than"):
         r.write(packed + b"extra")
+
+
+sshd_factory = sshd.sshd_factory
+
+
+def test_version_2_over_ssh_asks_only_the_lacking_ranges_in_one_stream(tree: Tree, sshd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from test_ssh import laid_out, ssh_settings
+
+    server = sshd_factory()
+    mgr = laid_out(tree.add("mgr"))
+    relay_home = tree.root / "relay1"
+    k_relay = server.add_key("relay1", command=serve_command("relay1", mgr.path))
+    k_client = server.add_key("client1", command=serve_command("client1", relay_home))
+    server.start()
+    relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
+    client = tree.add("client1", settings=ssh_settings(server, k_client, upper=relay))
+    tree.check_in_upward(["client1", "relay1"])
+    files = make_tree(tmp_path / "v1", 4, n=60)
+    v1 = register(mgr, tmp_path / "v1", "0100")
+    mgr.run("dcmjexe", "-r", v1, "-h", "client1")
+    relay.run("rdsft", "-a")
+    client.run("rdsft", "-a")
+    files2 = dict(files)
+    for k in ("lib/m003.bin", "lib/m020.bin", "lib/m041.bin", "src/t007.py"):  # scattered: several ranges
+        files2[k] = files[k][:100] + b"changed" + files[k][107:]
+    write_tree(tmp_path / "v2", files2)
+    v2 = register(mgr, tmp_path / "v2", "0200")
+    mgr.run("dcmjexe", "-r", v2, "-h", "client1")
+    relay.run("rdsft", "-a")
+    client.run("rdsft", "-a")
+    size2 = manifest_of(mgr.path, v2)["size"]
+    for host in (mgr, relay):
+        assert 0 < sent(host, v2) <= 0.15 * size2, (sent(host, v2), size2)
+    log = (mgr.path / "log" / "rds.log").read_text()
+    assert len(re.findall(rf"sent \d+ byte\(s\) of {re.escape(v2)} to relay1", log)) >= 3  # several ranges
+    for rel, data in files2.items():
+        assert hashlib.sha256((client.installed("/opt/app") / rel).read_bytes()).digest() == \
+            hashlib.sha256(data).digest()
