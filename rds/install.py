@@ -182,6 +182,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
         how = f"script killed by signal {-rc}" if rc < 0 else f"script exited {rc}"
         return _result(job, codes.ERROR, how + (f": {detail}" if detail else ""))
     except IntegrityError as e:
+        store.chunks.purge(manifest.chunks)  # the chunks that are not what their names say, if it is chunked
         store.remove(manifest.id)
         return _result(job, codes.ERROR, str(e))
     except RdsError as e:

@@ -377,8 +377,11 @@ class Storehouse:
             self.chunks.root.mkdir(exist_ok=True)
             receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where)
             try:
-                with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
-                    read([(o, n) for o, n, _ in todo], progress.Writer(_Crashing(receiver), shown))
+                try:
+                    with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
+                        read([(o, n) for o, n, _ in todo], progress.Writer(_Crashing(receiver), shown))
+                finally:
+                    receiver.close()  # the whole chunks that came are kept for the next run
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -444,8 +447,11 @@ class Storehouse:
         if manifest.chunked:
             self.chunks.root.mkdir(exist_ok=True)
             receiver = chunks.Receiver(self.chunks, list(manifest.chunks), str(part))
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, receiver, 1 << 20)
+            try:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, receiver, 1 << 20)
+            finally:
+                receiver.close()
             if not receiver.done:
                 raise IntegrityError(f"package {manifest.id}: its archive does not hold its chunks")
             self._add_chunked(manifest)
