@@ -275,7 +275,7 @@ def test_receiver_refuses_more_than_it_asked(tmp_path: Path) -> None:
 sshd_factory = sshd.sshd_factory
 
 
-def test_version_2_over_ssh_asks_only_the_lacking_ranges_in_one_stream(tree: Tree, sshd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_version_2_over_ssh_asks_only_the_lacking_ranges(tree: Tree, sshd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from test_ssh import laid_out, ssh_settings
 
     server = sshd_factory()
