@@ -528,6 +528,31 @@ class Storehouse:
                 return (self.dir(pid) / name).stat().st_ino
         return None
 
+    def spans(self, manifest: Manifest, spans: builtins.list[tuple[int, int]],
+              check: Served | None = None) -> Iterator[bytes]:
+        """The archive's bytes of each span in turn, under one shared lock (see ``blocks``)."""
+        pid = manifest.id
+        chunked = not self.payload(pid).exists()
+        with open(self.dir(pid) / (MANIFEST if chunked else PAYLOAD), "rb") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
+            ino = os.fstat(lock.fileno()).st_ino
+            f: Any = chunks.Reader(self.chunks, manifest.chunks) if chunked else lock
+            try:
+                for offset, length in spans:
+                    hashing = check if check is not None and check.follows(offset, ino) else None
+                    f.seek(offset)
+                    while length > 0:
+                        block = f.read(min(length, 1 << 20))
+                        if not block:
+                            break
+                        length -= len(block)
+                        if hashing is not None:
+                            hashing.update(block)
+                        yield block
+            finally:
+                if chunked:
+                    f.close()
+
     def blocks(self, pid: PackageId, offset: int, length: int, check: Served | None = None) -> Iterator[bytes]:
         """The payload's bytes from ``offset``, read under a shared lock that keeps removal out;
         ``check`` hashes them if they go on where its last read ended."""

@@ -26,6 +26,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              (only a package that a job of the asker's subtree needs).  A relay
              that lacks the package, or whose copy is not current, fetches it
              from its own upper system first (rds.cache) while the asker waits.
+``ranges``   ``package``, ``ranges``: ``[offset, length]`` pairs, at most
+             MAX_RANGES, their lengths READ_MAX at most in all: those byte
+             ranges of a chunked package's archive, back to back in one
+             stream as for ``read`` (the chunks the asker lacks, rds.chunks).
 ``stat``     ``package``: the upper system's current ``manifest`` of a package
              (SHA-256 and size; authorized like ``read``).
 ``damaged``  ``package``, ``sha256``: the copy the asker downloaded did not
@@ -55,6 +59,7 @@ from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, 
 
 VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: chunked packages (issue 17)
 READ_MAX = 64 << 20
+MAX_RANGES = 4096  # byte ranges in one ``ranges`` request: a 1 KiB request per 100 KiB of chunks at worst
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
 # statement of 100-300 bytes (issue 12): about 42 MB (tests/attacks.py, "largest").  Parsing a

@@ -22,7 +22,7 @@ from rds.settings import Settings, valid_hostname
 from rds.transport.connection import RECV, STATS, Target, open_serve, reason
 from rds.transport.frames import END, FAILED, HEADER, MAX_FRAME, SERVE, decode, encode
 
-PIPELINE = 64  # range requests sent before their answers are read (read_ranges)
+PIPELINE = 4  # ranges requests sent before their answers are read (read_ranges)
 # after a cut: requests this large, one at a time, so a reset loses at most this much (issue 7)
 RESUME_READ = 1 << 20
 
@@ -80,27 +80,37 @@ class SSHLink:
     def read_ranges(self, package: str, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
         """Write byte ranges of ``package`` to ``out``, back to back: a chunked package's lacking chunks.
 
-        The requests go PIPELINE at a time before their answers are read, so a
-        download of many small ranges costs no round trip a range; a request is
-        a few hundred bytes, so a batch never fills the channel's window.  The
+        As few ``ranges`` requests as the bounds allow (wire.MAX_RANGES ranges,
+        READ_MAX bytes each), sent PIPELINE at a time before their answers are
+        read, so a download of many small ranges costs no round trip a range;
+        a request is at most ~100 KiB, so a batch never blocks the channel.  The
         answers come in order; after an error answer the rest of the batch is
         read (and dropped) before it is raised, leaving the link usable.
         """
-        pieces = [(o + k, min(wire.READ_MAX, n - k)) for o, n in ranges for k in range(0, n, wire.READ_MAX)]
+        requests: list[list[list[int]]] = [[]]
+        total = 0
+        for o, n in ranges:
+            for k in range(0, n, wire.READ_MAX):
+                piece = min(wire.READ_MAX, n - k)
+                if requests[-1] and (len(requests[-1]) >= wire.MAX_RANGES or total + piece > wire.READ_MAX):
+                    requests.append([])
+                    total = 0
+                requests[-1].append([o + k, piece])
+                total += piece
         self._got = 0
-        for start in range(0, len(pieces), PIPELINE):
-            batch = pieces[start:start + PIPELINE]
-            for offset, n in batch:
-                self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
+        for start in range(0, len(requests), PIPELINE):
+            batch = [r for r in requests[start:start + PIPELINE] if r]
+            for r in batch:
+                self._request(wire.request("ranges", self.host, package=package, ranges=r))
             failed: Exception | None = None
-            for _, n in batch:
+            for r in batch:
                 answer = self._answer()
                 if not answer.get("ok"):
-                    failed = failed or wire.exception(answer, self.where, "read")
+                    failed = failed or wire.exception(answer, self.where, "ranges")
                     continue
                 got = self._blocks(package, cast(BinaryIO, _Dropped()) if failed else out)
                 self._got += got
-                if got < n and failed is None:
+                if got < sum(n for _, n in r) and failed is None:
                     failed = ProtocolError(f"{self.where}: package {package} is shorter than the ranges asked")
             if failed is not None:
                 raise failed

@@ -77,7 +77,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
             if msg is None:
                 break
             requests += 1
-            if isinstance(msg, dict) and msg.get("op") == "read":
+            if isinstance(msg, dict) and msg.get("op") in ("read", "ranges"):
                 sent += _serve_read(service, msg, out)
             else:
                 try:
@@ -142,7 +142,10 @@ def _check_original(original: str | None, lower: str, home: Path) -> None:
 def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
     try:
         wire.check(msg, service.lower)
-        blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+        if msg.get("op") == "ranges":
+            blocks = service.read_ranges(msg.get("package"), msg.get("ranges"))
+        else:
+            blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
     except wire.ANSWERED as e:
         send(out, wire.error_answer(e))
         return 0
