@@ -390,11 +390,11 @@ class Storehouse:
             if not receiver.done:
                 raise ProtocolError(f"{where}: package {manifest.id} came short ({receiver.size} of "
                                     f"{sum(n for _, n, _ in todo)} bytes asked)")
-        self._add_chunked(manifest)
+        self.add_chunked(manifest)
         with contextlib.suppress(FileNotFoundError):
             listed.unlink()
 
-    def _add_chunked(self, manifest: Manifest) -> None:
+    def add_chunked(self, manifest: Manifest) -> None:
         """Commit a chunked package whose chunks are all here (verified as they came)."""
         missing = self.chunks.lacking(manifest.chunks)
         if missing:
@@ -454,7 +454,7 @@ class Storehouse:
                 receiver.close()
             if not receiver.done:
                 raise IntegrityError(f"package {manifest.id}: its archive does not hold its chunks")
-            self._add_chunked(manifest)
+            self.add_chunked(manifest)
             part.unlink()
             return
         work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=self.root))
