@@ -123,7 +123,11 @@ class ChunkStore:
             self._fans.add(name[:2])
         tmp = target.with_name(f"{fsutil.tmp_prefix()}{threading.get_ident()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            except FileNotFoundError:  # its directory was pruned by a collection meanwhile
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(packed)
             os.replace(tmp, target)
@@ -182,6 +186,7 @@ class ChunkStore:
         how many chunks went and their packed bytes."""
         doomed = [(name, path) for name, path in self.names() if name not in live]
         if not doomed:
+            self._prune()
             return 0, 0
         live = again()
         n = freed = 0
@@ -195,7 +200,18 @@ class ChunkStore:
                 continue
             n += 1
             freed += size
+        self._prune()
         return n, freed
+
+    def _prune(self) -> None:
+        """Remove the fan-out directories left empty, and the store itself when it holds nothing."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as fans:
+            for fan in list(fans):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(fan.path)
+                    self._fans.discard(fan.name)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.root)
 
     def clear(self) -> None:
         fsutil.remove_tree(self.root) if self.root.exists() else None

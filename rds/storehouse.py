@@ -273,7 +273,6 @@ class Storehouse:
     def _pack_chunks(self, pid: PackageId, source: Path, install_dir: str, script: str | None,
                      expire_days: int | None) -> Manifest:
         """Cut ``source``'s tar stream into chunks in the chunk store (rds.chunks); the package's manifest."""
-        self.chunks.root.mkdir(exist_ok=True)
         fd, listed = tempfile.mkstemp(prefix=fsutil.tmp_prefix(), suffix=".chunks", dir=self.partial)
         os.close(fd)  # the names it uses, kept from collection until the package is committed
         try:
@@ -289,6 +288,11 @@ class Storehouse:
             return Manifest(id=pid, size=packer.size, sha256=packer.sha.hexdigest(), install_dir=install_dir,
                             expire_days=expire_days, script=script, packaged=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             unpacked=packer.unpacked, chunks=tuple(packer.chunks))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listed)
+            self.collect()  # what a refused packing stored goes, unless other packages use it
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(listed)
