@@ -7,6 +7,14 @@ and the stamps ``.accessed`` and ``.verified``; beside them ``.partial/``
 remembered for rds.cache) and ``.damaged/`` (why a copy found damaged was
 removed, until a good copy comes).  The fetch locks are in the home's ``run/``.
 
+A chunked package (rds.chunks) has no payload file: its directory holds its
+manifest and stamps, and its chunks are in the chunk store ``.chunks/``,
+shared with every package that uses them; its archive is its chunks read in
+the manifest's order (``source``, ``open_archive``, ``spans``).  A download
+brings only the chunks missing here (``receive_chunks``); a package's chunks
+leave when no package here names them any more (``collect``).  A package of
+the old format (``payload.tgz``) is kept, served and installed as before.
+
 A package's directory is built under a temporary name and renamed into place
 last, so a package is either wholly there, verified, or not there at all.
 Every payload that comes in (packed, staged or downloaded) passes through one
