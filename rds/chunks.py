@@ -293,13 +293,15 @@ class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
     (``unpack``) and stored as soon as it is whole, so a cut loses at most the one that was coming."""
 
-    def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str) -> None:
+    def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
+        self.what = f"package {package}: " if package else ""
         self.i = 0
         self.buf = bytearray()
         self.size = 0
         self.pool = ThreadPoolExecutor(2)  # creating files is slow: it goes on while the next ones come
         self.pending: list[Any] = []
+        self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
 
     def write(self, data: bytes) -> int:
         self.buf += data
@@ -310,9 +312,11 @@ class Receiver:
             packed = bytes(self.buf[taken:taken + e[2]])
             try:
                 unpack(packed, e)
-            except IntegrityError as err:
-                raise IntegrityError(f"{self.where} sent a damaged chunk: {err}; not stored") from None
-            self.pending.append(self.pool.submit(self.store.put, e[0], packed))
+            except IntegrityError as err:  # the rest of the stream is still read (the link stays in step)
+                self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: {err}; "
+                                                            "not stored")
+            else:
+                self.pending.append(self.pool.submit(self.store.put, e[0], packed))
             taken += e[2]
             self.i += 1
         if len(self.pending) > 64:
@@ -338,6 +342,11 @@ class Receiver:
         finally:
             self.pool.shutdown()
         self.store.flush()
+
+    def check(self) -> None:
+        """Raise the first damaged chunk that came, if one did (the others were stored)."""
+        if self.failed is not None:
+            raise self.failed
 
     @property
     def done(self) -> bool:

@@ -336,6 +336,7 @@ def _stage_chunks(home: Home, store: Storehouse, medium: _Medium, name: str, m: 
                 shutil.copyfileobj(src, receiver, 1 << 20)
         finally:
             receiver.close()
+        receiver.check()
         if not receiver.done:
             raise IntegrityError(f"{name}/{CHUNKS}: shorter than the chunks {CHUNK_LIST} names; not staged")
         lacking = store.chunks.lacking(m.chunks)

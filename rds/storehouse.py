@@ -387,13 +387,15 @@ class Storehouse:
             todo = chunks.ranges(manifest.chunks, {e[0] for e in lacking})
             have = manifest.size - self.chunks.total(lacking)
             self.chunks.root.mkdir(exist_ok=True)
-            receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where)
+            receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where,
+                                       str(manifest.id))
             try:
                 try:
                     with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
                         read([(o, n) for o, n, _ in todo], progress.Writer(_Crashing(receiver), shown))
                 finally:
                     receiver.close()  # the whole chunks that came are kept for the next run
+                receiver.check()
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -464,6 +466,7 @@ class Storehouse:
                     shutil.copyfileobj(f, receiver, 1 << 20)
             finally:
                 receiver.close()
+            receiver.check()
             if not receiver.done:
                 raise IntegrityError(f"package {manifest.id}: its archive does not hold its chunks")
             self.add_chunked(manifest)

@@ -270,6 +270,7 @@ def test_receiver_refuses_more_than_it_asked(tmp_path: Path) -> None:
     r = chunks.Receiver(store, [entry], "up")
     with pytest.raises(IntegrityError, match="more than"):
         r.write(packed + b"extra")
+    r.close()
 
 
 sshd_factory = sshd.sshd_factory
