@@ -312,3 +312,35 @@ def test_version_2_over_ssh_asks_only_the_lacking_ranges(tree: Tree, sshd_factor
     for rel, data in files2.items():
         assert hashlib.sha256((client.installed("/opt/app") / rel).read_bytes()).digest() == \
             hashlib.sha256(data).digest()
+
+
+def chunk_bytes(home: Path) -> int:
+    return sum(len(d) for d in chunk_files(home).values())
+
+
+def test_the_size_limit_counts_chunk_bytes_once_and_frees_what_no_package_uses(tree: Tree, tmp_path: Path) -> None:
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    tree.check_in_upward(["relay"])
+    rnd = random.Random(12)
+    shared = {f"lib/s{i}": rnd.randbytes(200_000) for i in range(6)}
+    write_tree(tmp_path / "a", {**shared, "a/own": rnd.randbytes(400_000)})
+    write_tree(tmp_path / "b", {**shared, "b/own": rnd.randbytes(400_000)})
+    a = register(mgr, tmp_path / "a", "0100", name="A")
+    b = register(mgr, tmp_path / "b", "0100", name="B")
+    for pid in (a, b):
+        mgr.run("dcmjexe", "-t", "transfer", "-r", pid, "-h", "relay")
+        relay.run("rdsft", "-a")
+    both = chunk_bytes(relay.path)
+    assert both < manifest_of(mgr.path, a)["size"] + manifest_of(mgr.path, b)["size"]  # shared ones once
+    os.utime(relay.path / "RDS" / a / ".accessed", (1, 1))  # A was used least recently
+    report = json.loads(relay.run("rdsclr", "--json").stdout)
+    assert report["bytes_before"] == both  # what the limit counts is what the chunk store holds
+    with open(relay.path / "rdsprm" / "RDSSETFL", "a") as f:
+        f.write(f"CacheSizeLimit\t{both - 1}\nCacheHighWaterMark\t100\n")
+    report = json.loads(relay.run("rdsclr", "--json").stdout)
+    assert [r["package"] for r in report["removed"]] == [a]
+    left = chunk_bytes(relay.path)
+    assert left == report["bytes_after"] < both
+    assert set(chunk_files(relay.path)) == {c[0] for c in manifest_of(relay.path, b)["chunks"]}
+    relay.run("rdsft", "-init")
+    assert chunk_files(relay.path) == {}
