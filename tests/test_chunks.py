@@ -344,3 +344,31 @@ def test_the_size_limit_counts_chunk_bytes_once_and_frees_what_no_package_uses(t
     assert set(chunk_files(relay.path)) == {c[0] for c in manifest_of(relay.path, b)["chunks"]}
     relay.run("rdsft", "-init")
     assert chunk_files(relay.path) == {}
+
+
+@pytest.mark.parametrize("hostile", ["../../pwn", "/etc/pwn"])
+def test_a_hostile_chunked_package_is_refused_whole(tree: Tree, hostile: str) -> None:
+    """The install's checks hold for a package whose chunks a hostile upper made: nothing is written."""
+    mgr, client = tree.add("mgr"), tree.add("c1", "mgr")
+    tree.check_in_upward(["c1"])
+    bad = tree.package(name="BAD", install_dir="/opt/bad", script="touch \"$RDS_INSTALL_DIR/../bad-ran\"\n")
+    d = mgr.path / "RDS" / bad
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w") as tar:
+        for name in ("./ok.txt", hostile):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"x\n\n"))
+    packer = chunks.Packer(chunks.ChunkStore(mgr.path / "RDS" / ".chunks"), d / ".list")
+    packer.write(stream.getvalue())
+    packer.close()
+    m = json.loads((d / "manifest.json").read_text())
+    m.update(chunks=[list(c) for c in packer.chunks], size=packer.size, sha256=packer.sha.hexdigest(),
+             unpacked=packer.unpacked)
+    (d / "manifest.json").write_text(json.dumps(m))
+    mgr.run("dcmjexe", "-r", bad, "-h", "c1")
+    proc = client.run("rdsft", "-a", check=False)
+    assert (proc.returncode, proc.stderr) == (4, "rdsft: 1 of 1 install(s) ended in error\n")
+    assert not client.installed("/opt/bad").exists()
+    assert not (client.installed("/opt/bad").parent / "bad-ran").exists()
+    assert not (client.path / "pwn").exists() and not Path("/etc/pwn").exists()
