@@ -330,6 +330,10 @@ class Receiver:
     def flush(self) -> None:
         pass
 
+    def settle(self) -> None:
+        """Wait until the chunks taken in so far are written."""
+        self._settle(self.pending)
+
     def _settle(self, futures: list[Any]) -> None:
         for f in futures:
             f.result()  # a write that failed (a full disk) fails the download here

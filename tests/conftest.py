@@ -143,4 +143,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         except (OSError, TypeError):
             continue
         if "payload" in source.lower() and "chunk" not in source.lower():
-            item.fixturenames.append("whole_packages")  # type: ignore[attr-defined]
+            item.fixturenames.insert(0, "whole_packages")  # type: ignore[attr-defined] # before the others
