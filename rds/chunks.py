@@ -46,7 +46,6 @@ import threading
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +225,8 @@ class Packer:
     """
 
     def __init__(self, store: ChunkStore, listed: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         import pyfastcdc  # compiled: only when a package is made (commands start fast)
 
         self.cdc = pyfastcdc.FastCDC(avg_size=AVG, min_size=MIN, max_size=MAX)
@@ -296,6 +297,8 @@ class Receiver:
     def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
         self.what = f"package {package}: " if package else ""
+        from concurrent.futures import ThreadPoolExecutor  # only when chunks come (commands start fast)
+
         self.i = 0
         self.buf = bytearray()
         self.size = 0
