@@ -399,8 +399,8 @@ class Storehouse:
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise SystemError_(f"{self.chunks.root}: disk full; the chunks of package {manifest.id} received "
-                                   "are kept and the next run fetches only the others") from None
+                raise SystemError_(f"{self.chunks.root}: disk full; the whole chunks of package {manifest.id} "
+                                   "received are kept and the next run resumes after them") from None
             if not receiver.done:
                 raise ProtocolError(f"{where}: package {manifest.id} came short ({receiver.size} of "
                                     f"{sum(n for _, n, _ in todo)} bytes asked)")
