@@ -302,7 +302,7 @@ class Receiver:
         self.i = 0
         self.buf = bytearray()
         self.size = 0
-        self.pool = ThreadPoolExecutor(2)  # creating files is slow: it goes on while the next ones come
+        self.pool = ThreadPoolExecutor(2)  # verifying and creating files go on while the next chunks come
         self.pending: list[Any] = []
         self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
 
@@ -313,13 +313,7 @@ class Receiver:
         while self.i < len(self.entries) and len(self.buf) - taken >= self.entries[self.i][2]:
             e = self.entries[self.i]
             packed = bytes(self.buf[taken:taken + e[2]])
-            try:
-                unpack(packed, e)
-            except IntegrityError as err:  # the rest of the stream is still read (the link stays in step)
-                self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: {err}; "
-                                                            "not stored")
-            else:
-                self.pending.append(self.pool.submit(self.store.put, e[0], packed))
+            self.pending.append(self.pool.submit(self._take, e, packed))
             taken += e[2]
             self.i += 1
         if len(self.pending) > 64:
@@ -332,6 +326,18 @@ class Receiver:
 
     def flush(self) -> None:
         pass
+
+    def _take(self, e: Entry, packed: bytes) -> None:
+        """Verify a chunk and store it (in a worker: zlib and hashlib let go of the GIL, so this goes on
+        while the link reads the next ones); a damaged one is remembered, not stored, and the rest of the
+        stream is still read (the link stays in step)."""
+        try:
+            unpack(packed, e)
+        except IntegrityError as err:
+            self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: {err}; "
+                                                        "not stored")
+            return
+        self.store.put(e[0], packed)
 
     def settle(self) -> None:
         """Wait until the chunks taken in so far are written."""
