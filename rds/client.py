@@ -15,6 +15,7 @@ from rds.errors import ProtocolError, RdsError
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
 from rds.results import Result
+from rds.settings import valid_hostname
 from rds.storehouse import Storehouse
 
 
@@ -39,6 +40,7 @@ class UpperClient:
         self.where = where
         self.invalid: list[tuple[int, str]] = []
         self.unproven: list[str] = []
+        self.resend: list[tuple[int, str]] = []
         self.signer: Any = None  # the managing server's name and key, as the upper system says them
         self.verify: Any = None  # checks a manifest from the upper system (rds.trust via rds.poller)
 
@@ -74,6 +76,16 @@ class UpperClient:
         if not isinstance(unproven, list) or not all(isinstance(h, str) for h in unproven):
             raise ProtocolError(f"{self.where}: bad check-in answer: 'unproven' is not a list of host names")
         self.unproven = unproven
+        resend = reply.get("resend", [])
+        try:  # results the upper system holds unsigned from before protocol 2 (rds.results.resend)
+            if not isinstance(resend, list) or len(resend) > wire.RESEND_MAX:
+                raise ValueError
+            self.resend = [(int(j), str(d)) for j, d in resend]
+            if any(not 0 < j < 2**63 or not valid_hostname(d) for j, d in self.resend):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'resend' is not a list of at most "
+                                f"{wire.RESEND_MAX} jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

@@ -71,6 +71,9 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         try:
             found, manifests = check_in(home, db, client)
             crashpoints.reach("checked-in")
+            if client.resend and (n := results.resend(db, client.resend)):
+                log.info(f"{client.where} asks again for {n} result(s) it holds unsigned from before protocol 2: "
+                         f"each goes up again as its host signed it")
             key = trust.learn_signer(home.settings, db, client.signer, client.where, log.warning)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
             report.received = jobs.store(db, good, manifests=manifests)
@@ -266,7 +269,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
     """Send every result not yet acknowledged upward; they stay on disk until then."""
     sent = 0
     with home.lock("send"):
-        while batch := results.unsent(db, limit=500):
+        while batch := results.unsent(db, limit=500, host=home.host):
             # this host's own results (and what it says about the hosts below it) are signed as they go up
             client.report([r if r.sig else trust.sign_result(home.identity, home.host, r) for r in batch])
             crashpoints.reach("reported")
@@ -277,7 +280,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
 
 def send_once(home: Home) -> int:
     with session.opened(home) as db:
-        if not results.unsent(db, limit=1):
+        if not results.unsent(db, limit=1, host=home.host):
             return 0
         client = connect(home, log=logger(home).warning)
         try:

@@ -122,6 +122,10 @@ class UpperService:
             ready.append(job.to_json())
         answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):
+            answer["resend"] = [list(k) for k in held]  # unsigned from before protocol 2: signed copies, please
+            log.info(f"asked {self.lower} to send again {len(held)} result(s) held here unsigned since the upgrade "
+                     f"to protocol 2: {', '.join(f'{j}:{d}' for j, d in held[:10])}{' ...' if len(held) > 10 else ''}")
         signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}

@@ -14,8 +14,12 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              their packages (both signed by the managing server), ``signer``:
              the managing server's name and key as the upper system believes
              them, ``invalid``: the jobs it handed the asker whose package
-             has left its storehouse since (rds.cleanup), and ``unproven``:
-             the hosts named below whose route it could not prove.
+             has left its storehouse since (rds.cleanup), ``unproven``:
+             the hosts named below whose route it could not prove, and
+             ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
+             relay): results of the asker's subtree the relay holds unsigned
+             from before protocol 2, which the asker sends again, signed by
+             their hosts (rds.results, docs/upgrade.md).
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
@@ -53,7 +57,8 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 2  # 2: route statements, signed jobs, manifests and results (issue 12)
+VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7)
+RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed

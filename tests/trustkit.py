@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rds.identity import canonical
+from rds.wire import VERSION
 
 
 class Signer:
@@ -37,4 +38,4 @@ class Signer:
 
 
 def request(op: str, host: str, **fields: Any) -> dict[str, Any]:
-    return {"op": op, "v": 2, "host": host, **fields}
+    return {"op": op, "v": VERSION, "host": host, **fields}
