@@ -119,6 +119,14 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
     ).rowcount
 
 
+def keep_signed(db: sqlite3.Connection, signed: Iterable[tuple[Job, Manifest]]) -> None:
+    """Jobs made before signatures, now signed by the managing server with their manifests: kept so
+    (one commit), never signed again."""
+    with Transaction(db):
+        db.executemany("UPDATE jobs SET record=? WHERE job_no=? AND dest=?",
+                       [(json.dumps({**j.to_json(), "manifest": m.to_json()}), j.job_no, j.dest) for j, m in signed])
+
+
 def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
     """The manifest the job record carries (a job travels with its package's manifest)."""
     row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()

@@ -108,19 +108,30 @@ class UpperService:
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
         managing = self.home.settings.is_managing_server
         ready: list[dict[str, Any]] = []
-        manifests: dict[str, dict[str, Any]] = {}
+        manifests: dict[str, Manifest] = {}
+        stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
+        signed: list[tuple[jobs.Job, Manifest]] = []
         for job in jobs.for_lower(self.db, self.lower):
-            # handed out whether the package is here or not: the record carries its manifest,
-            # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            # handed out whether the package is here or not: the record carries its manifest (read once
+            # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)
-            m = jobs.manifest(self.db, job)
-            if managing and (not job.sig or not m.signature):  # made before signatures: signed now
-                m = trust.sign_manifest(self.home.identity, m)
-                job = trust.sign_job(self.home.identity, job, m)
-            if key not in manifests or job.type != jobs.DELETE:
-                manifests[key] = m.to_json()
+            if key not in manifests or (key in stand_ins and job.type != jobs.DELETE):
+                manifests[key] = jobs.manifest(self.db, job)
+                if job.type == jobs.DELETE:
+                    stand_ins.add(key)
+                else:
+                    stand_ins.discard(key)
+            if managing and (not job.sig or not manifests[key].signature):  # made before signatures
+                if not manifests[key].signature:
+                    manifests[key] = trust.sign_manifest(self.home.identity, manifests[key])
+                job = trust.sign_job(self.home.identity, job, manifests[key])
+                signed.append((job, manifests[key]))
             ready.append(job.to_json())
-        answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+        if signed:  # signed once, and kept so
+            jobs.keep_signed(self.db, signed)
+            log.info(f"signed {len(signed)} job(s) made before signatures, handed to {self.lower}")
+        answer = {"ok": True, "upper": self.home.host, "jobs": ready,
+                  "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
         if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):
             answer["resend"] = [list(k) for k in held]  # unsigned from before protocol 2: signed copies, please

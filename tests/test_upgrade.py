@@ -9,13 +9,16 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import Tree, installs
 from cryptography.hazmat.primitives import serialization
 from trustkit import Signer, request
 
-from rds import database, identity
+from rds import database, identity, jobs, manager, trust
 from rds.home import Home
+from rds.packages import Manifest, PackageId
 from rds.service import UpperService
+from rds.storehouse import Storehouse
 from rds.transport import serving
 
 
@@ -136,3 +139,54 @@ def test_a_relay_upgraded_with_unsent_protocol_1_results_delivers_each_once_sign
     assert "reported an unsigned result for job 1:c2" in relay_log
     assert rows(relay.path, "SELECT count(*) FROM results WHERE sent IS NULL") == [(0,)]
     assert rows(mid.path, "SELECT count(*) FROM results WHERE sent IS NULL") == [(0,)]
+
+
+def test_jobs_made_before_signatures_are_signed_once_and_kept_signed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """service.checkin signs a job made before signatures once, stores it signed (rds.jobs) and reads
+    each package's manifest once per answer."""
+    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
+    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
+    home = Home.open(tmp_path / "mgr")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "app").write_text("app\n")
+    pid = PackageId.make("AB", "APP", "0100")
+    Storehouse(home.packages).register(pid, src, "/opt/app")  # registered before signatures too
+    r9 = Signer("r9")
+    checkin = request("checkin", "r9", statements=[r9.statement("mgr")], below=[])
+    db = database.connect(home.db_path)
+    try:
+        assert serving(home, "r9").handle(checkin)["ok"]
+        made = [manager.create_job(db, home, pid, ["r9"])[0] for _ in range(3)]
+        with database.Transaction(db):  # as protocol 1 made them: no signatures
+            for (n, record) in db.execute("SELECT job_no, record FROM jobs").fetchall():
+                data = json.loads(record)
+                data.pop("sig")
+                data["manifest"].pop("signature")
+                db.execute("UPDATE jobs SET record=? WHERE job_no=?", (json.dumps(data), n))
+    finally:
+        db.close()
+    signs: list[int] = []
+    reads: list[int] = []
+    sign_job, read = trust.sign_job, jobs.manifest
+    monkeypatch.setattr(trust, "sign_job", lambda *a: signs.append(1) or sign_job(*a))
+    monkeypatch.setattr(jobs, "manifest", lambda *a: reads.append(1) or read(*a))
+    answers = []
+    for _ in range(2):
+        s = serving(home, "r9")
+        try:
+            answers.append(s.handle(checkin))
+        finally:
+            s.close()
+    assert len(signs) == 3 and len(reads) == 2  # signed on the first check-in only; one read an answer
+    assert answers[0]["jobs"] == answers[1]["jobs"] and answers[0]["manifests"] == answers[1]["manifests"]
+    key = public_key(home.path)
+    m = Manifest.from_json(answers[0]["manifests"][str(pid)])
+    assert [j["job"] for j in answers[0]["jobs"]] == made
+    for j in answers[0]["jobs"]:
+        assert trust.job_fault(key, jobs.Job.from_json(j), m) is None
+    stored = {n: json.loads(r) for n, r in rows(home.path, "SELECT job_no, record FROM jobs")}
+    assert [stored[j["job"]]["sig"] for j in answers[0]["jobs"]] == [j["sig"] for j in answers[0]["jobs"]]
+    assert all(r["manifest"] == answers[0]["manifests"][str(pid)] for r in stored.values())
+    assert (home.log_dir / "rds.log").read_text().count("signed 3 job(s) made before signatures") == 1
