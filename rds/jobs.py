@@ -17,6 +17,7 @@ commit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sqlite3
 import time
@@ -37,6 +38,7 @@ TYPES = (INSTALL, TRANSFER, DELETE)
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
 PENDING = (WAIT, HANDED, INSTALLING)  # not ended: their package is still needed
+STATES = (DONE, HANDED, INSTALLING, INVALID, WAIT)  # in SQLite's order: no other value lies between
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,20 @@ def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> lis
 def state_of(db: sqlite3.Connection, job: Job) -> str | None:
     row = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
     return None if row is None else str(row[0])
+
+
+# a state none of STATES: each range of values between them (and beyond) is found through the state index
+_UNKNOWN = " UNION ALL ".join(
+    f"SELECT job_no, dest, state FROM jobs WHERE {where}" for where in
+    [f"state < '{STATES[0]}'", *(f"state > '{a}' AND state < '{b}'" for a, b in itertools.pairwise(STATES)),
+     f"state > '{STATES[-1]}'"])
+
+
+def unknown_state(db: sqlite3.Connection, limit: int = 20) -> list[tuple[int, str, str]]:
+    """Jobs whose state is none of STATES (a damaged or hand-edited database): nothing would hand them out
+    or end them.  (job, dest, the state as text of at most 40 characters); cheap enough for every check-in."""
+    rows = db.execute(f"SELECT * FROM ({_UNKNOWN}) ORDER BY job_no, dest LIMIT ?", (limit,))
+    return [(r[0], r[1], str(r[2])[:40]) for r in rows]
 
 
 def begin_install(db: sqlite3.Connection, job: Job) -> int:

@@ -106,6 +106,10 @@ class UpperService:
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        for job_no, dest, state in jobs.unknown_state(self.db):
+            if dest == self.lower or jobs.route(self.db, dest) == self.lower:
+                log.warning(f"job {job_no}:{dest} is not handed to {self.lower}: its state here is {state!r}, not a "
+                            f"job state (a damaged database?); delete it with 'rdsgroupid -d {job_no}:{dest}'")
         managing = self.home.settings.is_managing_server
         ready: list[dict[str, Any]] = []
         manifests: dict[str, Manifest] = {}
