@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from testkit import managing_server
 from trustkit import Signer, request
 
 from rds import codes, database, identity, jobs, manager, results, trust, wire
@@ -18,7 +19,6 @@ from rds.errors import ProtocolError
 from rds.home import Home
 from rds.packages import PackageId
 from rds.service import UpperService
-from rds.storehouse import Storehouse
 from rds.transport import serving
 
 PID = PackageId.make("AB", "APP", "0100")
@@ -26,14 +26,7 @@ PID = PackageId.make("AB", "APP", "0100")
 
 @pytest.fixture
 def mgr(tmp_path: Path) -> Home:
-    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
-    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
-    home = Home.open(tmp_path / "mgr")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app").write_text("app\n")
-    Storehouse(home.packages).register(PID, src, "/opt/app", sign=lambda m: trust.sign_manifest(home.identity, m))
-    return home
+    return managing_server(tmp_path)
 
 
 def svc(home: Home, lower: str) -> UpperService:

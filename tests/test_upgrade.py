@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import Tree, installs
 from cryptography.hazmat.primitives import serialization
+from testkit import PID, managing_server
 from trustkit import Signer, request
 
 from rds import database, identity, jobs, manager, trust
 from rds.home import Home
-from rds.packages import Manifest, PackageId
+from rds.packages import Manifest
 from rds.service import UpperService
-from rds.storehouse import Storehouse
 from rds.transport import serving
 
 
@@ -145,14 +145,8 @@ def test_jobs_made_before_signatures_are_signed_once_and_kept_signed(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """service.checkin signs a job made before signatures once, stores it signed (rds.jobs) and reads
     each package's manifest once per answer."""
-    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
-    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
-    home = Home.open(tmp_path / "mgr")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app").write_text("app\n")
-    pid = PackageId.make("AB", "APP", "0100")
-    Storehouse(home.packages).register(pid, src, "/opt/app")  # registered before signatures too
+    home = managing_server(tmp_path, signed=False)  # registered before signatures too
+    pid = PID
     r9 = Signer("r9")
     checkin = request("checkin", "r9", statements=[r9.statement("mgr")], below=[])
     db = database.connect(home.db_path)
