@@ -121,6 +121,30 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
     ).rowcount
 
 
+def unsigned(db: sqlite3.Connection, limit: int = 1000) -> list[tuple[int, str]]:
+    """Jobs not ended here that came before signatures (protocol 1): a lower system would refuse them, so
+    they are not handed on until the upper system sends signed copies (``keep_signed``)."""
+    marks = ",".join("?" * len(PENDING))
+    rows = db.execute(f"SELECT job_no, dest FROM jobs WHERE state IN ({marks})"
+                      " AND json_extract(record, '$.sig') IS NULL ORDER BY job_no, dest LIMIT ?", (*PENDING, limit))
+    return [(r[0], r[1]) for r in rows]
+
+
+def handed_copies(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> list[tuple[Job, Manifest]]:
+    """The jobs among ``keys`` handed to ``lower`` and not ended, with the manifests their records carry."""
+    out = []
+    for key in keys:
+        row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=? AND handed_to=? AND state=?",
+                         (*key, lower, HANDED)).fetchone()
+        if row is not None:
+            record = parse_record(row[0])
+            try:
+                out.append((Job.from_json(record), Manifest.from_json(record["manifest"])))
+            except (KeyError, TypeError):
+                raise JobRecordError(f"job {key[0]}:{key[1]}: its record holds no valid manifest") from None
+    return out
+
+
 def keep_signed(db: sqlite3.Connection, signed: Iterable[tuple[Job, Manifest]]) -> None:
     """Jobs made before signatures, now signed by the managing server with their manifests: kept so
     (one commit), never signed again."""

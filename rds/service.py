@@ -79,7 +79,8 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                return {**answer, "signed": self.signed_copies(msg["unsigned"])} if msg.get("unsigned") else answer
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -125,6 +126,8 @@ class UpperService:
                     stand_ins.add(key)
                 else:
                     stand_ins.discard(key)
+            if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
+                continue
             if managing and (not job.sig or not manifests[key].signature):  # made before signatures
                 if not manifests[key].signature:
                     manifests[key] = trust.sign_manifest(self.home.identity, manifests[key])
@@ -145,6 +148,29 @@ class UpperService:
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
         return answer
+
+    def signed_copies(self, keys: Any) -> list[dict[str, Any]]:
+        """Signed copies of the jobs handed to the lower system that it holds unsigned, from before protocol 2
+        (the managing server signs and keeps them now; a relay gives those it has signed)."""
+        try:
+            pairs = [(int(j), str(d)) for j, d in keys]
+            if len(pairs) > wire.RESEND_MAX or any(not 0 < j < 2**63 for j, _ in pairs):
+                raise ValueError("job number")
+        except (TypeError, ValueError, OverflowError):
+            raise ProtocolError(f"'unsigned' must be a list of at most {wire.RESEND_MAX} [job, dest] pairs") from None
+        held = jobs.handed_copies(self.db, self.lower, pairs)
+        if self.home.settings.is_managing_server:
+            me = self.home.identity
+            resigned = []
+            for i, (job, m) in enumerate(held):
+                if not job.sig or not m.signature:
+                    m = m if m.signature else trust.sign_manifest(me, m)
+                    held[i] = (trust.sign_job(me, job, m), m)
+                    resigned.append(held[i])
+            if resigned:
+                jobs.keep_signed(self.db, resigned)
+                logger(self.home).info(f"signed {len(resigned)} job(s) handed to {self.lower} before signatures")
+        return [{**job.to_json(), "manifest": m.to_json()} for job, m in held if job.sig and m.signature]
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:

@@ -8,7 +8,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              the hosts under it that the upper system has not had yet, and
              ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
-             or the absolute path of its home (rds.startup).  The upper system
+             or the absolute path of its home (rds.startup); ``unsigned``: at most
+             RESEND_MAX ``[job, dest]`` pairs of jobs the asker holds from before
+             signatures (protocol 1), which it does not hand on.  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
@@ -19,7 +21,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
              relay): results of the asker's subtree the relay holds unsigned
              from before protocol 2, which the asker sends again, signed by
-             their hosts (rds.results, docs/upgrade.md).
+             their hosts (rds.results, docs/upgrade.md), and ``signed``:
+             signed copies of the ``unsigned`` jobs it handed the asker, each
+             a job record with its ``manifest``.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by

@@ -184,3 +184,33 @@ def test_jobs_made_before_signatures_are_signed_once_and_kept_signed(tmp_path: P
     assert [stored[j["job"]]["sig"] for j in answers[0]["jobs"]] == [j["sig"] for j in answers[0]["jobs"]]
     assert all(r["manifest"] == answers[0]["manifests"][str(pid)] for r in stored.values())
     assert (home.log_dir / "rds.log").read_text().count("signed 3 job(s) made before signatures") == 1
+
+
+def test_jobs_a_relay_took_before_signatures_are_signed_from_above_and_installed_once(tmp_path: Path) -> None:
+    """Jobs in flight at the upgrade: held unsigned at relays (one not handed on yet, one handed on to a
+    relay below that had not passed it on), each signed copy comes from above and the job installs once."""
+    tree = Tree(tmp_path / "hosts")
+    mgr = tree.add("mgr")
+    relay = tree.add("relay", "mgr")
+    mid = tree.add("mid", "relay")
+    c1 = tree.add("c1", "relay")
+    c2 = tree.add("c2", "mid")
+    tree.check_in_upward(["c1", "c2", "mid", "relay"])
+    pid = tree.package()
+    mgr.run("dcmjexe", "-r", pid, "-h", "c1", "-h", "c2")
+    tree.check_in_upward(["relay", "mid"])  # c1's job waits at relay, c2's at mid
+    assert rows(relay.path, "SELECT dest, state FROM jobs ORDER BY dest") == [("c1", "WAIT"), ("c2", "HANDED")]
+    for host in (mgr, relay, mid, c1, c2):
+        as_protocol_1(host.path)
+
+    for host in (c1, c2):  # the clients first: their upper systems hold the jobs back, unsigned
+        host.run("rdsft", "-a")
+    assert installs(c1) == installs(c2) == 0
+    assert rows(c1.path, "SELECT count(*) FROM jobs") == [(0,)]
+    tree.check_in_upward(["relay", "mid", "c1", "c2", "mid", "relay"])
+    assert installs(c1) == installs(c2) == 1
+    got = rows(mgr.path, "SELECT dest, status, signer FROM results ORDER BY dest")
+    assert got == [("c1", "COMPLETE", "c1"), ("c2", "COMPLETE", "c2")]
+    for host in (relay, mid):
+        assert rows(host.path, "SELECT count(*) FROM jobs WHERE json_extract(record, '$.sig') IS NULL") == [(0,)]
+    assert "signed 2 job(s) handed to relay before signatures" in (mgr.home().log_dir / "rds.log").read_text()
