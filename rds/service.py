@@ -119,6 +119,8 @@ class UpperService:
         for job in jobs.for_lower(self.db, self.lower):
             # handed out whether the package is here or not: the record carries its manifest (read once
             # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
+                continue
             key = str(job.package)
             if key not in manifests or (key in stand_ins and job.type != jobs.DELETE):
                 manifests[key] = jobs.manifest(self.db, job)
@@ -126,8 +128,6 @@ class UpperService:
                     stand_ins.add(key)
                 else:
                     stand_ins.discard(key)
-            if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
-                continue
             if managing and (not job.sig or not manifests[key].signature):  # made before signatures
                 if not manifests[key].signature:
                     manifests[key] = trust.sign_manifest(self.home.identity, manifests[key])
