@@ -81,16 +81,19 @@ def report(home_path: Path, lower: str, result: dict[str, object]) -> dict[str, 
         s.close()
 
 
-def test_a_relay_upgraded_with_unsent_protocol_1_results_delivers_each_once_signed(tmp_path: Path) -> None:
+def job_to_c1_and_c2(tmp_path: Path) -> Tree:
+    """mgr, relay below it, mid and c1 below relay, c2 below mid; job 1 to c1 and c2, not taken yet."""
     tree = Tree(tmp_path / "hosts")
-    mgr = tree.add("mgr")
-    relay = tree.add("relay", "mgr")
-    mid = tree.add("mid", "relay")
-    c1 = tree.add("c1", "relay")
-    c2 = tree.add("c2", "mid")
+    for name, upper in (("mgr", None), ("relay", "mgr"), ("mid", "relay"), ("c1", "relay"), ("c2", "mid")):
+        tree.add(name, upper)
     tree.check_in_upward(["c1", "c2", "mid", "relay"])
-    pid = tree.package()
-    mgr.run("dcmjexe", "-r", pid, "-h", "c1", "-h", "c2")
+    tree["mgr"].run("dcmjexe", "-r", tree.package(), "-h", "c1", "-h", "c2")
+    return tree
+
+
+def test_a_relay_upgraded_with_unsent_protocol_1_results_delivers_each_once_signed(tmp_path: Path) -> None:
+    tree = job_to_c1_and_c2(tmp_path)
+    mgr, relay, mid, c1, c2 = (tree[h] for h in ("mgr", "relay", "mid", "c1", "c2"))
     tree.check_in_upward(["relay", "mid", "c1", "c2", "mid"])  # both installed; the results wait at relay
     assert installs(c1) == installs(c2) == 1
     assert rows(relay.path, "SELECT dest FROM results WHERE sent IS NULL ORDER BY dest") == [("c1",), ("c2",)]
@@ -189,15 +192,8 @@ def test_jobs_made_before_signatures_are_signed_once_and_kept_signed(tmp_path: P
 def test_jobs_a_relay_took_before_signatures_are_signed_from_above_and_installed_once(tmp_path: Path) -> None:
     """Jobs in flight at the upgrade: held unsigned at relays (one not handed on yet, one handed on to a
     relay below that had not passed it on), each signed copy comes from above and the job installs once."""
-    tree = Tree(tmp_path / "hosts")
-    mgr = tree.add("mgr")
-    relay = tree.add("relay", "mgr")
-    mid = tree.add("mid", "relay")
-    c1 = tree.add("c1", "relay")
-    c2 = tree.add("c2", "mid")
-    tree.check_in_upward(["c1", "c2", "mid", "relay"])
-    pid = tree.package()
-    mgr.run("dcmjexe", "-r", pid, "-h", "c1", "-h", "c2")
+    tree = job_to_c1_and_c2(tmp_path)
+    mgr, relay, mid, c1, c2 = (tree[h] for h in ("mgr", "relay", "mid", "c1", "c2"))
     tree.check_in_upward(["relay", "mid"])  # c1's job waits at relay, c2's at mid
     assert rows(relay.path, "SELECT dest, state FROM jobs ORDER BY dest") == [("c1", "WAIT"), ("c2", "HANDED")]
     for host in (mgr, relay, mid, c1, c2):
