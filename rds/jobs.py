@@ -126,7 +126,8 @@ def unsigned(db: sqlite3.Connection, limit: int = 1000) -> list[tuple[int, str]]
     they are not handed on until the upper system sends signed copies (``keep_signed``)."""
     marks = ",".join("?" * len(PENDING))
     rows = db.execute(f"SELECT job_no, dest FROM jobs WHERE state IN ({marks})"
-                      " AND json_extract(record, '$.sig') IS NULL ORDER BY job_no, dest LIMIT ?", (*PENDING, limit))
+                      " AND CASE WHEN json_valid(record) THEN json_extract(record, '$.sig') IS NULL ELSE 0 END"
+                      " ORDER BY job_no, dest LIMIT ?", (*PENDING, limit))  # a damaged record is said where it is read
     return [(r[0], r[1]) for r in rows]
 
 
