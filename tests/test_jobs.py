@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import managing_server
 from trustkit import Signer
 
 from rds import codes, database, jobs, manager, results
@@ -273,15 +274,7 @@ def test_result_message_is_cut_to_size() -> None:
 
 @pytest.fixture
 def mgr(tmp_path: Path) -> Home:
-    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
-    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
-    home = Home.open(tmp_path / "mgr")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app").write_text("app\n")
-    Storehouse(home.packages).register(PID, src, "/opt/app")
-    Storehouse(home.packages).register(PackageId.make("AB", "OTHER", "1"), src, "/opt/other")
-    return home
+    return managing_server(tmp_path, signed=False, others=[PackageId.make("AB", "OTHER", "1")])
 
 
 @pytest.fixture
@@ -402,11 +395,13 @@ def test_a_corrupt_payload_is_not_served(mgr: Home, service: UpperService) -> No
     ([], "a request must be a JSON object"),
     ("checkin", "a request must be a JSON object"),
     (5, "a request must be a JSON object"),
-    ({"op": "checkin", "host": "r1"}, "the lower system r1 speaks protocol None, this upper system speaks 3: "
+    ({"op": "checkin", "host": "r1"}, f"the lower system r1 speaks protocol None, this upper system speaks {VERSION}: "
                                       "upgrade rds on the lower system r1"),
-    ({"op": "checkin", "host": "r1", "v": 4}, "the lower system r1 speaks protocol 4, this upper system speaks 3: "
-                                              "upgrade rds on this upper system"),
-    ({"op": "checkin", "host": "r1", "v": "1"}, "the lower system r1 speaks protocol 1, this upper system speaks 3"),
+    ({"op": "checkin", "host": "r1", "v": VERSION + 1},
+     f"the lower system r1 speaks protocol {VERSION + 1}, this upper system speaks {VERSION}: "
+     "upgrade rds on this upper system"),
+    ({"op": "checkin", "host": "r1", "v": "1"},
+     f"the lower system r1 speaks protocol 1, this upper system speaks {VERSION}"),
     (req("checkin", below=[]), "'statements' must be a list of signed route statements"),
     (req("checkin", statements=[{"host": "r1"}]), "not a valid route statement"),
     (req("delete"), "unknown request 'delete'"),

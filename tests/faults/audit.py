@@ -23,6 +23,8 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
+from testkit import sha256_of as sha256_of  # the runners and bench/faults hash through audit
+
 DEFINITION = (
     "jobs: the jobs created at the managing server that the row meant to install.  A job is lost when its\n"
     "install script's own append-only record shows no run, or the managing server's database (a table that\n"
@@ -76,15 +78,6 @@ def archive_sha256(package: Path) -> str:
     h = hashlib.sha256()
     for name, _, _ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
         h.update((package.parent / ".chunks" / name[:2] / name).read_bytes())
-    return h.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    """hashlib over the file, not rds's own checksum code."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
     return h.hexdigest()
 
 
