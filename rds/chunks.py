@@ -302,7 +302,7 @@ class Receiver:
         self.i = 0
         self.buf = bytearray()
         self.size = 0
-        self.pool = ThreadPoolExecutor(2)  # verifying and creating files go on while the next chunks come
+        self.pool = ThreadPoolExecutor(4)  # verifying and creating files (I/O waits) go on while the next chunks come
         self.pending: list[Any] = []
         self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
 
