@@ -375,6 +375,7 @@ def pack(source: Path, out: Any, read: Callable[[int], None] | None = None, gz: 
         counted = _CountingWriter(z)
         with _CountingTar.open(fileobj=counted, mode="w") as tar:  # type: ignore[call-overload]
             tar.read = read
+            tar.cuts = out if hasattr(out, "cut_around") else None
             try:
                 tar.add(source, arcname=".", filter=_packing_filter)
             except PermissionError as e:
@@ -386,8 +387,15 @@ class _CountingTar(tarfile.TarFile):
     """A TarFile that tells ``read`` how many bytes of each member's file it read (packaging's progress)."""
 
     read: Callable[[int], None] | None = None
+    cuts: Any = None  # a rds.chunks.Packer: told where members start and end
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None:
+        if self.cuts is not None:
+            if tarinfo.isdir():  # a directory's small files are chunked together, apart from the rest
+                self.cuts.cut_at(self.offset)
+            elif tarinfo.isreg() and tarinfo.size >= self.cuts.MIN:
+                start = self.offset + len(tarinfo.tobuf(self.format, self.encoding, self.errors))
+                self.cuts.cut_around(start, start + tarinfo.size)
         if fileobj is not None and self.read is not None:
             fileobj = _Counting(fileobj, self.read)
         super().addfile(tarinfo, fileobj)

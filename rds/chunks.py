@@ -37,6 +37,7 @@ package being made (their lists, ``RDS/.partial/*.chunks``) still names.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -53,6 +54,8 @@ from rds import fsutil
 from rds.errors import IntegrityError
 
 MIN, AVG, MAX = 16 << 10, 64 << 10, 256 << 10  # FastCDC's sizes: an index entry (~100 bytes) per 64 KiB
+BIG = 16 << 20  # a file's content this large is cut into larger chunks (fewer files to store and to send)
+BIG_MIN, BIG_AVG, BIG_MAX = 128 << 10, 512 << 10, 2 << 20
 LEVEL = 6
 BATCH = 8 << 20  # the tar stream is cut this much at a time
 DIR = ".chunks"
@@ -224,12 +227,17 @@ class Packer:
     the store is not written again, and its stored bytes are the ones counted.
     """
 
+    MIN = MIN  # a file's content this large is cut apart from what surrounds it (rds.archive, ``cut_around``)
+
     def __init__(self, store: ChunkStore, listed: Path) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import pyfastcdc  # compiled: only when a package is made (commands start fast)
 
-        self.cdc = pyfastcdc.FastCDC(avg_size=AVG, min_size=MIN, max_size=MAX)
+        self.small = pyfastcdc.FastCDC(avg_size=AVG, min_size=MIN, max_size=MAX)
+        self.big = pyfastcdc.FastCDC(avg_size=BIG_AVG, min_size=BIG_MIN, max_size=BIG_MAX)
+        self.cdc = self.small
+        self.marks: collections.deque[tuple[int, Any]] = collections.deque()  # (stream offset, the chunker after)
         self.store = store
         self.listed = open(listed, "a")  # noqa: SIM115 - closed by close(); the names used, for collection
         self.buf = bytearray()
@@ -240,11 +248,31 @@ class Packer:
         self.pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))  # zlib and hashlib let go of the GIL
 
     def write(self, data: bytes) -> int:
-        self.buf += data
-        self.unpacked += len(data)
+        view = memoryview(data)
+        while self.marks and self.unpacked + len(view) >= self.marks[0][0]:
+            at, cdc = self.marks.popleft()
+            k = max(0, at - self.unpacked)
+            self.buf += view[:k]
+            self.unpacked += k
+            view = view[k:]
+            self._cut(final=True)  # a cut here, whatever the content says
+            self.cdc = cdc
+        self.buf += view
+        self.unpacked += len(view)
         if len(self.buf) >= BATCH:
             self._cut(final=False)
         return len(data)
+
+    def cut_at(self, offset: int) -> None:
+        """Cut the stream at ``offset`` (not yet written): a directory's header starts there."""
+        self.marks.append((offset, self.small))
+
+    def cut_around(self, start: int, end: int) -> None:
+        """Cut the stream where a file's content starts and where it ends: its chunks are the same whatever
+        the files and headers around it (a file two packages share moves once); large content is cut into
+        larger chunks."""
+        self.marks.append((start, self.big if end - start >= BIG else self.small))
+        self.marks.append((end, self.small))
 
     def flush(self) -> None:
         pass
@@ -262,6 +290,8 @@ class Packer:
             self.listed.close()
 
     def _cut(self, final: bool) -> None:
+        if not self.buf:
+            return
         data = bytes(self.buf)
         pieces = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
         if not final and pieces:

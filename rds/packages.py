@@ -140,7 +140,7 @@ class Manifest:
         return bool(self.chunks)
 
 
-MAX_CHUNK = 256 << 10  # rds.chunks.MAX: a chunk's bytes; packed, a gzip member adds at most a little
+MAX_CHUNK = 2 << 20  # rds.chunks.BIG_MAX: a chunk's bytes; packed, a gzip member adds at most a little
 
 
 def _chunk_list(raw: Any) -> tuple[tuple[str, int, int], ...]:
