@@ -380,6 +380,8 @@ def pack(source: Path, out: Any, read: Callable[[int], None] | None = None, gz: 
                 tar.add(source, arcname=".", filter=_packing_filter)
             except PermissionError as e:
                 raise InputError(f"{e.filename}: cannot read ({e.strerror})") from None
+            if tar.cuts is not None:
+                tar.cuts.cut_at(tar.offset)  # the last members end where the end-of-archive blocks start
     return counted.size
 
 

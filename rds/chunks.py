@@ -10,7 +10,13 @@ a tree of many small files (a Python environment) would otherwise need one
 index entry a file, and the index of a 200 MiB environment passed 1% of the
 package; cut as a stream, small files share a chunk and the index stays
 near 100 bytes for 64 KiB.  A file changed in place still changes only the
-chunks around its bytes (and its header's mtime, next to them).
+chunks around its bytes (and its header's mtime, next to them).  The stream
+is also cut where each file's content (16 KiB or more) starts and ends, and
+where each directory's header starts (``Packer.cut_around``, ``cut_at``:
+rds.archive tells the offsets), so a file's content chunks are the same
+whatever surrounds it and a file two packages share crosses once.  Content
+of ``BIG`` or more is cut into larger chunks (~512 KiB): fewer files to
+create and verify on a first transfer.
 
 Each chunk is compressed on its own, as one gzip member (zlib level 6, no
 name, no time: the same bytes compress the same way), and stored once in the
