@@ -261,6 +261,8 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
         with tarfile.open(fileobj=packer, mode="w") as tar:  # type: ignore[call-overload]
             info = tarfile.TarInfo("data.bin")
             info.size = size
+            start = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+            packer.cut_around(start, start + size)  # as rdsft -c cuts a file's content (rds.archive)
             tar.addfile(info, io.BufferedReader(_Noise(size, fresh=True), 1 << 20))  # no chunk twice
         packer.close()
         (target / ".chunks").unlink()
