@@ -247,6 +247,8 @@ class Packer:
         self.store = store
         self.listed = open(listed, "a")  # noqa: SIM115 - closed by close(); the names used, for collection
         self.buf = bytearray()
+        self.waiting: list[bytes] = []  # cut, not yet stored (``_store``: a batch at a time)
+        self.waiting_size = 0
         self.chunks: list[Entry] = []
         self.sha = hashlib.sha256()
         self.size = 0
@@ -290,24 +292,34 @@ class Packer:
         """Cut and store what is left; the list is complete afterwards."""
         try:
             self._cut(final=True)
+            self._store()
             self.store.flush()  # before the manifest that names them is written
         finally:
             self.pool.shutdown()
             self.listed.close()
 
     def _cut(self, final: bool) -> None:
-        if not self.buf:
-            return
-        data = bytes(self.buf)
-        pieces = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
-        if not final and pieces:
-            pieces.pop()  # the last one may end where the buffer does, not where the content says
-        used = sum(n for _, n in pieces)
-        self.buf = bytearray(data[used:])
-        names = [hashlib.sha256(data[o:o + n]).hexdigest() for o, n in pieces]
+        """Cut what is buffered (``final``: all of it; else up to the last cut the content made) into the
+        chunks waiting to be stored, and store them once they are a batch: the cuts at files and
+        directories do not make the workers wait one small file at a time."""
+        if self.buf:
+            data = bytes(self.buf)
+            pieces = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
+            if not final and pieces:
+                pieces.pop()  # the last one may end where the buffer does, not where the content says
+            used = sum(n for _, n in pieces)
+            self.buf = bytearray(data[used:])
+            self.waiting.extend(data[o:o + n] for o, n in pieces)
+            self.waiting_size += used
+        if self.waiting_size >= BATCH:
+            self._store()
+
+    def _store(self) -> None:
+        pieces, self.waiting, self.waiting_size = self.waiting, [], 0
+        names = [hashlib.sha256(p).hexdigest() for p in pieces]
         self.listed.write("".join(f"{n}\n" for n in names))  # named before used: collection keeps them
         self.listed.flush()
-        for name, size, packed in self.pool.map(lambda p: self._one(data[p[0]:p[0] + p[1]]), pieces):
+        for name, size, packed in self.pool.map(self._one, pieces):
             self.chunks.append((name, size, len(packed)))
             self.sha.update(packed)
             self.size += len(packed)
