@@ -84,8 +84,8 @@ class Manifest:
     signature: str = ""  # the managing server's, over every other field (rds.trust)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["id"] = str(self.id)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # not asdict: it deep-copies
+        d["id"] = str(self.id)  # every chunk entry, 0.06 s a call for a 200 MiB package
         d["format"] = MANIFEST_FORMAT
         if self.unpacked is None:  # an old manifest reads back as it was
             del d["unpacked"]
