@@ -333,11 +333,11 @@ def test_the_size_limit_counts_chunk_bytes_once_and_frees_what_no_package_uses(t
     both = chunk_bytes(relay.path)
     assert both < manifest_of(mgr.path, a)["size"] + manifest_of(mgr.path, b)["size"]  # shared ones once
     os.utime(relay.path / "RDS" / a / ".accessed", (1, 1))  # A was used least recently
-    report = json.loads(relay.run("rdsclr", "--json").stdout)
+    report = json.loads(relay.run("rdsclr", "--wait", "--json").stdout)  # chunks gone when it returns
     assert report["bytes_before"] == both  # what the limit counts is what the chunk store holds
     with open(relay.path / "rdsprm" / "RDSSETFL", "a") as f:
         f.write(f"CacheSizeLimit\t{both - 1}\nCacheHighWaterMark\t100\n")
-    report = json.loads(relay.run("rdsclr", "--json").stdout)
+    report = json.loads(relay.run("rdsclr", "--wait", "--json").stdout)  # chunks gone when it returns
     assert [r["package"] for r in report["removed"]] == [a]
     left = chunk_bytes(relay.path)
     assert left == report["bytes_after"] < both
