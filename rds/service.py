@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, identity, jobs, results, session, trust, wire
+from rds import cache, control, daemon, database, events, hosts, identity, jobs, manager, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -79,20 +79,24 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"),
+                                    msg.get("controls"), msg.get("hosts"))
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
                 return self.report(msg.get("results", []))
             if op == "stat":
                 return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
+            if op == "forget":
+                return self.forget()
             if op == "damaged":
                 return {"ok": True, "copy": self.damaged(msg.get("package"), msg.get("sha256"))}
             raise ProtocolError(f"unknown request {op!r}")
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, statements: Any, below: Any, wake: Any = None) -> dict[str, Any]:
+    def checkin(self, statements: Any, below: Any, wake: Any = None, held: Any = None,
+                reported: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -106,7 +110,11 @@ class UpperService:
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        hosts.observe(self.db, proven, reported)
+        theirs = control.parse_held(held)
         managing = self.home.settings.is_managing_server
+        if managing:  # a wave that waits too long says so; one whose time came is released
+            manager.advance(self.db, self.home, log.warning)
         ready: list[dict[str, Any]] = []
         manifests: dict[str, dict[str, Any]] = {}
         for job in jobs.for_lower(self.db, self.lower):
@@ -122,6 +130,8 @@ class UpperService:
             ready.append(job.to_json())
         answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if said := control.for_lower(self.db, self.lower, theirs):
+            answer["controls"] = said
         signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
@@ -135,7 +145,15 @@ class UpperService:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        return {"ok": True, "taken": taken}
+        said = control.of_jobs(self.db, {j for j, _ in pairs})
+        return {"ok": True, "taken": taken, **({"controls": said} if said else {})}
+
+    def forget(self) -> dict[str, Any]:
+        """rdssys -u: the lower system leaves; only it is forgotten (not the hosts below a relay)."""
+        gone = hosts.remove(self.db, self.lower, only_itself=True)
+        logger(self.home).info(f"{self.lower} asked to be forgotten (rdssys -u): its route, {gone['jobs']} held "
+                               f"job(s) and its key removed")
+        return {"ok": True, **gone}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -153,6 +171,8 @@ class UpperService:
         n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
+        if kept and self.home.settings.is_managing_server:  # results decide the waves
+            manager.advance(self.db, self.home, log.warning)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}

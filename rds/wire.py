@@ -8,16 +8,24 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              the hosts under it that the upper system has not had yet, and
              ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
-             or the absolute path of its home (rds.startup).  The upper system
+             or the absolute path of its home (rds.startup); ``controls``: for each
+             job not ended there, the number of the managing server's control
+             statement it holds (rds.control); ``hosts``: for the asker and every
+             host under it, ``[version, last check-in]`` (rds.hosts).  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
              the managing server's name and key as the upper system believes
              them, ``invalid``: the jobs it handed the asker whose package
-             has left its storehouse since (rds.cleanup), and ``unproven``:
-             the hosts named below whose route it could not prove.
+             has left its storehouse since (rds.cleanup), ``unproven``:
+             the hosts named below whose route it could not prove, and
+             ``controls``: the managing server's signed control statements
+             (suspension, withdrawn destinations) newer than those the asker holds.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
-             system will not hand them out again.
+             system will not hand them out again.  The answer's ``controls``
+             are the statements of those jobs (a withdrawal that crossed them).
+``forget``   the asker leaves: the upper system forgets its route, the jobs held
+             for it, its key and statement (rdssys -u; on a relay, only the relay).
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
              the host it is about (or, for EXEC-ERROR and LINE-DOWN, by the
              relay above it); the answer counts those ``accepted`` (new) and
@@ -53,7 +61,7 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 2  # 2: route statements, signed jobs, manifests and results (issue 12)
+VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: job control (issue 15)
 READ_MAX = 64 << 20
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed

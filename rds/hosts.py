@@ -1,0 +1,129 @@
+"""The hosts a system knows (dcmhosts at the managing server) and forgetting one (dcmhosts -d, rdssys -u).
+
+Each check-in reports, for the asker and every host below it, the rds version it runs and
+when it last checked in with its own upper system (``hosts``); an upper system keeps them
+for the hosts whose route it proved (rds.trust), bounded (``observe``), and passes them up.
+They are what a host (or the relays above it) says: shown as reported, never acted on.
+The full path of a host comes from the signed route statements (each host's upper system).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rds import __version__, jobs, trust
+from rds.clock import local_text
+from rds.database import Transaction
+from rds.errors import InputError, ProtocolError
+from rds.identity import fingerprint
+
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,31}")
+MAX_HOSTS = 1_000_000
+DAY = 86400.0
+
+
+def reported(db: sqlite3.Connection, own_host: str, now: float | None = None) -> dict[str, list[Any]]:
+    """What this host's check-in says of itself and every host below it: [version, last check-in]."""
+    now = time.time() if now is None else now
+    out: dict[str, list[Any]] = {}
+    seen = dict(db.execute("SELECT name, seen FROM lowers"))
+    for host, version, checkin in db.execute("SELECT host, version, checkin FROM routes"):
+        last = max(x for x in (checkin, seen.get(host), 0.0) if x is not None)
+        out[host] = [version or "", round(last, 3) if last else None]
+    out[own_host] = [__version__, round(now, 3)]
+    return out
+
+
+def observe(db: sqlite3.Connection, proven: Iterable[str], value: Any, now: float | None = None) -> int:
+    """Keep what a lower system's check-in said of the hosts whose route it proved; call after their
+    routes are recorded.  A value out of bounds is refused; a check-in time is never later than now."""
+    if value is None:
+        return 0
+    if not isinstance(value, dict) or len(value) > MAX_HOSTS:
+        raise ProtocolError("'hosts' must be an object of host names and [version, last check-in]")
+    now = time.time() if now is None else now
+    rows = []
+    for host in proven:
+        v = value.get(host)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != 2 or not isinstance(v[0], str) \
+                or (v[0] and not VERSION.fullmatch(v[0])) \
+                or not (v[1] is None or (isinstance(v[1], int | float) and not isinstance(v[1], bool)
+                                         and math.isfinite(v[1]) and v[1] > 0)):
+            raise ProtocolError(f"'hosts' of {host[:64]}: not [version, last check-in]")
+        rows.append((v[0] or None, None if v[1] is None else min(float(v[1]), now), host))
+    with Transaction(db):
+        db.executemany("UPDATE routes SET version=?, checkin=max(coalesce(checkin, 0), coalesce(?, 0)) WHERE host=?",
+                       rows)
+    return len(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInfo:
+    host: str
+    via: str | None  # the lower system it is reached through
+    path: str  # managing server/relay/.../host, from the signed route statements
+    last_checkin: float | None
+    pending: int  # jobs not ended for it here
+    version: str
+    key: str  # fingerprint of the pinned key, or ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "via": self.via, "path": self.path,
+                "last_checkin": local_text(self.last_checkin) if self.last_checkin else None,
+                "pending": self.pending, "version": self.version or None, "key": self.key or None}
+
+
+def listing(db: sqlite3.Connection, own_host: str, not_seen_days: float | None = None,
+            now: float | None = None) -> list[HostInfo]:
+    """Every host known here (a route, or a pinned key), optionally only those not seen for N days."""
+    now = time.time() if now is None else now
+    routes = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT host, via, version, checkin FROM routes")}
+    seen = dict(db.execute("SELECT name, seen FROM lowers"))
+    keys = dict(db.execute("SELECT host, key FROM keys"))
+    upper_of = dict(db.execute("SELECT host, upper FROM statements"))
+    marks = ",".join("?" * len(jobs.PENDING))
+    pending = dict(db.execute(f"SELECT dest, count(*) FROM jobs WHERE state IN ({marks}) GROUP BY dest",
+                              jobs.PENDING))
+    cutoff = None if not_seen_days is None else now - not_seen_days * DAY
+    out = []
+    for host in sorted((set(routes) | set(keys)) - {own_host}):
+        via, version, checkin = routes.get(host, (None, None, None))
+        last = max((x for x in (checkin, seen.get(host)) if x), default=None)
+        if cutoff is not None and last is not None and last >= cutoff:
+            continue
+        key = keys.get(host)
+        out.append(HostInfo(host, via, path(upper_of, host, own_host), last, pending.get(host, 0), version or "",
+                            fingerprint(key) if key else ""))
+    return out
+
+
+def path(upper_of: dict[str, str], host: str, own_host: str) -> str:
+    chain = [host]
+    while chain[-1] != own_host and chain[-1] in upper_of and len(chain) < 64:
+        chain.append(upper_of[chain[-1]])
+    return "/".join(reversed(chain))
+
+
+def remove(db: sqlite3.Connection, host: str, only_itself: bool = False) -> dict[str, int]:
+    """Forget ``host`` here: its route (and, when it is a lower system of this one, the routes through
+    it, unless ``only_itself``: rdssys -u on a relay drops only the relay), the jobs held for it, its
+    pinned key and statement.  Returns what went."""
+    with Transaction(db):
+        known = db.execute("SELECT 1 FROM routes WHERE host=? UNION SELECT 1 FROM keys WHERE host=?"
+                           " UNION SELECT 1 FROM lowers WHERE name=?", (host, host, host)).fetchone()
+        if known is None:
+            raise InputError(f"no host {host} is known here")
+        gone = {"routes": db.execute("DELETE FROM routes WHERE host=? OR via=?",
+                                     (host, "" if only_itself else host)).rowcount,
+                "jobs": jobs.drop_held(db, host)}
+        db.execute("DELETE FROM lowers WHERE name=?", (host,))
+        trust.forget_host(db, host)
+    return gone
