@@ -46,7 +46,7 @@ class Plan:
     group: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ((), None, "", False)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != Plan.__dataclass_fields__[k].default}
 
     @classmethod
     def from_text(cls, text: str) -> Plan:
@@ -327,17 +327,18 @@ def _jobs(db: sqlite3.Connection, job_no: int | None) -> dict[int, _Job]:
     return {r[0]: _Job(held.get(r[0]), Plan.from_text(r[1]), r[2], r[3], r[4] or 0) for r in rows}
 
 
-def _waiting(j: _Job | None, wave: int, via: str | None, dest: str, now: float) -> str | None:
+def _waiting(j: _Job | None, wave: int, now: float) -> str | None:
     """Why a destination not handed out yet waits, when the job's control says it."""
     if j is None:
         return None
     if j.suspended:
         return f"suspended: {j.suspended}"
     if wave > j.released:
-        return f"in wave {wave} of {j.last}: released when the waves before it have reported"
-    if j.last and j.released_at and now - j.released_at > j.plan.wave_wait and wave == j.released:
-        return (f"wave {wave} of {j.last} has waited {_span(now - j.released_at)} for its results "
-                f"(longer than {_span(j.plan.wave_wait)})")
+        late = ""
+        if j.released_at and now - j.released_at > j.plan.wave_wait:
+            late = (f"; wave {j.released} has waited {_span(now - j.released_at)} for its results "
+                    f"(longer than {_span(j.plan.wave_wait)})")
+        return f"in wave {wave} of {j.last}: released when the waves before it have reported{late}"
     return None
 
 
@@ -376,7 +377,7 @@ def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[Dest
                        f"withdrawn) decides; taken by {row['handed_to']}")
             elif nb and (jobs.epoch(nb) or 0) > now:
                 msg += f"; installs no earlier than {shown(nb)} (the destination's clock)"
-        elif (why := _waiting(j, row["wave"], row["via"], row["dest"], now)) is not None:
+        elif (why := _waiting(j, row["wave"], now)) is not None:
             st, updated, msg = codes.WAIT, now_text(row["received"]), why
         elif row["via"] is None:
             st, updated, msg = codes.WAIT, now_text(row["received"]), \
