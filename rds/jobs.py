@@ -21,7 +21,7 @@ import datetime
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rds import events
@@ -150,6 +150,18 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float, wave:
         " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try",
         (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record), j.attempt, wave),
     ).rowcount
+
+
+def insert_many(db: sqlite3.Connection, found: Sequence[tuple[Job, int]], manifest: Manifest, now: float) -> int:
+    """``insert`` of many new jobs of one package (with their waves), the manifest's JSON made once."""
+    text = json.dumps(manifest.to_json())
+    rows = [(j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT,
+             json.dumps(j.to_json())[:-1] + ', "manifest": ' + text + "}", j.attempt, wave) for j, wave in found]
+    return db.executemany(
+        "INSERT INTO jobs (job_no, dest, type, package, created, received, state, record, try, wave)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_no, dest) DO UPDATE SET"
+        " received=excluded.received, state=excluded.state, record=excluded.record, try=excluded.try,"
+        " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try", rows).rowcount
 
 
 def manifest(db: sqlite3.Connection, job: Job) -> Manifest:

@@ -120,16 +120,11 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
                                 (type_, str(package), created, json.dumps(plan.to_json()), now)).lastrowid or 0)
         names = list(dict.fromkeys(hosts))
         wave = wave_of(plan, len(names))
-        signed = [(trust.sign_job(me, Job(job_no, h, type_, package, created, not_before=plan.not_before), manifest),
-                   wave(i)) for i, h in enumerate(names)]
-        insert_many(db, signed, manifest, now)
+        signed = trust.sign_jobs(me, [Job(job_no, h, type_, package, created, not_before=plan.not_before)
+                                      for h in names], manifest)
+        jobs.insert_many(db, [(j, wave(i)) for i, j in enumerate(signed)], manifest, now)
     known = {r[0] for r in db.execute("SELECT host FROM routes")}
     return job_no, [h for h in names if h not in known]
-
-
-def insert_many(db: sqlite3.Connection, signed: list[tuple[Job, int]], manifest: Manifest, now: float) -> None:
-    for job, wave in signed:
-        jobs.insert(db, job, manifest, now, wave)
 
 
 def sign_for(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], attempt: Callable[[str], int],
@@ -144,10 +139,9 @@ def sign_for(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], 
             raise InputError(f"package {pid} of job {job_no} is no longer registered here")
         m = Manifest(pid, 0, hashlib.sha256(b"").hexdigest(), "/")
     m = trust.sign_manifest(home.identity, m)
-    for d in dests:
-        job = Job(job_no, d, order["type"], pid, order["created"], attempt=attempt(d), not_before=plan.not_before)
-        jobs.insert(db, trust.sign_job(home.identity, job, m), m, now, wave)
-    return len(dests)
+    made = trust.sign_jobs(home.identity, [Job(job_no, d, order["type"], pid, order["created"], attempt=attempt(d),
+                                              not_before=plan.not_before) for d in dests], m)
+    return jobs.insert_many(db, [(j, wave) for j in made], m, now)
 
 
 def order(db: sqlite3.Connection, job_no: int) -> sqlite3.Row:

@@ -59,14 +59,21 @@ def sign_manifest(me: Identity, m: Manifest) -> Manifest:
     return dataclasses.replace(m, signature=me.sign(m.body()))
 
 
-def job_body(job: Job, m: Manifest) -> dict[str, Any]:
-    """What the managing server signs for a job (room for job control: more fields, same form)."""
+def job_body(job: Job, m: Manifest, digest: str | None = None) -> dict[str, Any]:
+    """What the managing server signs for a job: its job-control fields (attempt, not before) too."""
     return {"kind": "job", "job": job.job_no, "dest": job.dest, "type": job.type, "package": str(job.package),
-            "created": job.created, "manifest": manifest_digest(m), **job.control()}
+            "created": job.created, "manifest": digest or manifest_digest(m), **job.control()}
 
 
 def sign_job(me: Identity, job: Job, m: Manifest) -> Job:
     return dataclasses.replace(job, sig=me.sign(job_body(job, m)))
+
+
+def sign_jobs(me: Identity, found: Sequence[Job], m: Manifest) -> list[Job]:
+    """``sign_job`` of many jobs of one package (dcmjexe to 100,000 hosts): the digest once, every CPU."""
+    digest = manifest_digest(m)
+    sigs = me.sign_many([job_body(j, m, digest) for j in found])
+    return [dataclasses.replace(j, sig=s) for j, s in zip(found, sigs, strict=True)]
 
 
 def manifest_fault(key: str, m: Manifest) -> str | None:

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") !=
 
 sshd_factory = sshd.sshd_factory
 FLEET = [("relay1", "mgr"), ("client1", "relay1"), ("client2", "relay1"), ("fail3", "relay1")]
-RECORD = "#!/bin/sh\ncase \"$RDS_HOST\" in fail*) exit 3;; esac\necho \"$RDS_JOB\" >> \"$RDS_INSTALL_DIR/../installs\"\n"
+RECORD = ("#!/bin/sh\ncase \"$RDS_HOST\" in fail*) exit 3;; esac\n"
+          "echo \"$RDS_JOB\" >> \"$RDS_INSTALL_DIR/../installs\"\n")
 
 
 def settings(server: Sshd, host: Path, upper: Path) -> str:
