@@ -88,10 +88,13 @@ def _held(db: sqlite3.Connection, job_no: int) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _store(db: sqlite3.Connection, c: Control) -> None:
-    """Keep ``c`` as the job's control here; call inside a transaction."""
+def _store(db: sqlite3.Connection, c: Control, rows: bool = True) -> None:
+    """Keep ``c`` as the job's control here (with ``rows``, its withdrawn destinations as rows too);
+    call inside a transaction."""
     db.execute("INSERT OR REPLACE INTO controls (job_no, n, suspended, record) VALUES (?, ?, ?, ?)",
                (c.job_no, c.n, c.suspended or None, json.dumps(c.to_json())))
+    if not rows:
+        return
     db.execute("DELETE FROM withdrawn WHERE job_no=?", (c.job_no,))  # the statement holds them all
     db.executemany("INSERT INTO withdrawn (job_no, dest, status) VALUES (?, ?, ?)",
                    [(c.job_no, h, s) for h, s in c.withdrawn.items()])
@@ -113,7 +116,7 @@ def issue(db: sqlite3.Connection, me: Identity, job_no: int, suspended: str | No
     gone = dict(db.execute("SELECT dest, status FROM withdrawn WHERE job_no=?", (job_no,)))
     c = Control(job_no, n + 1, was if suspended is None else suspended[:MAX_WHY], gone)
     c = dataclasses.replace(c, sig=me.sign(c.body()))
-    _store(db, c)
+    _store(db, c, rows=False)  # the rows are written above
     return c
 
 

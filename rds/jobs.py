@@ -153,15 +153,38 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float, wave:
 
 
 def insert_many(db: sqlite3.Connection, found: Sequence[tuple[Job, int]], manifest: Manifest, now: float) -> int:
-    """``insert`` of many new jobs of one package (with their waves), the manifest's JSON made once."""
+    """``insert`` of many new jobs of one package (with their waves): the record of each made from one
+    template per job and attempt, as only the destination (a checked host name) differs."""
     text = json.dumps(manifest.to_json())
-    rows = [(j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT,
-             json.dumps(j.to_json())[:-1] + ', "manifest": ' + text + "}", j.attempt, wave) for j, wave in found]
+    templates: dict[tuple[int, str, str, int], tuple[str, str]] = {}
+
+    def record(j: Job) -> str:
+        key = (j.job_no, j.sig, j.not_before, j.attempt)
+        if key not in templates:
+            head, _, tail = json.dumps({**dataclasses.replace(j, dest="\x00").to_json(), "manifest": 0}) \
+                .rpartition("0}")[0].partition('"\\u0000"')
+            templates[key] = (head + '"', '"' + tail + text + "}")
+        head, tail = templates[key]
+        return head + j.dest + tail
+
+    rows = [(j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, record(j) if not j.sig else
+             json.dumps({**j.to_json(), "manifest": manifest.to_json()}), j.attempt, wave) for j, wave in found]
     return db.executemany(
         "INSERT INTO jobs (job_no, dest, type, package, created, received, state, record, try, wave)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_no, dest) DO UPDATE SET"
         " received=excluded.received, state=excluded.state, record=excluded.record, try=excluded.try,"
         " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try", rows).rowcount
+
+
+def keep_signatures(db: sqlite3.Connection, signed: Sequence[Job]) -> None:
+    """The managing server signed these jobs as it handed them out: their records keep the signature."""
+    with Transaction(db):
+        for j in signed:
+            row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (j.job_no, j.dest)).fetchone()
+            if row is not None:
+                record = parse_record(row[0])
+                record["sig"] = j.sig
+                db.execute("UPDATE jobs SET record=? WHERE job_no=? AND dest=?", (json.dumps(record), j.job_no, j.dest))
 
 
 def manifest(db: sqlite3.Connection, job: Job) -> Manifest:

@@ -107,8 +107,7 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
     if manifest is None:
         raise InputError(f"unknown package {package} (register it with rdsft -c)")
     created = now_text(now)
-    me = home.identity
-    manifest = trust.sign_manifest(me, manifest)  # the one the job's signature covers
+    manifest = trust.sign_manifest(home.identity, manifest)  # the one the job's signature covers
     with Transaction(db):
         if plan.group:
             members = [r[0] for r in db.execute("SELECT host FROM id_groups WHERE name=? ORDER BY host",
@@ -120,9 +119,10 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
                                 (type_, str(package), created, json.dumps(plan.to_json()), now)).lastrowid or 0)
         names = list(dict.fromkeys(hosts))
         wave = wave_of(plan, len(names))
-        signed = trust.sign_jobs(me, [Job(job_no, h, type_, package, created, not_before=plan.not_before)
-                                      for h in names], manifest)
-        jobs.insert_many(db, [(j, wave(i)) for i, j in enumerate(signed)], manifest, now)
+        # each destination's job is signed when it is first handed out (``signed``): a job to 100,000
+        # hosts is created at once, and its signatures are made 1,000 at a check-in of each relay
+        jobs.insert_many(db, [(Job(job_no, h, type_, package, created, not_before=plan.not_before), wave(i))
+                              for i, h in enumerate(names)], manifest, now)
     known = {r[0] for r in db.execute("SELECT host FROM routes")}
     return job_no, [h for h in names if h not in known]
 
@@ -139,9 +139,28 @@ def sign_for(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], 
             raise InputError(f"package {pid} of job {job_no} is no longer registered here")
         m = Manifest(pid, 0, hashlib.sha256(b"").hexdigest(), "/")
     m = trust.sign_manifest(home.identity, m)
-    made = trust.sign_jobs(home.identity, [Job(job_no, d, order["type"], pid, order["created"], attempt=attempt(d),
-                                              not_before=plan.not_before) for d in dests], m)
-    return jobs.insert_many(db, [(j, wave) for j in made], m, now)
+    made = [Job(job_no, d, order["type"], pid, order["created"], attempt=attempt(d), not_before=plan.not_before)
+            for d in dests]
+    return jobs.insert_many(db, [(j, wave) for j in made], m, now)  # signed when handed out (``signed``)
+
+
+def signed(db: sqlite3.Connection, home: Home, found: list[Job]) -> list[Job]:
+    """``found`` as the managing server hands them out: each signed, the signatures made the first time
+    (for all the jobs of a package at once, on every CPU) and kept with the job."""
+    todo: dict[str, list[Job]] = {}
+    for j in found:
+        if not j.sig:
+            todo.setdefault(str(j.package), []).append(j)
+    if not todo:
+        return found
+    made: dict[tuple[int, str], Job] = {}
+    for waiting in todo.values():
+        m = jobs.manifest(db, waiting[0])
+        if not m.signature:  # registered before manifests were signed
+            m = trust.sign_manifest(home.identity, m)
+        made.update(((j.job_no, j.dest), j) for j in trust.sign_jobs(home.identity, waiting, m))
+    jobs.keep_signatures(db, list(made.values()))
+    return [made.get((j.job_no, j.dest), j) for j in found]
 
 
 def order(db: sqlite3.Connection, job_no: int) -> sqlite3.Row:

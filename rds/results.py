@@ -128,12 +128,12 @@ def withdraw_waiting(db: sqlite3.Connection, message: str, finished: str, by: st
         rows = db.execute(f"SELECT j.job_no, j.dest, w.status, j.try FROM jobs j JOIN withdrawn w"
                           f" ON w.job_no = j.job_no AND w.dest = j.dest WHERE {where}", args).fetchall()
         ended = [Result(r[0], r[1], r[2], message, finished, by, "", r[3]) for r in rows]
-        db.executemany(
-            "INSERT INTO results (job_no, dest, status, message, finished, sent, signer, sig, try)"
-            " VALUES (?, ?, ?, ?, ?, NULL, ?, '', ?) ON CONFLICT(job_no, dest) DO UPDATE SET"
-            " status=excluded.status, message=excluded.message, finished=excluded.finished, sent=NULL,"
-            " signer=excluded.signer, sig='', try=excluded.try",
-            [(r.job_no, r.dest, r.status, message, finished, by, r.attempt) for r in ended])
+        db.execute(
+            f"INSERT INTO results (job_no, dest, status, message, finished, sent, signer, sig, try)"
+            f" SELECT j.job_no, j.dest, w.status, ?, ?, NULL, ?, '', j.try FROM jobs j JOIN withdrawn w"
+            f" ON w.job_no = j.job_no AND w.dest = j.dest WHERE {where} ON CONFLICT(job_no, dest) DO UPDATE SET"
+            f" status=excluded.status, message=excluded.message, finished=excluded.finished, sent=NULL,"
+            f" signer=excluded.signer, sig='', try=excluded.try", (message, finished, by, *args))
         jobs.end_withdrawn(db, job_no)
         if ended:
             announce(db, events.Ended(ended))

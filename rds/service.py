@@ -117,7 +117,10 @@ class UpperService:
             manager.advance(self.db, self.home, log.warning)
         ready: list[dict[str, Any]] = []
         manifests: dict[str, dict[str, Any]] = {}
-        for job in jobs.for_lower(self.db, self.lower):
+        found = jobs.for_lower(self.db, self.lower)
+        if managing:  # signed the first time they are handed out (rds.manager.signed)
+            found = manager.signed(self.db, self.home, found)
+        for job in found:
             # handed out whether the package is here or not: the record carries its manifest,
             # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             key = str(job.package)

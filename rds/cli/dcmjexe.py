@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import TextIO
 
 import click
 
@@ -27,6 +28,8 @@ from rds.settings import parse_duration
                    "update); or delete it from the storehouse of relay systems (Batch delete packages on relay "
                    "system).")
 @click.option("-h", "hosts", multiple=True, metavar="HOST", help="Destination host; more may follow, space-separated.")
+@click.option("-f", "host_file", type=click.File("r"), metavar="FILE",
+              help="Destination hosts from FILE, one a line ('-': standard input; # starts a comment).")
 @click.option("-g", "--group", metavar="GROUP", default="",
               help="An ID group (rdsiddefine): its members now, and hosts that join it later.")
 @click.option("--waves", metavar="LIST", default="",
@@ -40,8 +43,8 @@ from rds.settings import parse_duration
               help="Earliest install time (ISO 8601, e.g. 2026-12-24T03:00+01:00; without an offset, this host's "
                    "local time), on each destination's clock; handed out ahead.")
 @click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
-def command(package: str, job_type: str, hosts: tuple[str, ...], group: str, waves: str, fail_limit: str,
-            wave_wait: str, not_before: str, more_hosts: tuple[str, ...]) -> int:
+def command(package: str, job_type: str, hosts: tuple[str, ...], host_file: TextIO | None, group: str, waves: str,
+            fail_limit: str, wave_wait: str, not_before: str, more_hosts: tuple[str, ...]) -> int:
     """Create an Install package job (or with -t transfer a Transfer package to relay system job, with
     -t delete a Batch delete packages job) for HOSTs.
 
@@ -50,12 +53,15 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], group: str, wav
     A host that has not reported in yet is accepted: its job is held until the
     host (through its relays) checks in, and dcmstat says so.
     """
-    if not hosts and not group:
-        raise UsageError("give the destinations with -h HOST [HOST...] or -g GROUP")
+    if not hosts and not group and host_file is None:
+        raise UsageError("give the destinations with -h HOST [HOST...], -f FILE or -g GROUP")
     if more_hosts and not hosts:
         raise UsageError("hosts go after -h")
-    return create(PackageId.parse(package), multi(hosts, more_hosts) if hosts else [], job_type.upper(),
-                  plan(group, waves, fail_limit, wave_wait, not_before))
+    listed = multi(hosts, more_hosts) if hosts else []
+    if host_file is not None:
+        listed += [w for line in host_file for w in line.split("#", 1)[0].split()]
+    return create(PackageId.parse(package), listed, job_type.upper(), plan(group, waves, fail_limit, wave_wait,
+                                                                             not_before))
 
 
 def plan(group: str, waves: str, fail_limit: str, wave_wait: str, not_before: str) -> manager.Plan:
