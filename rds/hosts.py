@@ -83,26 +83,26 @@ class HostInfo:
 
 def listing(db: sqlite3.Connection, own_host: str, not_seen_days: float | None = None,
             now: float | None = None) -> list[HostInfo]:
-    """Every host known here (a route, or a pinned key), optionally only those not seen for N days."""
+    """Every host known here (a route, or a pinned key), optionally only those not seen for N days
+    (or never), filtered in SQL."""
     now = time.time() if now is None else now
-    routes = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT host, via, version, checkin FROM routes")}
-    seen = dict(db.execute("SELECT name, seen FROM lowers"))
-    keys = dict(db.execute("SELECT host, key FROM keys"))
+    cutoff = None if not_seen_days is None else now - not_seen_days * DAY
+    last = "max(coalesce(r.checkin, 0), coalesce(l.seen, 0))"
+    query = (f"SELECT h.host, r.via, r.version, {last}, k.key FROM"
+             f" (SELECT host FROM routes UNION SELECT host FROM keys) h"
+             f" LEFT JOIN routes r ON r.host = h.host LEFT JOIN lowers l ON l.name = h.host"
+             f" LEFT JOIN keys k ON k.host = h.host WHERE h.host != ?")
+    args: tuple[object, ...] = (own_host,)
+    if cutoff is not None:
+        query += f" AND {last} < ?"
+        args += (cutoff,)
+    rows = db.execute(query + " ORDER BY h.host", args).fetchall()
     upper_of = dict(db.execute("SELECT host, upper FROM statements"))
     marks = ",".join("?" * len(jobs.PENDING))
     pending = dict(db.execute(f"SELECT dest, count(*) FROM jobs WHERE state IN ({marks}) GROUP BY dest",
                               jobs.PENDING))
-    cutoff = None if not_seen_days is None else now - not_seen_days * DAY
-    out = []
-    for host in sorted((set(routes) | set(keys)) - {own_host}):
-        via, version, checkin = routes.get(host, (None, None, None))
-        last = max((x for x in (checkin, seen.get(host)) if x), default=None)
-        if cutoff is not None and last is not None and last >= cutoff:
-            continue
-        key = keys.get(host)
-        out.append(HostInfo(host, via, path(upper_of, host, own_host), last, pending.get(host, 0), version or "",
-                            fingerprint(key) if key else ""))
-    return out
+    return [HostInfo(host, via, path(upper_of, host, own_host), seen or None, pending.get(host, 0), version or "",
+                     fingerprint(key) if key else "") for host, via, version, seen, key in rows]
 
 
 def path(upper_of: dict[str, str], host: str, own_host: str) -> str:

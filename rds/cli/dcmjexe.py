@@ -34,7 +34,7 @@ from rds.settings import parse_duration
               help="An ID group (rdsiddefine): its members now, and hosts that join it later.")
 @click.option("--waves", metavar="LIST", default="",
               help="Release in waves: cumulative percentages (1,10,50,100%) or counts (5,50,500) of the destinations.")
-@click.option("--fail-limit", metavar="N|P%", default="",
+@click.option("--fail-limit", metavar="LIMIT", default="",
               help="With --waves: more reported failures than this (a count, or a percentage of the destinations "
                    "released) suspend the job.")
 @click.option("--wave-wait", metavar="DURATION", default="24h", show_default=True,
