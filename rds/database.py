@@ -142,6 +142,7 @@ STATE = Schema("state database", 4, {
         "CREATE INDEX id_groups_host ON id_groups (host)",
         "ALTER TABLE routes ADD COLUMN version TEXT",  # as the host's check-in says (bounded)
         "ALTER TABLE routes ADD COLUMN checkin REAL",  # its own last check-in, as reported
+        "ALTER TABLE routes ADD COLUMN told REAL",  # the last check-in of it told the upper system
         "CREATE INDEX jobs_dest ON jobs (dest, state)",
     ],
 })

@@ -29,15 +29,25 @@ DAY = 86400.0
 
 
 def reported(db: sqlite3.Connection, own_host: str, now: float | None = None) -> dict[str, list[Any]]:
-    """What this host's check-in says of itself and every host below it: [version, last check-in]."""
+    """What this host's check-in says of itself and of the hosts below it whose check-in the upper
+    system has not been told yet (``told``): [version, last check-in]."""
     now = time.time() if now is None else now
     out: dict[str, list[Any]] = {}
-    seen = dict(db.execute("SELECT name, seen FROM lowers"))
-    for host, version, checkin in db.execute("SELECT host, version, checkin FROM routes"):
-        last = max(x for x in (checkin, seen.get(host), 0.0) if x is not None)
-        out[host] = [version or "", round(last, 3) if last else None]
+    rows = db.execute("SELECT r.host, r.version, max(coalesce(r.checkin, 0), coalesce(l.seen, 0)) AS last"
+                      " FROM routes r LEFT JOIN lowers l ON l.name = r.host"
+                      " WHERE coalesce(r.told, -1) != max(coalesce(r.checkin, 0), coalesce(l.seen, 0))")
+    for host, version, last in rows:
+        out[host] = [version or "", last or None]
     out[own_host] = [__version__, round(now, 3)]
     return out
+
+
+def told(db: sqlite3.Connection, said: dict[str, list[Any]]) -> None:
+    """The upper system took a check-in that said ``said``: those need not be said again."""
+    rows = [(v[1], h) for h, v in said.items() if v[1] is not None]
+    if len(rows) > 1:
+        with Transaction(db):
+            db.executemany("UPDATE routes SET told=? WHERE host=?", rows)
 
 
 def observe(db: sqlite3.Connection, proven: Iterable[str], value: Any, now: float | None = None) -> int:

@@ -122,6 +122,7 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[l
     held, said = control.held(db), hosts.reported(db, home.host)
     found, manifests = client.checkin(statements, below, wake=startup_address(home), controls=held, hosts=said)
     trust.sent(db, upper, statements, client.unproven)
+    hosts.told(db, said)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
         again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
