@@ -139,6 +139,29 @@ def test_a_relay_cannot_forge_a_withdrawal(tree: Tree) -> None:
     assert runs(tree["c1"], n) == 1 and stat(mgr, n)["c1"]["status"] == "COMPLETE"
 
 
+def test_a_relay_cannot_lift_a_suspension_with_an_older_statement(tree: Tree) -> None:
+    """The relay keeps the managing server's first statement (running) and replays it after the
+    suspension: the client keeps the newer one, and nothing is handed out below it."""
+    from rds import control, session
+
+    mgr, relay, pid = build(tree, ["c1"])
+    tree.add("c2", "c1")
+    tree.check_in_upward(["c2", "c1", "relay"])
+    n = job(mgr, "-r", pid, "-h", "c2")
+    mgr.run("dcmsusp", "-n", str(n))
+    mgr.run("dcmsusp", "-n", str(n), "-r")
+    running = json.loads(db_of(mgr).execute("SELECT record FROM controls WHERE job_no=?", (n,)).fetchone()[0])
+    passes(tree, ["relay", "c1"])  # c1 holds c2's job, running
+    mgr.run("dcmsusp", "-n", str(n), "-m", "hold")
+    passes(tree, ["relay", "c1"])
+    assert [tuple(r) for r in db_of(tree["c1"]).execute("SELECT n, suspended FROM controls")] == [(3, "hold")]
+    with session.opened(tree["c1"].home()) as db:
+        key = manager.trust.signer_key(tree["c1"].home().settings, db)
+        assert control.believe(db, key, [running], lambda _: None) == []  # older: changes nothing
+    passes(tree, ["c2"])
+    assert runs(tree["c2"], n) == 0 and stat(mgr, n)["c2"]["message"] == "taken by relay"
+
+
 # -- 2. retry -------------------------------------------------------------------------------------------
 
 def test_retry_makes_a_new_attempt_and_keeps_the_earlier_outcome(tree: Tree) -> None:
