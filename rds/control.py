@@ -161,15 +161,16 @@ def parse_held(value: Any) -> dict[int, int]:
 def for_lower(db: sqlite3.Connection, lower: str, theirs: Mapping[int, int]) -> list[dict[str, Any]]:
     """The statements ``lower`` has not had: of the jobs waiting here for its subtree or handed to it,
     and of those it says it holds."""
-    rows = db.execute("SELECT DISTINCT c.job_no, c.n, c.record FROM controls c JOIN jobs j ON j.job_no = c.job_no"
-                      " WHERE (j.state=? AND j.handed_to=?) OR (j.state=? AND j.dest IN"
-                      " (SELECT host FROM routes WHERE via=?))", (jobs.HANDED, lower, jobs.WAIT, lower))
-    found = {r[0]: (r[1], r[2]) for r in rows}
+    rows = db.execute("SELECT c.job_no, c.n FROM controls c WHERE EXISTS (SELECT 1 FROM jobs j"
+                      " WHERE j.job_no = c.job_no AND ((j.state=? AND j.handed_to=?) OR (j.state=? AND j.dest IN"
+                      " (SELECT host FROM routes WHERE via=?))))", (jobs.HANDED, lower, jobs.WAIT, lower))
+    found = dict(rows.fetchall())
     for job_no in {*theirs} - set(found):
-        row = db.execute("SELECT n, record FROM controls WHERE job_no=?", (job_no,)).fetchone()
+        row = db.execute("SELECT n FROM controls WHERE job_no=?", (job_no,)).fetchone()
         if row is not None:
-            found[job_no] = (row[0], row[1])
-    return [json.loads(record) for job_no, (n, record) in sorted(found.items()) if n > theirs.get(job_no, 0)]
+            found[job_no] = row[0]
+    newer = sorted(job_no for job_no, n in found.items() if n > theirs.get(job_no, 0))
+    return of_jobs(db, newer)
 
 
 def of_jobs(db: sqlite3.Connection, job_nos: Iterable[int]) -> list[dict[str, Any]]:
