@@ -26,16 +26,20 @@ from rds.identity import fingerprint
 VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,31}")
 MAX_HOSTS = 1_000_000
 DAY = 86400.0
+# hosts below told per check-in at most: the rest at the next ones, so that the first check-in of a
+# relay with 100,000 hosts below stays within the bounds of a request (rds.wire.MAX_REQUEST_VALUES)
+PER_CHECKIN = 10_000
 
 
 def reported(db: sqlite3.Connection, own_host: str, now: float | None = None) -> dict[str, list[Any]]:
     """What this host's check-in says of itself and of the hosts below it whose check-in the upper
-    system has not been told yet (``told``): [version, last check-in]."""
+    system has not been told yet (``told``; at most PER_CHECKIN of them): [version, last check-in]."""
     now = time.time() if now is None else now
     out: dict[str, list[Any]] = {}
     rows = db.execute("SELECT r.host, r.version, max(coalesce(r.checkin, 0), coalesce(l.seen, 0)) AS last"
                       " FROM routes r LEFT JOIN lowers l ON l.name = r.host"
-                      " WHERE coalesce(r.told, -1) != max(coalesce(r.checkin, 0), coalesce(l.seen, 0))")
+                      " WHERE coalesce(r.told, -1) != max(coalesce(r.checkin, 0), coalesce(l.seen, 0))"
+                      " LIMIT ?", (PER_CHECKIN,))
     for host, version, last in rows:
         out[host] = [version or "", last or None]
     out[own_host] = [__version__, round(now, 3)]
