@@ -63,7 +63,7 @@ def join(db: sqlite3.Connection, home: Home, name: str, hosts: list[str]) -> tup
             if back:
                 control.issue(db, home.identity, job_no, restore=back)
             again = [h for h in new if h not in tries or h in left]
-            made += manager.sign_for(home, db, job_no, again, functools.partial(_next_try, tries), now,
+            made += manager.remake(home, db, job_no, again, functools.partial(_next_try, tries), now,
                                      manager.waves(db, job_no))
     return len(new), made
 

@@ -127,9 +127,9 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
     return job_no, [h for h in names if h not in known]
 
 
-def sign_for(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], attempt: Callable[[str], int],
+def remake(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], attempt: Callable[[str], int],
              now: float, wave: int = 0) -> int:
-    """(Re)make and sign the job ``job_no`` for ``dests`` (dcmrtry, a host joining an ID group); in a transaction."""
+    """(Re)make the job ``job_no`` for ``dests`` (dcmrtry, a host joining an ID group); in a transaction."""
     order = db.execute("SELECT type, package, created, plan FROM orders WHERE job_no=?", (job_no,)).fetchone()
     pid = PackageId.parse(order["package"])
     plan = Plan.from_text(order["plan"])
@@ -219,7 +219,7 @@ def retry(db: sqlite3.Connection, home: Home, job_no: int, dests: list[str] | No
     with Transaction(db):
         moved = results.to_history(db, job_no, RETRIED, dests)
         tries = dict(moved)
-        sign_for(home, db, job_no, sorted(tries), lambda d: tries[d] + 1, now)
+        remake(home, db, job_no, sorted(tries), lambda d: tries[d] + 1, now)
     return [(d, t + 1) for d, t in sorted(moved)]
 
 
