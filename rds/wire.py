@@ -8,10 +8,12 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              the hosts under it that the upper system has not had yet, and
              ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
-             or the absolute path of its home (rds.startup); ``controls``: for each
-             job not ended there, the number of the managing server's control
-             statement it holds (rds.control); ``hosts``: for the asker and every
-             host under it, ``[version, last check-in]`` (rds.hosts).  The upper system
+             or the absolute path of its home (rds.startup); ``unsigned``: at most
+             RESEND_MAX ``[job, dest]`` pairs of jobs the asker holds from before
+             signatures (protocol 1), which it does not hand on; ``controls``: for
+             each job not ended there, the number of the managing server's control
+             statement it holds (rds.control); ``hosts``: for the asker and hosts
+             under it, ``[version, last check-in]`` (rds.hosts).  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
@@ -19,8 +21,14 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              them, ``invalid``: the jobs it handed the asker whose package
              has left its storehouse since (rds.cleanup), ``unproven``:
              the hosts named below whose route it could not prove, and
-             ``controls``: the managing server's signed control statements
-             (suspension, withdrawn destinations) newer than those the asker holds.
+             ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
+             relay): results of the asker's subtree the relay holds unsigned
+             from before protocol 2, which the asker sends again, signed by
+             their hosts (rds.results, docs/upgrade.md), ``signed``:
+             signed copies of the ``unsigned`` jobs it handed the asker, each
+             a job record with its ``manifest``, and ``controls``: the managing
+             server's signed control statements (suspension, withdrawn
+             destinations) newer than those the asker holds.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.  The answer's ``controls``
              are the statements of those jobs (a withdrawal that crossed them).
@@ -61,7 +69,10 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: job control (issue 15)
+# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7) and
+# job control (issue 15)
+VERSION = 3
+RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
