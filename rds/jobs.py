@@ -178,15 +178,15 @@ def insert_many(db: sqlite3.Connection, found: Sequence[tuple[Job, int]], manife
         " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try", rows).rowcount
 
 
-def keep_signatures(db: sqlite3.Connection, signed: Sequence[Job]) -> None:
-    """The managing server signed these jobs as it handed them out: their records keep the signature."""
-    with Transaction(db):
-        for j in signed:
-            row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (j.job_no, j.dest)).fetchone()
-            if row is not None:
-                record = parse_record(row[0])
-                record["sig"] = j.sig
-                db.execute("UPDATE jobs SET record=? WHERE job_no=? AND dest=?", (json.dumps(record), j.job_no, j.dest))
+def signed_manifest(db: sqlite3.Connection, job: Job) -> Manifest | None:
+    """The manifest the job's record carries, if the managing server signed it (a job made by this
+    version); None for one made before signatures."""
+    row = db.execute("SELECT json_extract(record, '$.manifest') FROM jobs WHERE job_no=? AND dest=?"
+                     " AND json_valid(record) AND json_extract(record, '$.manifest.signature') IS NOT NULL",
+                     (job.job_no, job.dest)).fetchone()
+    return None if row is None else Manifest.from_json(json.loads(row[0]))
+
+
 def unsigned(db: sqlite3.Connection, limit: int = 1000) -> list[tuple[int, str]]:
     """Jobs not ended here that came before signatures (protocol 1): a lower system would refuse them, so
     they are not handed on until the upper system sends signed copies (``keep_signed``)."""

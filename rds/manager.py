@@ -145,22 +145,22 @@ def remake(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], at
 
 
 def signed(db: sqlite3.Connection, home: Home, found: list[Job]) -> list[Job]:
-    """``found`` as the managing server hands them out: each signed, the signatures made the first time
-    (for all the jobs of a package at once, on every CPU) and kept with the job."""
+    """``found`` as the managing server hands them out: the jobs this version made (their records carry
+    the signed manifest) signed the first time, all of a package at once on every CPU, and kept signed.
+    Jobs made before signatures are left to rds.service, which signs their manifests too."""
     todo: dict[str, list[Job]] = {}
     for j in found:
         if not j.sig:
             todo.setdefault(str(j.package), []).append(j)
-    if not todo:
-        return found
     made: dict[tuple[int, str], Job] = {}
     for waiting in todo.values():
-        m = jobs.manifest(db, waiting[0])
-        if not m.signature:  # registered before manifests were signed
-            m = trust.sign_manifest(home.identity, m)
-        made.update(((j.job_no, j.dest), j) for j in trust.sign_jobs(home.identity, waiting, m))
-    jobs.keep_signatures(db, list(made.values()))
-    return [made.get((j.job_no, j.dest), j) for j in found]
+        m = jobs.signed_manifest(db, waiting[0])
+        if m is None:
+            continue
+        now_signed = trust.sign_jobs(home.identity, waiting, m)
+        jobs.keep_signed(db, [(j, m) for j in now_signed])
+        made.update(((j.job_no, j.dest), j) for j in now_signed)
+    return [made.get((j.job_no, j.dest), j) for j in found] if made else found
 
 
 def order(db: sqlite3.Connection, job_no: int) -> sqlite3.Row:
