@@ -10,6 +10,7 @@ anything; a hello that is not rds-serve's names what answered instead.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import socket
 import struct
@@ -19,11 +20,12 @@ from typing import Any, BinaryIO
 from rds import wire
 from rds.errors import CommunicationError, ProtocolError
 from rds.settings import Settings, valid_hostname
-from rds.transport.connection import RECV, STATS, Target, open_serve, reason
-from rds.transport.frames import END, FAILED, HEADER, MAX_FRAME, SERVE, decode, encode
+from rds.transport.connection import IDLE_MIN, RECV, STATS, Target, open_serve, reason
+from rds.transport.frames import END, FAILED, HEADER, KEEPALIVE, MAX_FRAME, SERVE, decode, encode
 
-# after a cut: requests this large, one at a time, so a reset loses at most this much (issue 7)
+# after a cut: requests this large (issue 7), FILL bytes of them in flight (issue 16)
 RESUME_READ = 1 << 20
+FILL = 16 << 20
 
 
 class SSHLink:
@@ -40,6 +42,9 @@ class SSHLink:
         self._pos = 0
         self._greeted = False
         self._got = 0
+        self._dead = False  # cut: no answer will come any more
+        # keep-alive frames while the upper system prepares an answer: four within the idle timeout
+        self.alive = min(wire.ALIVE_MAX, max(wire.ALIVE_MIN, (chan.gettimeout() or IDLE_MIN) / 4))
 
     @classmethod
     def open(cls, settings: Settings, url: str) -> SSHLink:
@@ -54,27 +59,53 @@ class SSHLink:
         return self._answer()
 
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
-        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, in requests of READ_MAX at most.
+        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, keeping requests in flight.
 
-        Everything received is written before a cut is reported, so the next
-        run resumes from the last byte that arrived.
+        Requests are sent ahead of the answers, so the link never waits a
+        round trip between two of them: READ_MAX at a time from the start of
+        a package, RESUME_READ after a cut, enough of them to keep FILL bytes
+        asked for.  Everything received is written before a cut is reported,
+        so the next run resumes from the last byte that arrived.
         """
         self._got = 0
-        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset
-        # loses what was on its way (the window, up to WINDOW), so ask for little at a time.
-        most = wire.READ_MAX if offset == 0 else RESUME_READ
-        while length > 0:
-            n = min(length, most)
-            self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
-            answer = self._answer()
-            if not answer.get("ok"):
-                raise wire.exception(answer, self.where, "read")
-            got = self._blocks(package, out)
-            self._got += got
-            offset += got
-            length -= got
-            if got < n:
-                return  # the package is shorter than asked: the caller sees it
+        # A resumed download follows a cut, and a link that was cut may well be cut again: smaller
+        # requests, so that an error answer or a cut stops the stream soon; as many of them in flight
+        # as fill the link (a slow link with a long round trip needs its bandwidth-delay product).
+        size = wire.READ_MAX if offset == 0 else RESUME_READ
+        ahead = max(2, FILL // size)
+        pending: collections.deque[int] = collections.deque()  # lengths asked whose answers are still due
+        asked, end = offset, offset + length
+        try:
+            while pending or asked < end:
+                while asked < end and len(pending) < ahead:
+                    n = min(end - asked, size)
+                    self._request(wire.request("read", self.host, package=package, offset=asked, length=n))
+                    pending.append(n)
+                    asked += n
+                STATS["in_flight"] = max(STATS["in_flight"], len(pending))
+                n = pending.popleft()
+                answer = self._answer()
+                if not answer.get("ok"):
+                    raise wire.exception(answer, self.where, "read")
+                got = self._blocks(package, out)
+                self._got += got
+                if got < n:
+                    return  # the package is shorter than asked: the caller sees it
+        finally:
+            self._drain(package, pending)
+
+    def _drain(self, package: str, pending: collections.deque[int]) -> None:
+        """Read the answers still due to requests sent ahead, so the next request gets its own answer."""
+        if self._dead:
+            return
+        try:
+            while pending:
+                pending.popleft()
+                if self._answer().get("ok"):
+                    self._blocks(package, _Discard())
+        except Exception:  # noqa: BLE001 - the session is out of step: no later answer can be believed
+            self._dead = True
+            self.close()
 
     def close(self) -> None:
         # Closing the whole connection, not the channel: a channel close that crosses a key
@@ -86,6 +117,7 @@ class SSHLink:
 
     def _request(self, msg: dict[str, Any]) -> None:
         STATS["requests"] += 1
+        msg = {**msg, "alive": self.alive}
         try:
             self.chan.sendall(encode(msg))
         except (OSError, EOFError) as e:
@@ -120,6 +152,10 @@ class SSHLink:
     def _frame(self) -> dict[str, Any]:
         head = self._exact(HEADER.size, "an answer")
         (n,) = HEADER.unpack(head)
+        while n == KEEPALIVE:  # the upper system is still at work (fetching for us, say)
+            STATS["keepalives"] += 1
+            head = self._exact(HEADER.size, "an answer")
+            (n,) = HEADER.unpack(head)
         if n > MAX_FRAME:
             self._not_serve(head + self._buf[self._pos:self._pos + 76])
         data = self._exact(n, "an answer")
@@ -133,7 +169,7 @@ class SSHLink:
         raise ProtocolError(f"{self.where}: the other side is not {SERVE} (it sent {text!r}); "
                             f"check the forced command in the upper system's authorized_keys")
 
-    def _blocks(self, package: str, out: BinaryIO) -> int:
+    def _blocks(self, package: str, out: Any) -> int:
         got = 0
         while True:
             (n,) = HEADER.unpack(self._exact(HEADER.size, f"package {package}", self._got + got))
@@ -168,7 +204,7 @@ class SSHLink:
             parts.append(piece)
         return b"".join(parts)
 
-    def _copy(self, n: int, out: BinaryIO, package: str, done: int) -> int:
+    def _copy(self, n: int, out: Any, package: str, done: int) -> int:
         left = n
         while left > 0:
             if self._pos >= len(self._buf):
@@ -184,6 +220,7 @@ class SSHLink:
 
     def _cut(self, why: str, done: int | None = None) -> CommunicationError:
         """The link broke: name the cause, and what rds-serve said if it ended."""
+        self._dead = True
         said = self._stderr()
         if said:
             why = f"{why} (the command on the upper system said: {said})"
@@ -206,6 +243,13 @@ class SSHLink:
             return ""
         lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+class _Discard:
+    """Where the bytes of an answer nobody waits for go."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
 
 
 def traffic(link: SSHLink) -> tuple[int, int] | None:
