@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 import sshd
 from conftest import Host, Tree
 from linkproxy import LinkProxy
+from sshd import Sshd, make_package, serve_command, ssh_hierarchy
+
 from rds.client import UpperClient
 from rds.errors import CommunicationError
 from rds.home import Home
@@ -26,7 +27,6 @@ from rds.storehouse import Storehouse
 from rds.transport import connection
 from rds.transport.frames import HEADER
 from rds.transport.link import RESUME_READ, SSHLink
-from sshd import Sshd, make_package, serve_command, ssh_hierarchy
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                                 reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
