@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,6 +53,8 @@ class UpperService:
         self._db: sqlite3.Connection | None = None
         self._connect = upper
         self._upper: UpperClient | None = None
+        self._warming: threading.Thread | None = None  # logging in to the upper system ahead (warm_upper)
+        self._warm_error: RdsError | None = None
         self._served: dict[PackageId, Served] = {}  # each package's SHA-256 as served, read after read
 
     @property
@@ -61,6 +64,7 @@ class UpperService:
         return self._db
 
     def close(self) -> None:
+        # a login ahead still under way (warm_upper) is not waited for: it ends with the process
         if self._upper is not None:
             self._upper.link.close()
             self._upper = None
@@ -70,9 +74,33 @@ class UpperService:
 
     def upper(self) -> UpperClient:
         """This home's own upper system, reached when a lower system needs what is not here."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+            if self._warm_error is not None:
+                error, self._warm_error = self._warm_error, None
+                raise error
         if self._upper is None:
             self._upper = self._connect()
         return self._upper
+
+    def warm_upper(self, packages: set[PackageId]) -> None:
+        """Log in to this home's upper system now, in the background, if any of ``packages`` is missing here:
+        the lower system that was just handed their jobs asks to read them next, and a JIT relay fetches
+        them from its upper then (issue 16: the SSH login is then off that path).  A failure is raised by
+        ``upper``, when a request needs the upper system."""
+        if self._upper is not None or self._warming is not None or self.home.settings.is_managing_server \
+                or self.home.settings.caching_policy != cache.JIT or all(self.store.has(p) for p in packages):
+            return
+
+        def connect() -> None:
+            try:
+                self._upper = self._connect()
+            except RdsError as e:  # said by ``upper`` when the read needs the upper system
+                self._warm_error = e
+
+        self._warming = threading.Thread(target=connect, name="warm-upper", daemon=True)
+        self._warming.start()
 
     def handle(self, msg: Any) -> dict[str, Any]:
         """Answer one request; errors become error answers, never exceptions."""
@@ -120,6 +148,8 @@ class UpperService:
             if key not in manifests or job.type != jobs.DELETE:
                 manifests[key] = m.to_json()
             ready.append(job.to_json())
+        if ready and self.remote:  # over SSH, rds-serve: its read of a package not here comes next
+            self.warm_upper({PackageId.parse(k) for k in manifests})
         answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
         signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
