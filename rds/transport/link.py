@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import socket
 import struct
 import time
@@ -23,7 +24,8 @@ from rds.settings import Settings, valid_hostname
 from rds.transport.connection import IDLE_MIN, RECV, STATS, Target, open_serve, reason
 from rds.transport.frames import END, FAILED, HEADER, KEEPALIVE, MAX_FRAME, SERVE, decode, encode
 
-# after a cut: requests this large (issue 7), FILL bytes of them in flight (issue 16)
+# after a cut: requests this large (issue 7), as many in flight as fill the link, at most FILL bytes
+# of them (issue 16)
 RESUME_READ = 1 << 20
 FILL = 16 << 20
 
@@ -59,48 +61,49 @@ class SSHLink:
         return self._answer()
 
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
-        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, keeping requests in flight.
+        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, keeping the link full.
 
-        Requests are sent ahead of the answers, so the link never waits a
+        Requests are sent ahead of the answers, so the link does not wait a
         round trip between two of them: READ_MAX at a time from the start of
-        a package, RESUME_READ after a cut, enough of them to keep FILL bytes
-        asked for.  Everything received is written before a cut is reported,
-        so the next run resumes from the last byte that arrived.
+        a package, RESUME_READ after a cut.  Everything received is written
+        before a cut is reported, so the next run resumes from the last byte
+        that arrived.
         """
         self._got = 0
-        # A resumed download follows a cut, and a link that was cut may well be cut again: smaller
-        # requests, so that an error answer or a cut stops the stream soon; as many of them in flight
-        # as fill the link (a slow link with a long round trip needs its bandwidth-delay product).
+        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset loses
+        # what was on its way, so after a cut only as much is asked ahead as fills the link, its
+        # bandwidth-delay product (``_Pace``): two requests on a fast or near link, more on a long one.
         size = wire.READ_MAX if offset == 0 else RESUME_READ
-        ahead = max(2, FILL // size)
-        pending: collections.deque[int] = collections.deque()  # lengths asked whose answers are still due
+        pace = _Pace(size)
+        pending: collections.deque[tuple[int, float]] = collections.deque()  # (length, when asked), due
         asked, end = offset, offset + length
         try:
             while pending or asked < end:
-                while asked < end and len(pending) < ahead:
+                while asked < end and len(pending) < pace.ahead:
                     n = min(end - asked, size)
                     self._request(wire.request("read", self.host, package=package, offset=asked, length=n))
-                    pending.append(n)
+                    pending.append((n, time.monotonic()))
                     asked += n
                 STATS["in_flight"] = max(STATS["in_flight"], len(pending))
-                n = pending.popleft()
+                n, sent = pending.popleft()
                 answer = self._answer()
+                pace.answered(sent)
                 if not answer.get("ok"):
                     raise wire.exception(answer, self.where, "read")
                 got = self._blocks(package, out)
+                pace.received(got)
                 self._got += got
                 if got < n:
                     return  # the package is shorter than asked: the caller sees it
         finally:
-            self._drain(package, pending)
+            self._drain(package, [n for n, _ in pending])
 
-    def _drain(self, package: str, pending: collections.deque[int]) -> None:
+    def _drain(self, package: str, pending: list[int]) -> None:
         """Read the answers still due to requests sent ahead, so the next request gets its own answer."""
         if self._dead:
             return
         try:
-            while pending:
-                pending.popleft()
+            for _ in pending:
                 if self._answer().get("ok"):
                     self._blocks(package, _Discard())
         except Exception:  # noqa: BLE001 - the session is out of step: no later answer can be believed
@@ -243,6 +246,37 @@ class SSHLink:
             return ""
         lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+class _Pace:
+    """How many read requests of ``size`` to keep in flight: enough to cover the link's bandwidth-delay
+    product, measured as the download goes (the shortest wait for an answer's head, the rate of bytes
+    since the first), at least 2 and at most FILL bytes' worth."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.most = max(2, FILL // size)
+        self.ahead = 2
+        self.rtt: float | None = None
+        self.start: float | None = None
+        self.bytes = 0
+
+    def answered(self, sent: float) -> None:
+        """The head of the answer to a request sent at ``sent`` came: a round trip, or more when it queued
+        behind the bytes of answers before it (the shortest is the best guess)."""
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        self.rtt = now - sent if self.rtt is None else min(self.rtt, now - sent)
+
+    def received(self, n: int) -> None:
+        self.bytes += n
+        if self.start is None or self.rtt is None:
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed > 0:
+            product = self.bytes / elapsed * self.rtt  # bytes the link holds in one round trip
+            self.ahead = min(self.most, max(2, 1 + math.ceil(product / self.size)))
 
 
 class _Discard:
