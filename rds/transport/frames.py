@@ -2,7 +2,7 @@
 
 On the channel each side writes frames: a 4-byte big-endian length and that
 many bytes of JSON.  rds-serve speaks first, a hello (``{"ok": true,
-"serve": 2, "upper": NAME}`` or a refusal), without being asked, so a
+"serve": 3, "upper": NAME}`` or a refusal), without being asked, so a
 check-in costs one request.  Every request gets one answer frame; an answer
 to ``read`` that says ok is followed by the bytes in blocks, each a 4-byte
 length and the data, ended by a zero length (``END``), or by ``FAILED`` and
