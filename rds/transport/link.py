@@ -76,12 +76,23 @@ class SSHLink:
         size = wire.READ_MAX if offset == 0 else RESUME_READ
         pace = _Pace(size)
         pending: collections.deque[tuple[int, float]] = collections.deque()  # (length, when asked), due
-        asked, end = offset, offset + length
+        if length <= 0:
+            return
+        n = min(length, size)
+        self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
+        pending.append((n, time.monotonic()))
+        asked, end = offset + n, offset + length
         try:
-            while pending or asked < end:
+            while pending:
                 while asked < end and len(pending) < pace.ahead:
                     n = min(end - asked, size)
-                    self._request(wire.request("read", self.host, package=package, offset=asked, length=n))
+                    try:
+                        self._request(wire.request("read", self.host, package=package, offset=asked, length=n))
+                    except CommunicationError:
+                        if not pending:
+                            raise
+                        end = asked  # cut: what already came for the requests before is still read and kept
+                        break
                     pending.append((n, time.monotonic()))
                     asked += n
                 STATS["in_flight"] = max(STATS["in_flight"], len(pending))
