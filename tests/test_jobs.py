@@ -402,11 +402,13 @@ def test_a_corrupt_payload_is_not_served(mgr: Home, service: UpperService) -> No
     ([], "a request must be a JSON object"),
     ("checkin", "a request must be a JSON object"),
     (5, "a request must be a JSON object"),
-    ({"op": "checkin", "host": "r1"}, "the lower system r1 speaks protocol None, this upper system speaks 2: "
+    ({"op": "checkin", "host": "r1"}, f"the lower system r1 speaks protocol None, this upper system speaks {VERSION}: "
                                       "upgrade rds on the lower system r1"),
-    ({"op": "checkin", "host": "r1", "v": 3}, "the lower system r1 speaks protocol 3, this upper system speaks 2: "
-                                              "upgrade rds on this upper system"),
-    ({"op": "checkin", "host": "r1", "v": "1"}, "the lower system r1 speaks protocol 1, this upper system speaks 2"),
+    ({"op": "checkin", "host": "r1", "v": VERSION + 1},
+     f"the lower system r1 speaks protocol {VERSION + 1}, this upper system speaks {VERSION}: "
+     "upgrade rds on this upper system"),
+    ({"op": "checkin", "host": "r1", "v": "1"},
+     f"the lower system r1 speaks protocol 1, this upper system speaks {VERSION}"),
     (req("checkin", below=[]), "'statements' must be a list of signed route statements"),
     (req("checkin", statements=[{"host": "r1"}]), "not a valid route statement"),
     (req("delete"), "unknown request 'delete'"),

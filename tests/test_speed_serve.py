@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from conftest import Tree
+
 from rds import transport
 from rds.home import Home
 from rds.packages import PackageId
@@ -27,7 +28,8 @@ def read_bytes() -> int:
 
 
 def test_the_first_serve_of_a_registered_package_reads_it_once(tree: Tree) -> None:
-    mgr, relay = tree.add("mgr"), tree.add("relay1", "mgr")
+    mgr = tree.add("mgr")
+    tree.add("relay1", "mgr")
     tree.check_in_upward(["relay1"])
     noise = base64.b64encode(os.urandom(6 << 20)).decode()  # does not compress much
     pid = tree.package(files={"data.txt": noise})
@@ -47,7 +49,8 @@ def test_the_first_serve_of_a_registered_package_reads_it_once(tree: Tree) -> No
 
 def test_a_copy_whose_file_changed_is_hashed_again_before_it_is_served(tree: Tree) -> None:
     """The stamp holds only while the payload is the file that was hashed: a changed file is read twice."""
-    mgr, relay = tree.add("mgr"), tree.add("relay1", "mgr")
+    mgr = tree.add("mgr")
+    tree.add("relay1", "mgr")
     tree.check_in_upward(["relay1"])
     pid = tree.package(files={"data.txt": base64.b64encode(os.urandom(2 << 20)).decode()})
     mgr.run("dcmjexe", "-t", "transfer", "-r", pid, "-h", "relay1")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Host, Tree, installs, wait_for
 
-from rds import delivery
+from rds import delivery, wire
 from rds.cli import fast_table, spread, table
 from rds.home import Home
 from rds.jobs import Job
@@ -396,7 +396,8 @@ def test_a_lower_system_cannot_mark_another_ones_job_taken(tree: Tree) -> None:
         mgr.run("dcmjexe", "-r", tree.package(), "-h", "b")
         service = serving(mgr.home(), "a")
         try:
-            assert service.handle({"op": "ack", "v": 2, "host": "a", "jobs": [[1, "b"]]}) == {"ok": True, "taken": 0}
+            ack = {"op": "ack", "v": wire.VERSION, "host": "a", "jobs": [[1, "b"]]}
+            assert service.handle(ack) == {"ok": True, "taken": 0}
         finally:
             service.close()
         assert seen(mgr) == {"b": "CLT_WAIT"}

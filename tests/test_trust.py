@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from trustkit import Signer, request
 
-from rds import codes, database, identity, jobs, manager, results, trust
+from rds import codes, database, identity, jobs, manager, results, trust, wire
 from rds.errors import ProtocolError
 from rds.home import Home
 from rds.packages import PackageId
@@ -212,9 +212,9 @@ def test_protocol_1_and_2_refuse_each_other_naming_the_side_to_upgrade(mgr: Home
     try:
         old = s.handle({"op": "checkin", "v": 1, "host": "r1", "below": []})
         assert old == {"ok": False, "error": "protocol", "message":
-                       "the lower system r1 speaks protocol 1, this upper system speaks 2: "
+                       f"the lower system r1 speaks protocol 1, this upper system speaks {wire.VERSION}: "
                        "upgrade rds on the lower system r1"}
-        newer = s.handle({"op": "checkin", "v": 3, "host": "r1"})
+        newer = s.handle({"op": "checkin", "v": wire.VERSION + 1, "host": "r1"})
         assert newer["message"].endswith("upgrade rds on this upper system")
     finally:
         s.close()

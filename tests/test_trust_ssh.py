@@ -21,6 +21,7 @@ from conftest import Host, Tree, installs
 from sshd import Sshd
 from trustkit import Signer, request
 
+from rds import wire
 from rds.client import UpperClient
 from rds.home import Home
 from rds.identity import fingerprint
@@ -341,5 +342,5 @@ def test_protocol_1_upper_is_refused_naming_the_side_to_upgrade(tree: Tree, sshd
     proc = host.run("rdsft", "-a", check=False)
     assert proc.returncode == 252
     assert proc.stderr.strip() == (f"rdsft: the upper system {server.user}@127.0.0.1:{server.port} speaks protocol 1, "
-                                   f"this lower system speaks 2: upgrade rds on the upper system "
+                                   f"this lower system speaks {wire.VERSION}: upgrade rds on the upper system "
                                    f"{server.user}@127.0.0.1:{server.port}")
