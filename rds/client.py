@@ -15,6 +15,7 @@ from rds.errors import ProtocolError, RdsError
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
 from rds.results import Result
+from rds.settings import valid_hostname
 from rds.storehouse import Storehouse
 
 
@@ -39,6 +40,8 @@ class UpperClient:
         self.where = where
         self.invalid: list[tuple[int, str]] = []
         self.unproven: list[str] = []
+        self.resend: list[tuple[int, str]] = []
+        self.signed: list[tuple[Job, Manifest]] = []  # signed copies of the jobs held here unsigned
         self.signer: Any = None  # the managing server's name and key, as the upper system says them
         self.verify: Any = None  # checks a manifest from the upper system (rds.trust via rds.poller)
 
@@ -51,7 +54,8 @@ class UpperClient:
         return reply
 
     def checkin(self, statements: list[dict[str, Any]], below: list[str] | None = None,
-                wake: str | None = None) -> tuple[list[Job], dict[str, Manifest]]:
+                wake: str | None = None, unsigned: list[tuple[int, str]] | None = None,
+                ) -> tuple[list[Job], dict[str, Manifest]]:
         """Check in with the route statements the upper system has not had yet and the names of every host
         below (rds.trust); the jobs and manifests that come back are checked against the managing
         server's key by the caller, ``signer`` is what the upper system says that key is, and
@@ -59,6 +63,8 @@ class UpperClient:
         fields: dict[str, Any] = {"statements": statements, "below": below or []}
         if wake is not None:
             fields["wake"] = wake
+        if unsigned:  # jobs held here from before signatures: the answer's 'signed' has copies signed
+            fields["unsigned"] = [list(k) for k in unsigned]
         reply = self._call("checkin", **fields)
         try:
             found = [Job.from_json(j) for j in reply.get("jobs", [])]
@@ -74,6 +80,20 @@ class UpperClient:
         if not isinstance(unproven, list) or not all(isinstance(h, str) for h in unproven):
             raise ProtocolError(f"{self.where}: bad check-in answer: 'unproven' is not a list of host names")
         self.unproven = unproven
+        resend = reply.get("resend", [])
+        try:  # results the upper system holds unsigned from before protocol 2 (rds.results.resend)
+            if not isinstance(resend, list) or len(resend) > wire.RESEND_MAX:
+                raise ValueError
+            self.resend = [(int(j), str(d)) for j, d in resend]
+            signed = reply.get("signed", [])
+            if not isinstance(signed, list) or len(signed) > wire.RESEND_MAX:
+                raise ValueError
+            self.signed = [(Job.from_json(d), Manifest.from_json(d["manifest"])) for d in signed]
+            if any(not 0 < j < 2**63 or not valid_hostname(d) for j, d in self.resend):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError, KeyError, RdsError):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'resend' or 'signed' is not a list of at "
+                                f"most {wire.RESEND_MAX} jobs") from None
         return found, manifests
 
     def ack(self, taken: list[Job]) -> None:

@@ -17,6 +17,7 @@ commit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sqlite3
 import time
@@ -37,6 +38,7 @@ TYPES = (INSTALL, TRANSFER, DELETE)
 # states of a job in a home's storehouse
 WAIT, HANDED, INSTALLING, DONE, INVALID = "WAIT", "HANDED", "INSTALLING", "DONE", "INVALID"
 PENDING = (WAIT, HANDED, INSTALLING)  # not ended: their package is still needed
+STATES = (DONE, HANDED, INSTALLING, INVALID, WAIT)  # in SQLite's order: no other value lies between
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,39 @@ def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> in
     ).rowcount
 
 
+def unsigned(db: sqlite3.Connection, limit: int = 1000) -> list[tuple[int, str]]:
+    """Jobs not ended here that came before signatures (protocol 1): a lower system would refuse them, so
+    they are not handed on until the upper system sends signed copies (``keep_signed``)."""
+    marks = ",".join("?" * len(PENDING))
+    rows = db.execute(f"SELECT job_no, dest FROM jobs WHERE state IN ({marks})"
+                      " AND CASE WHEN json_valid(record) THEN json_extract(record, '$.sig') IS NULL ELSE 0 END"
+                      " ORDER BY job_no, dest LIMIT ?", (*PENDING, limit))  # a damaged record is said where it is read
+    return [(r[0], r[1]) for r in rows]
+
+
+def handed_copies(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> list[tuple[Job, Manifest]]:
+    """The jobs among ``keys`` handed to ``lower`` and not ended, with the manifests their records carry."""
+    out = []
+    for key in keys:
+        row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=? AND handed_to=? AND state=?",
+                         (*key, lower, HANDED)).fetchone()
+        if row is not None:
+            record = parse_record(row[0])
+            try:
+                out.append((Job.from_json(record), Manifest.from_json(record["manifest"])))
+            except (KeyError, TypeError):
+                raise JobRecordError(f"job {key[0]}:{key[1]}: its record holds no valid manifest") from None
+    return out
+
+
+def keep_signed(db: sqlite3.Connection, signed: Iterable[tuple[Job, Manifest]]) -> None:
+    """Jobs made before signatures, now signed by the managing server with their manifests: kept so
+    (one commit), never signed again."""
+    with Transaction(db):
+        db.executemany("UPDATE jobs SET record=? WHERE job_no=? AND dest=?",
+                       [(json.dumps({**j.to_json(), "manifest": m.to_json()}), j.job_no, j.dest) for j, m in signed])
+
+
 def manifest(db: sqlite3.Connection, job: Job) -> Manifest:
     """The manifest the job record carries (a job travels with its package's manifest)."""
     row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
@@ -145,6 +180,20 @@ def in_state(db: sqlite3.Connection, state: str, dest: str | None = None) -> lis
 def state_of(db: sqlite3.Connection, job: Job) -> str | None:
     row = db.execute("SELECT state FROM jobs WHERE job_no=? AND dest=?", (job.job_no, job.dest)).fetchone()
     return None if row is None else str(row[0])
+
+
+# a state none of STATES: each range of values between them (and beyond) is found through the state index
+_UNKNOWN = " UNION ALL ".join(
+    f"SELECT job_no, dest, state FROM jobs WHERE {where}" for where in
+    [f"state < '{STATES[0]}'", *(f"state > '{a}' AND state < '{b}'" for a, b in itertools.pairwise(STATES)),
+     f"state > '{STATES[-1]}'"])
+
+
+def unknown_state(db: sqlite3.Connection, limit: int = 20) -> list[tuple[int, str, str]]:
+    """Jobs whose state is none of STATES (a damaged or hand-edited database): nothing would hand them out
+    or end them.  (job, dest, the state as text of at most 40 characters); cheap enough for every check-in."""
+    rows = db.execute(f"SELECT * FROM ({_UNKNOWN}) ORDER BY job_no, dest LIMIT ?", (limit,))
+    return [(r[0], r[1], str(r[2])[:40]) for r in rows]
 
 
 def begin_install(db: sqlite3.Connection, job: Job) -> int:

@@ -96,6 +96,10 @@ def destinations(db: sqlite3.Connection, job_no: int | None = None) -> list[Dest
             st, updated = codes.WAIT, now_text(row["received"])
             msg = (f"held: the host key of {held} changed ({fingerprint(old) if old else 'none'} pinned, "
                    f"{fingerprint(new)} offered through {brought}); if that is right: rdslink --accept {held}")
+        elif row["state"] not in jobs.STATES:  # nothing hands it out or ends it (rds.service logs it)
+            st, updated = codes.WAIT, now_text(row["received"])
+            msg = (f"held: its state here is {str(row['state'])[:40]!r}, not a job state (a damaged database?); "
+                   f"delete it with 'rdsgroupid -d {row['job_no']}:{row['dest']}' and create it again")
         elif row["state"] == jobs.HANDED:
             st, updated, msg = codes.EXEC, now_text(row["received"]), f"taken by {row['handed_to']}"
         elif row["via"] is None:

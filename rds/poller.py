@@ -71,7 +71,12 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         try:
             found, manifests = check_in(home, db, client)
             crashpoints.reach("checked-in")
+            if client.resend and (n := results.resend(db, client.resend)):
+                log.info(f"{client.where} asks again for {n} result(s) it holds unsigned from before protocol 2: "
+                         f"each goes up again as its host signed it")
             key = trust.learn_signer(home.settings, db, client.signer, client.where, log.warning)
+            if client.signed:
+                keep_signed(db, key, client.signed, log.info)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
             report.received = jobs.store(db, good, manifests=manifests)
             crashpoints.reach("stored")
@@ -116,7 +121,8 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[l
     upper = client.link.hello()
     own = trust.own_statement(home.identity, db, home.host, upper)
     statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
-    found, manifests = client.checkin(statements, below, wake=startup_address(home))
+    unsigned = jobs.unsigned(db)
+    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned)
     trust.sent(db, upper, statements, client.unproven)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
@@ -141,6 +147,19 @@ def refuse_forged(home: Home, db: sqlite3.Connection, key: str | None, found: li
         status = codes.ERROR if job.dest == home.host else codes.EXEC_ERROR
         results.keep(db, Result(job.job_no, job.dest, status, f"refused on {home.host}: {fault}", now_text()))
     return good
+
+
+def keep_signed(db: sqlite3.Connection, key: str | None, copies: list[tuple[Job, Manifest]],
+                log: Callable[[str], None]) -> None:
+    """Signed copies of jobs held here from before signatures: kept once they verify (each stays held,
+    unsigned, until then), so that they can be handed on."""
+    held = set(jobs.unsigned(db))
+    good = [(j, m) for j, m in copies if (j.job_no, j.dest) in held and trust.job_fault(key, j, m) is None]
+    if good:
+        jobs.keep_signed(db, good)
+        log(f"{len(good)} job(s) held here from before signatures now signed by the managing server")
+    if len(good) < len(copies):
+        log(f"{len(copies) - len(good)} signed cop(ies) of held jobs not taken (unknown here or not verified)")
 
 
 def startup_address(home: Home) -> str | None:
@@ -293,7 +312,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
     """Send every result not yet acknowledged upward; they stay on disk until then."""
     sent = 0
     with home.lock("send"):
-        while batch := results.unsent(db, limit=500):
+        while batch := results.unsent(db, limit=500, host=home.host):
             # this host's own results (and what it says about the hosts below it) are signed as they go up
             client.report([r if r.sig else trust.sign_result(home.identity, home.host, r) for r in batch])
             crashpoints.reach("reported")
@@ -304,7 +323,7 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
 
 def send_once(home: Home) -> int:
     with session.opened(home) as db:
-        if not results.unsent(db, limit=1):
+        if not results.unsent(db, limit=1, host=home.host):
             return 0
         client = connect(home, log=logger(home).warning)
         try:

@@ -6,6 +6,14 @@ level; a result that arrives twice is taken once.  An interim status
 Only this module writes the ``results`` table; a result that settles a job
 makes it DONE (rds.jobs) in the same commit, and each result kept is
 announced (``events.Ended``) after it.
+
+An outcome about a host below that a relay took before protocol 2 carries no
+signature (its ``sig`` is empty, as migration 3 left it): no upper system
+would believe it, and the relay cannot sign it for its host.  Such a result is
+held (``held``): never sent up, and asked again of the lower system that leads
+to its host at that system's next check-in (``resend``), which sends its own
+copy again, signed by the host; that copy takes the held one's place
+(docs/upgrade.md).
 """
 
 from __future__ import annotations
@@ -66,9 +74,25 @@ class Result:
             raise ProtocolError(f"not a valid result: {e}") from None
 
 
+_OUTCOMES = ", ".join(f"'{s}'" for s in codes.OUTCOMES)
+# an outcome about another host, unsigned: taken from below before protocol 2 (this host signs its own as they go)
+_HELD = f"sig = '' AND dest != ? AND status IN ({_OUTCOMES})"
+
+
 def _keep(db: sqlite3.Connection, r: Result) -> bool:
     """Insert or upgrade ``r``; False when it was already known.  Call inside a transaction."""
-    old = db.execute("SELECT status FROM results WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone()
+    old = db.execute("SELECT status, sig FROM results WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone()
+    if old is not None and not old[1] and old[0] in codes.OUTCOMES and r.sig and r.by == r.dest:
+        # the host's own signed word in place of an unsigned copy from before protocol 2: sent up in its place
+        db.execute("UPDATE results SET status=?, message=?, finished=?, sent=NULL, signer=?, sig=?"
+                   " WHERE job_no=? AND dest=?",
+                   (r.status, r.message[:MESSAGE_MAX], r.finished[:64], r.by, r.sig, r.job_no, r.dest))
+        if old[0] == r.status:
+            return False
+        if r.status in codes.OUTCOMES:
+            jobs.done(db, (r.job_no, r.dest))
+        announce(db, events.Ended([r]))
+        return True
     if old is not None and (old[0] == r.status or old[0] in codes.OUTCOMES):
         return False
     db.execute(
@@ -110,10 +134,32 @@ def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_ho
     return len(new)
 
 
-def unsent(db: sqlite3.Connection, limit: int = 1000) -> list[Result]:
+def unsent(db: sqlite3.Connection, limit: int = 1000, host: str | None = None) -> list[Result]:
+    """Results not yet acknowledged by the upper system; given this ``host``, without the held ones."""
+    where, args = ("", ()) if host is None else (f" AND NOT ({_HELD})", (host,))
     rows = db.execute("SELECT job_no, dest, status, message, finished, signer, sig FROM results WHERE sent IS NULL"
-                      " ORDER BY finished, job_no, dest LIMIT ?", (limit,))
+                      f"{where} ORDER BY finished, job_no, dest LIMIT ?", (*args, limit))
     return [Result(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def held(db: sqlite3.Connection, host: str, via: str | None = None, limit: int = 1000) -> list[tuple[int, str]]:
+    """The outcomes about hosts below ``host`` held unsigned, (job, dest), of the jobs handed to ``via``
+    if given (its subtree has the result): each waits for its host to send it again, signed (``resend``)."""
+    query = f"SELECT job_no, dest FROM results r WHERE sent IS NULL AND {_HELD}"
+    args: tuple[object, ...] = (host,)
+    if via is not None:
+        query += " AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_no=r.job_no AND j.dest=r.dest AND j.handed_to=?)"
+        args += (via,)
+    return [(r[0], r[1]) for r in db.execute(query + " ORDER BY job_no, dest LIMIT ?", (*args, limit))]
+
+
+def resend(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> int:
+    """The upper system holds these results unsigned (from before protocol 2): send them again, this
+    host's own signed as they go, those from below as their hosts signed them (an unsigned one here
+    is held in turn, and asked of the lower system).  Returns how many will go again."""
+    with Transaction(db):
+        return sum(db.execute("UPDATE results SET sent=NULL WHERE job_no=? AND dest=? AND sent IS NOT NULL",
+                              key).rowcount for key in keys)
 
 
 def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None = None) -> None:

@@ -107,7 +107,8 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                return self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                return {**answer, "signed": self.signed_copies(msg["unsigned"])} if msg.get("unsigned") else answer
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
             if op == "report":
@@ -134,28 +135,72 @@ class UpperService:
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        for job_no, dest, state in jobs.unknown_state(self.db):
+            if dest == self.lower or jobs.route(self.db, dest) == self.lower:
+                log.warning(f"job {job_no}:{dest} is not handed to {self.lower}: its state here is {state!r}, not a "
+                            f"job state (a damaged database?); delete it with 'rdsgroupid -d {job_no}:{dest}'")
         managing = self.home.settings.is_managing_server
         ready: list[dict[str, Any]] = []
-        manifests: dict[str, dict[str, Any]] = {}
+        manifests: dict[str, Manifest] = {}
+        stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
+        signed: list[tuple[jobs.Job, Manifest]] = []
         for job in jobs.for_lower(self.db, self.lower):
-            # handed out whether the package is here or not: the record carries its manifest,
-            # and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            # handed out whether the package is here or not: the record carries its manifest (read once
+            # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
+            if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
+                continue
             key = str(job.package)
-            m = jobs.manifest(self.db, job)
-            if managing and (not job.sig or not m.signature):  # made before signatures: signed now
-                m = trust.sign_manifest(self.home.identity, m)
-                job = trust.sign_job(self.home.identity, job, m)
-            if key not in manifests or job.type != jobs.DELETE:
-                manifests[key] = m.to_json()
+            if key not in manifests or (key in stand_ins and job.type != jobs.DELETE):
+                manifests[key] = jobs.manifest(self.db, job)
+                if job.type == jobs.DELETE:
+                    stand_ins.add(key)
+                else:
+                    stand_ins.discard(key)
+            if managing and (not job.sig or not manifests[key].signature):  # made before signatures
+                if not manifests[key].signature:
+                    manifests[key] = trust.sign_manifest(self.home.identity, manifests[key])
+                job = trust.sign_job(self.home.identity, job, manifests[key])
+                signed.append((job, manifests[key]))
             ready.append(job.to_json())
+        if signed:  # signed once, and kept so
+            jobs.keep_signed(self.db, signed)
+            log.info(f"signed {len(signed)} job(s) made before signatures, handed to {self.lower}")
         if ready and self.remote:  # over SSH, rds-serve: its read of a package not here comes next
             self.warm_upper({PackageId.parse(k) for k in manifests})
-        answer = {"ok": True, "upper": self.home.host, "jobs": ready, "manifests": manifests,
+        answer = {"ok": True, "upper": self.home.host, "jobs": ready,
+                  "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):
+            answer["resend"] = [list(k) for k in held]  # unsigned from before protocol 2: signed copies, please
+            log.info(f"asked {self.lower} to send again {len(held)} result(s) held here unsigned since the upgrade "
+                     f"to protocol 2: {', '.join(f'{j}:{d}' for j, d in held[:10])}{' ...' if len(held) > 10 else ''}")
         signer = identity.public(self.home.prm) if managing else trust.signer_key(self.home.settings, self.db)
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
         return answer
+
+    def signed_copies(self, keys: Any) -> list[dict[str, Any]]:
+        """Signed copies of the jobs handed to the lower system that it holds unsigned, from before protocol 2
+        (the managing server signs and keeps them now; a relay gives those it has signed)."""
+        try:
+            pairs = [(int(j), str(d)) for j, d in keys]
+            if len(pairs) > wire.RESEND_MAX or any(not 0 < j < 2**63 for j, _ in pairs):
+                raise ValueError("job number")
+        except (TypeError, ValueError, OverflowError):
+            raise ProtocolError(f"'unsigned' must be a list of at most {wire.RESEND_MAX} [job, dest] pairs") from None
+        held = jobs.handed_copies(self.db, self.lower, pairs)
+        if self.home.settings.is_managing_server:
+            me = self.home.identity
+            resigned = []
+            for i, (job, m) in enumerate(held):
+                if not job.sig or not m.signature:
+                    m = m if m.signature else trust.sign_manifest(me, m)
+                    held[i] = (trust.sign_job(me, job, m), m)
+                    resigned.append(held[i])
+            if resigned:
+                jobs.keep_signed(self.db, resigned)
+                logger(self.home).info(f"signed {len(resigned)} job(s) handed to {self.lower} before signatures")
+        return [{**job.to_json(), "manifest": m.to_json()} for job, m in held if job.sig and m.signature]
 
     def ack(self, keys: Any) -> dict[str, Any]:
         try:

@@ -278,11 +278,10 @@ def statements_up(db: sqlite3.Connection, own: Statement, subtree: Sequence[str]
                   upper: str) -> tuple[list[dict[str, Any]], list[str]]:
     """What a check-in to ``upper`` carries: this host's statement, the latest statements of the hosts
     below it that ``upper`` has not had yet, and the names of every host below it."""
-    names = [h for h in subtree if h != own.host]
-    below = set(names)
-    fresh = [Statement(*r).to_json() for r in db.execute(
-        "SELECT host, upper, n, key, sig FROM statements WHERE sent IS NULL ORDER BY host") if r[0] in below]
-    return [own.to_json(), *fresh], names
+    names = [h for h in subtree if h != own.host] if own.host in subtree else list(subtree)
+    rows = db.execute("SELECT host, upper, n, key, sig FROM statements WHERE sent IS NULL ORDER BY host").fetchall()
+    below = set(names) if rows else set()
+    return [own.to_json(), *(Statement(*r).to_json() for r in rows if r[0] in below)], names
 
 
 def sent(db: sqlite3.Connection, upper: str, statements: Sequence[dict[str, Any]],
@@ -313,6 +312,8 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
     """
     if not isinstance(names, list) or len(names) > MAX_STATEMENTS:
         raise ProtocolError("'below' must be a list of host names")
+    if isinstance(items, list) and len(items) == 1 and (same := _unchanged(db, own_host, lower, items[0], names)):
+        return same, []
     for h in names:
         if not isinstance(h, str) or not valid_hostname(h):
             raise ProtocolError(f"'below' holds a bad host name: {h if not isinstance(h, str) else repr(h[:80])}"[:200])
@@ -328,8 +329,6 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
     if own.upper != own_host:
         raise Refused(f"{lower}'s route statement names {own.upper} as its upper system, not {own_host}")
     listed = list(claims)
-    if len(claims) == 1 and _sealed(db, own, names):
-        return [lower, *(h for h in dict.fromkeys(names) if h != lower)], []  # nothing changed since it was proven
     stored = _stored(db, listed)
     pins = _pins(db, listed)
     strict = settings.key_pinning == "STRICT"
@@ -409,17 +408,43 @@ def prove(db: sqlite3.Connection, settings: Settings, own_host: str, lower: str,
     return proven, unproven
 
 
+def _unchanged(db: sqlite3.Connection, own_host: str, lower: str, item: Any, names: list[Any]) -> list[str] | None:
+    """What a check-in that carries only ``lower``'s own statement proves when nothing changed since its
+    last proof (``lower`` first, then ``names``: the very names checked then); None otherwise."""
+    try:
+        own = Statement.from_json(item)
+    except ProtocolError:
+        return None
+    if own.host != lower or own.upper != own_host or not _sealed(db, own, names):
+        return None
+    return list(dict.fromkeys([lower, *names]))
+
+
+def _digest(own: Statement, names: list[Any]) -> str | None:
+    """The digest of ``own``'s signature and ``names``, or None unless they are strings without a newline
+    (so that no other list of names gives the same digest)."""
+    try:
+        text = "\n".join([own.sig, *names])
+    except TypeError:
+        return None
+    if text.count("\n") != len(names):
+        return None
+    return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
+
+
 def _seal(db: sqlite3.Connection, own: Statement, names: list[str]) -> str:
     """What a proof of ``names`` below ``own.host`` rests on: its own statement, the names, and the
     generation of everything believed here (any statement or key that changes makes a new one)."""
-    digest = hashlib.sha256("\n".join([own.sig, *names]).encode()).hexdigest()
-    return f"{_believed(db, 'generation') or 0}:{digest}"
+    return f"{_believed(db, 'generation') or 0}:{_digest(own, names)}"
 
 
-def _sealed(db: sqlite3.Connection, own: Statement, names: list[str]) -> bool:
-    """Whether ``own.host``'s last proof rests on what this check-in says (one query for both values)."""
+def _sealed(db: sqlite3.Connection, own: Statement, names: list[Any]) -> bool:
+    """Whether ``own.host``'s last proof rests on what this check-in says (one query for both values):
+    then ``names`` are the very names checked when it was proven."""
+    digest = _digest(own, names)
+    if digest is None:
+        return False
     got = dict(db.execute("SELECT name, value FROM believed WHERE name IN ('generation', ?)", (f"proof:{own.host}",)))
-    digest = hashlib.sha256("\n".join([own.sig, *names]).encode()).hexdigest()
     return got.get(f"proof:{own.host}") == f"{got.get('generation', 0)}:{digest}"
 
 

@@ -8,14 +8,22 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              the hosts under it that the upper system has not had yet, and
              ``below``: the names of every host under it (rds.trust); ``wake``: where a startup
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
-             or the absolute path of its home (rds.startup).  The upper system
+             or the absolute path of its home (rds.startup); ``unsigned``: at most
+             RESEND_MAX ``[job, dest]`` pairs of jobs the asker holds from before
+             signatures (protocol 1), which it does not hand on.  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
              the managing server's name and key as the upper system believes
              them, ``invalid``: the jobs it handed the asker whose package
-             has left its storehouse since (rds.cleanup), and ``unproven``:
-             the hosts named below whose route it could not prove.
+             has left its storehouse since (rds.cleanup), ``unproven``:
+             the hosts named below whose route it could not prove, and
+             ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
+             relay): results of the asker's subtree the relay holds unsigned
+             from before protocol 2, which the asker sends again, signed by
+             their hosts (rds.results, docs/upgrade.md), and ``signed``:
+             signed copies of the ``unsigned`` jobs it handed the asker, each
+             a job record with its ``manifest``.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
              system will not hand them out again.
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
@@ -59,9 +67,10 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-# 2: route statements, signed jobs, manifests and results (issue 12); 3: keep-alive frames while the
-# upper system works on an answer, asked for with ``alive`` (issue 16)
+# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), and
+# keep-alive frames while the upper system works on an answer, asked for with ``alive`` (issue 16)
 VERSION = 3
+RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
 ALIVE_MIN, ALIVE_MAX = 0.5, 60.0  # bounds of a request's ``alive`` (seconds between keep-alive frames)
 # The largest request rds-serve takes, refused from its header before it is read.  The largest

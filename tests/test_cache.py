@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import sshd
 from conftest import BIN, Host, Tree, installs
-from sshd import serve_command
 
 from rds import storehouse
 from rds.home import Home
@@ -333,16 +332,9 @@ def test_concurrent_needs_cause_one_upstream_transfer(tree: Tree) -> None:
 @pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                     reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
 def test_on_demand_and_unable_to_cache_over_ssh(tree: Tree, sshd_factory) -> None:  # type: ignore[no-untyped-def]
-    from test_ssh import laid_out, ssh_settings
+    from testkit import relay_over_ssh
 
-    server = sshd_factory()
-    mgr = laid_out(tree.add("mgr"))
-    relay_home = tree.root / "relay1"
-    k_relay = server.add_key("relay1", command=serve_command("relay1", mgr.path))
-    k_client = server.add_key("client1", command=serve_command("client1", relay_home))
-    server.start()
-    relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
-    client = tree.add("client1", settings=ssh_settings(server, k_client, upper=relay))
+    mgr, relay, [client] = relay_over_ssh(tree, sshd_factory(), ["client1"])
     tree.check_in_upward(["client1", "relay1"])
     pid = big_package(tree, size=1 << 20)
     mgr.run("dcmjexe", "-r", pid, "-h", "client1")

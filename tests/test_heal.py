@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import sshd
 from conftest import Host, Tree, installs
-from sshd import serve_command
 
 from rds import wire
 from rds.home import Home
@@ -291,16 +290,9 @@ def test_reads_that_go_on_from_each_other_are_hashed_as_one(tree: Tree) -> None:
 @pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                     reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
 def test_a_damaged_copy_heals_over_ssh(tree: Tree, sshd_factory) -> None:  # type: ignore[no-untyped-def]
-    from test_ssh import laid_out, ssh_settings
+    from testkit import relay_over_ssh
 
-    server = sshd_factory()
-    mgr = laid_out(tree.add("mgr"))
-    relay_home = tree.root / "relay1"
-    k_relay = server.add_key("relay1", command=serve_command("relay1", mgr.path))
-    keys = {c: server.add_key(c, command=serve_command(c, relay_home)) for c in ("c1", "c2", "c3")}
-    server.start()
-    relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
-    c1, c2, c3 = (tree.add(c, settings=ssh_settings(server, k, upper=relay)) for c, k in keys.items())
+    mgr, relay, [c1, c2, c3] = relay_over_ssh(tree, sshd_factory(), ["c1", "c2", "c3"])
     tree.check_in_upward(["c1", "c2", "c3", "relay1"])
     pid = tree.package(files={"data": os.urandom(1 << 19).hex()})
     mgr.run("dcmjexe", "-r", pid, "-h", "c1", "c2")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import managing_server
 from trustkit import Signer
 
 from rds import codes, database, jobs, manager, results
@@ -273,15 +274,7 @@ def test_result_message_is_cut_to_size() -> None:
 
 @pytest.fixture
 def mgr(tmp_path: Path) -> Home:
-    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
-    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
-    home = Home.open(tmp_path / "mgr")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app").write_text("app\n")
-    Storehouse(home.packages).register(PID, src, "/opt/app")
-    Storehouse(home.packages).register(PackageId.make("AB", "OTHER", "1"), src, "/opt/other")
-    return home
+    return managing_server(tmp_path, signed=False, others=[PackageId.make("AB", "OTHER", "1")])
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ import pytest
 import sshd
 from conftest import Host, Tree
 from sshd import CutProxy, Sshd, free_port, keygen, make_package, serve_command
+from testkit import laid_out, relay_over_ssh, sha256_of, ssh_settings
 
 from rds import database, manager
 from rds.client import UpperClient
 from rds.errors import CommunicationError, ProtocolError, Refused
-from rds.home import Home
 from rds.packages import Manifest
 from rds.storehouse import Storehouse
 from rds.transport import connection
@@ -35,20 +35,6 @@ pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") !=
 
 sshd_factory = sshd.sshd_factory
 Factory = Callable[..., Sshd]
-
-
-def ssh_settings(server: Sshd, key: Path, upper: Host | None = None, port: int | None = None,
-                 known_hosts: Path | None = None) -> str:
-    url = server.url(upper.path if upper else None)
-    if port is not None:
-        url = url.replace(f":{server.port}", f":{port}")
-    return (f"ManagingHost\t{url}\nIdentityFile\t{key}\nKnownHostsFile\t{known_hosts or server.known_hosts}\n"
-            "ConnectTimeout\t5s\n")
-
-
-def laid_out(host: Host) -> Host:
-    Home.open(host.path)  # an upper home must exist before rds-serve serves it
-    return host
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -74,14 +60,6 @@ def open_link(host: Host) -> UpperClient:
     assert home.settings.managing_host is not None
     link = SSHLink.open(home.settings, home.settings.managing_host)
     return UpperClient(link, home.host, link.where)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def same_payload(lower: Host, upper: Host, package: str) -> None:
@@ -110,13 +88,7 @@ def pair(tree: Tree, sshd_factory: Factory) -> tuple[Tree, Sshd]:
 
 def test_managing_server_relay_client_end_to_end(tree: Tree, sshd_factory: Factory) -> None:
     server = sshd_factory()
-    mgr = laid_out(tree.add("mgr"))
-    relay_home = tree.root / "relay1"
-    k_relay = server.add_key("relay1", command=serve_command("relay1", mgr.path))
-    k_client = server.add_key("client1", command=serve_command("client1", relay_home))
-    server.start()
-    relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
-    client = tree.add("client1", settings=ssh_settings(server, k_client, upper=relay))
+    mgr, relay, [client] = relay_over_ssh(tree, server, ["client1"])
     tree.check_in_upward(["client1", "relay1"])
     pkg = tree.package()
     mgr.run("dcmjexe", "-r", pkg, "-h", "client1", "relay1")

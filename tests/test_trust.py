@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from testkit import managing_server
 from trustkit import Signer, request
 
 from rds import codes, database, identity, jobs, manager, results, trust, wire
@@ -18,7 +19,6 @@ from rds.errors import ProtocolError
 from rds.home import Home
 from rds.packages import PackageId
 from rds.service import UpperService
-from rds.storehouse import Storehouse
 from rds.transport import serving
 
 PID = PackageId.make("AB", "APP", "0100")
@@ -26,14 +26,7 @@ PID = PackageId.make("AB", "APP", "0100")
 
 @pytest.fixture
 def mgr(tmp_path: Path) -> Home:
-    (tmp_path / "mgr" / "rdsprm").mkdir(parents=True)
-    (tmp_path / "mgr" / "rdsprm" / "RDSSETFL").write_text("HostName\tmgr\n")
-    home = Home.open(tmp_path / "mgr")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "app").write_text("app\n")
-    Storehouse(home.packages).register(PID, src, "/opt/app", sign=lambda m: trust.sign_manifest(home.identity, m))
-    return home
+    return managing_server(tmp_path)
 
 
 def svc(home: Home, lower: str) -> UpperService:
@@ -207,7 +200,7 @@ def test_results_must_be_signed_by_their_host_and_be_for_jobs_that_exist(mgr: Ho
     assert "COMPLETE for job" in text and "signed by r1, not by c1" in text
 
 
-def test_protocol_1_and_2_refuse_each_other_naming_the_side_to_upgrade(mgr: Home) -> None:
+def test_an_older_and_a_newer_protocol_refuse_each_other_naming_the_side_to_upgrade(mgr: Home) -> None:
     s = svc(mgr, "r1")
     try:
         old = s.handle({"op": "checkin", "v": 1, "host": "r1", "below": []})

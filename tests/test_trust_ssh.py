@@ -273,9 +273,12 @@ def test_a_relay_that_forges_a_job_or_a_result_is_refused(fleet: tuple[Tree, Ssh
         db.execute("INSERT INTO jobs (job_no, dest, type, package, created, received, state, record)"
                    " VALUES (?, 'client1', 'INSTALL', ?, ?, 0, 'WAIT', ?)",
                    (n + 100, row["package"], row["created"], json.dumps(record)))
-        # and a COMPLETE of its own for client1's real job
-        db.execute("INSERT INTO results (job_no, dest, status, message, finished) VALUES (?, 'client1', "
-                   "'COMPLETE', 'installed', '2026-12-01T10:00:00')", (n,))
+        # and a COMPLETE of its own for client1's real job, signed with its own key
+        forged = {"kind": "result", "job": n, "dest": "client1", "status": "COMPLETE", "message": "installed",
+                  "finished": "2026-12-01T10:00:00", "by": "relay1"}
+        db.execute("INSERT INTO results (job_no, dest, status, message, finished, signer, sig) VALUES (?, 'client1', "
+                   "'COMPLETE', 'installed', '2026-12-01T10:00:00', 'relay1', ?)",
+                   (n, tree["relay1"].home().identity.sign(forged)))
         db.commit()
     finally:
         db.close()

@@ -23,7 +23,6 @@ from conftest import Tree, installs, wait_for
 from sshd import CutProxy, Sshd, free_port, ssh_hierarchy
 from trustkit import Signer
 
-from rds import wire
 from rds.client import UpperClient
 from rds.errors import ProtocolError, SettingsError
 from rds.home import Home
@@ -31,6 +30,7 @@ from rds.settings import parse_settings
 from rds.transport import connection, serving
 from rds.transport.link import SSHLink
 from rds.transport.wake import WakeRequest
+from rds.wire import VERSION
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                                 reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
@@ -211,7 +211,7 @@ def test_check_in_takes_only_a_strict_startup_address(tree: Tree, wake: object) 
     mgr = tree.add("mgr")
     service = serving(Home.open(mgr.path), "relay1")
     try:
-        answer = service.handle({"op": "checkin", "v": wire.VERSION, "host": "relay1", "below": [],
+        answer = service.handle({"op": "checkin", "v": VERSION, "host": "relay1", "below": [],
                                  "statements": [RELAY1.statement("mgr")], "wake": wake})
     finally:
         service.close()
@@ -306,11 +306,11 @@ def test_a_lower_over_ssh_cannot_name_a_home_on_the_upper_system(tree: Tree) -> 
     mgr = tree.add("mgr")
     service = serving(Home.open(mgr.path), "relay1", remote=True)
     try:
-        answer = service.handle({"op": "checkin", "v": wire.VERSION, "host": "relay1", "below": [],
+        answer = service.handle({"op": "checkin", "v": VERSION, "host": "relay1", "below": [],
                                  "statements": [RELAY1.statement("mgr")], "wake": str(mgr.path)})
         assert answer == {"ok": False, "error": "protocol", "message":
                           "'wake' over SSH must be ssh://[user@]host[:port], not a path on this machine"}
-        assert service.handle({"op": "checkin", "v": wire.VERSION, "host": "relay1", "below": [],
+        assert service.handle({"op": "checkin", "v": VERSION, "host": "relay1", "below": [],
                                "statements": [RELAY1.statement("mgr")], "wake": "ssh://127.0.0.1:2222"})["ok"]
     finally:
         service.close()

@@ -9,8 +9,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from rds import wire
 from rds.identity import canonical
+from rds.wire import VERSION
 
 
 class Signer:
@@ -38,4 +38,4 @@ class Signer:
 
 
 def request(op: str, host: str, **fields: Any) -> dict[str, Any]:
-    return {"op": op, "v": wire.VERSION, "host": host, **fields}
+    return {"op": op, "v": VERSION, "host": host, **fields}

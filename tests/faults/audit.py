@@ -17,10 +17,11 @@ table of bench/faults.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
+
+from testkit import sha256_of as sha256_of  # the runners and bench/faults hash through audit
 
 DEFINITION = (
     "jobs: the jobs created at the managing server that the row meant to install.  A job is lost when its\n"
@@ -65,15 +66,6 @@ def outcomes(home: Path) -> dict[tuple[int, str], list[str]]:
     for job, dest, status in rows:
         out[(job, dest)].append(status)
     return out
-
-
-def sha256_of(path: Path) -> str:
-    """hashlib over the file, not rds's own checksum code."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def judge(key: tuple[int, str], installed: int, taken: list[str]) -> tuple[bool, bool, str]:
