@@ -34,6 +34,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              (only a package that a job of the asker's subtree needs).  A relay
              that lacks the package, or whose copy is not current, fetches it
              from its own upper system first (rds.cache) while the asker waits.
+``ranges``   ``package``, ``ranges``: ``[offset, length]`` pairs, at most
+             MAX_RANGES, their lengths READ_MAX at most in all: those byte
+             ranges of a chunked package's archive, back to back in one
+             stream as for ``read`` (the chunks the asker lacks, rds.chunks).
 ``stat``     ``package``: the upper system's current ``manifest`` of a package
              (SHA-256 and size; authorized like ``read``).
 ``damaged``  ``package``, ``sha256``: the copy the asker downloaded did not
@@ -67,11 +71,13 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), and
-# keep-alive frames while the upper system works on an answer, asked for with ``alive`` (issue 16)
+# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), chunked
+# packages, the ranges request (issue 17), and keep-alive frames while the upper system works on an
+# answer, asked for with ``alive`` (issue 16)
 VERSION = 3
 RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
+MAX_RANGES = 4096  # byte ranges in one ``ranges`` request: a 1 KiB request per 100 KiB of chunks at worst
 ALIVE_MIN, ALIVE_MAX = 0.5, 60.0  # bounds of a request's ``alive`` (seconds between keep-alive frames)
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed

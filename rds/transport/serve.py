@@ -82,7 +82,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
             except ProtocolError as e:
                 send(out, wire.error_answer(e))
                 continue
-            if isinstance(msg, dict) and msg.get("op") == "read":
+            if isinstance(msg, dict) and msg.get("op") in ("read", "ranges"):
                 sent += _serve_read(service, msg, out, alive)
             else:
                 try:
@@ -151,7 +151,10 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO, alive
         # a JIT relay may fetch the package from its own upper system first: the lower system hears
         # a keep-alive every ``alive`` seconds meanwhile, so its idle timeout does not cut the pass
         with Heartbeat(out, alive):
-            blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+            if msg.get("op") == "ranges":
+                blocks = service.read_ranges(msg.get("package"), msg.get("ranges"))
+            else:
+                blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
     except wire.ANSWERED as e:
         send(out, wire.error_answer(e))
         return 0
