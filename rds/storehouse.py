@@ -311,7 +311,8 @@ class Storehouse:
         # verified now: stamped, the first serve reads each byte once instead of hashing the whole
         # archive before serving it (issue 16).  Chunked packages (issue 17): keep this stamp, or
         # the like, where a payload is committed.
-        self._stamp(work / PAYLOAD, work / VERIFIED, manifest)
+        if (work / PAYLOAD).exists():  # a whole payload (a chunked package is checked chunk by chunk)
+            self._stamp(work / PAYLOAD, work / VERIFIED, manifest)
         fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
         target = self.dir(manifest.id)
         if target.exists():
