@@ -40,7 +40,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from rds.errors import InputError, UnsafeArchive
 
@@ -160,26 +160,44 @@ def _decompressed(f: BinaryIO) -> BinaryIO:
     return f
 
 
+class Source(Protocol):
+    """An archive that is not one file: a chunked package's chunks, read as one (rds.storehouse)."""
+
+    name: str
+    size: int
+
+    def open(self) -> Any: ...  # a binary file of the archive's bytes, hashed as it is read
+
+    def finish(self, f: Any) -> None: ...  # the whole was read and matches the manifest, or IntegrityError
+
+
+def _size(src: Path | Source) -> int:
+    return src.stat().st_size if isinstance(src, Path) else src.size
+
+
 @contextlib.contextmanager
-def _open(path: Path, unpacked: int | None) -> Iterator[tarfile.TarFile]:
-    """The archive at ``path``, its decompressed stream bounded (see the module)."""
-    packed = path.stat().st_size
+def _open(path: Path | Source, unpacked: int | None) -> Iterator[tarfile.TarFile]:
+    """The archive at ``path``, its decompressed stream bounded (see the module).  A Source is checked
+    whole as it is read, before the block ends (its rest read once tar has what it needs)."""
+    packed = _size(path)
     bound = max(packed, 1 << 20) * MAX_RATIO  # a small archive may hold 1 MiB of headers and padding
     if unpacked is not None and unpacked > bound:
         raise UnsafeArchive(f"{path.name}: unpacks to {unpacked} bytes from {packed}, a compression ratio over "
                             f"{MAX_RATIO}; refused")
     limit = bound if unpacked is None else unpacked
-    with open(path, "rb") as f, _decompressed(f) as stream:
+    with open(path, "rb") if isinstance(path, Path) else path.open() as f, _decompressed(f) as stream:
         bounded = io.BufferedReader(_Bounded(stream, limit, path.name), 1 << 16)
         with tarfile.open(fileobj=bounded, mode="r:") as tar:  # type: ignore[call-overload]
             yield tar
+        if not isinstance(path, Path):
+            path.finish(f)
 
 
-def scan(path: Path, name: str, unpacked: int | None = None) -> list[tarfile.TarInfo]:
+def scan(path: Path | Source, name: str, unpacked: int | None = None) -> list[tarfile.TarInfo]:
     """Every member of the archive, once the whole archive passed the checks of the module's docstring."""
     with reading(name), _open(path, unpacked) as tar:
         members = tar.getmembers()
-        limit = (unpacked if unpacked is not None else max(path.stat().st_size, 1 << 20) * MAX_RATIO)
+        limit = (unpacked if unpacked is not None else max(_size(path), 1 << 20) * MAX_RATIO)
     if sum(m.size for m in members if m.isfile()) > limit:
         raise UnsafeArchive(f"{name}: its members hold more than {limit} bytes; refused")
     tree = _Tree(members)
@@ -250,13 +268,16 @@ class _Tree:
         return True
 
 
-def check_payload(path: Path, name: str, unpacked: int | None = None) -> None:
+def check_payload(path: Path | Source, name: str, unpacked: int | None = None) -> None:
     """A package archive's own members must be extractable safely (as the install checks them)."""
     scan(path, name, unpacked)
 
 
-def extract(archive: Path, dest: Path, unpacked: int | None = None) -> int:
+def extract(archive: Path | Source, dest: Path, unpacked: int | None = None) -> int:
     """Extract ``archive`` into ``dest`` after checking it whole; returns the member count.
+
+    A Source (a chunked package) is hashed as it is scanned: the whole is
+    verified end to end before anything is written.
 
     Written into a fresh directory beside ``dest`` first, moved into place
     only when complete (see the module's docstring).
@@ -345,12 +366,13 @@ def _move(fresh: Path, dest: Path) -> None:
             os.replace(entry.path, there)
 
 
-def pack(source: Path, out: Any, read: Callable[[int], None] | None = None) -> int:
-    """Write the directory ``source`` to the file ``out`` as a gzip'd tar whose members root owns;
-    ``read`` hears how many bytes of the source were read, as they are.  Returns the unpacked size
-    (the tar stream's bytes), which the manifest records."""
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz:
-        counted = _CountingWriter(gz)
+def pack(source: Path, out: Any, read: Callable[[int], None] | None = None, gz: bool = True) -> int:
+    """Write the directory ``source`` to the file ``out`` as a gzip'd tar (``gz``; else the bare tar
+    stream, which rds.chunks cuts and compresses) whose members root owns, in name order (so that an
+    unchanged tree packs the same); ``read`` hears how many bytes of the source were read, as they
+    are.  Returns the unpacked size (the tar stream's bytes), which the manifest records."""
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) if gz else contextlib.nullcontext(out) as z:
+        counted = _CountingWriter(z)
         with _CountingTar.open(fileobj=counted, mode="w") as tar:  # type: ignore[call-overload]
             tar.read = read
             try:

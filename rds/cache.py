@@ -149,6 +149,7 @@ def obtain(home: Home, store: Storehouse, db: sqlite3.Connection, pid: PackageId
 
 
 def _remove_damaged(store: Storehouse, m: Manifest, why: str) -> None:
+    store.chunks.purge(m.chunks)  # a chunk that other packages share too: fetched again with this one
     store.remove(m.id)
     store.note_damage(m.id, why)
 

@@ -3,7 +3,8 @@
 A transport (rds.transport) opens the Link; ``UpperClient`` builds the
 requests, checks the answers and turns error answers into the project's
 errors.  ``fetch`` downloads a package into the storehouse, which resumes a
-partial download and verifies it.  The upper system's side is rds.service.
+partial download and verifies it; of a chunked package, only the chunks this
+host lacks, their byte ranges asked all at once (``Link.read_ranges``).  The upper system's side is rds.service.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Link(Protocol):
     def call(self, msg: dict[str, Any]) -> dict[str, Any]: ...
 
     def read(self, package: str, offset: int, length: int, out: Any) -> None: ...
+
+    def read_ranges(self, package: str, ranges: list[tuple[int, int]], out: Any) -> None: ...  # back to back
 
     def close(self) -> None: ...
 
@@ -143,4 +146,8 @@ class UpperClient:
         """Download a package into ``store``: resumed from what a cut left, hashed as it comes, verified,
         committed (rds.storehouse, ``receive``)."""
         package = str(manifest.id)
+        if manifest.chunked:  # only the chunks not here, many ranges in one stream (rds.chunks)
+            store.receive_chunks(manifest, lambda ranges, out: self.link.read_ranges(package, ranges, out),
+                                 self.where)
+            return
         store.receive(manifest, lambda offset, length, out: self.link.read(package, offset, length, out), self.where)

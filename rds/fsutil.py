@@ -91,6 +91,11 @@ def _writer_alive(name: str) -> bool:
     return int(pid) != os.getpid()
 
 
+def is_stray(name: str) -> bool:
+    """Whether ``name`` is a temporary name whose writer is dead."""
+    return name.startswith(TMP_PREFIX) and not _writer_alive(name)
+
+
 def remove_strays(directory: Path) -> int:
     """Delete temporary files and directories left by a crash; return how many."""
     count = 0

@@ -9,12 +9,15 @@
                               host_key.pub
       RDS/                    temporary package storehouse (on the managing server: the
         C.CAB.PKG.VER.GEN/    registered packages), one directory a package:
-          payload.tgz           the archive, written and flushed first
+          payload.tgz           the archive of an old-format package, written and flushed first
+                                (a chunked package has none: its chunks are in .chunks/)
           manifest.json         size, SHA-256, install directory...; written last (its mtime:
                                 when the package was stored)
           .accessed             empty; its mtime is the last access (stored, installed, served)
           .verified             the payload as last checked against the manifest
-        .partial/             downloads in progress, resumed from their size
+        .chunks/XX/SHA256     the chunks of chunked packages, each once, a gzip member (rds.chunks)
+        .partial/             downloads in progress, resumed from their size; *.chunks: the chunks
+                              a download or a packing in progress uses
         .checksums/           the upper system's manifests and when they were asked (rds.storehouse)
         .damaged/             why a copy found damaged was removed, until a good one comes (rds.cache)
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)

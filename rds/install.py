@@ -168,7 +168,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
             store.touch(manifest.id)  # used: an access, for the cache's least-recently-accessed order
             store.verify(manifest)
             dest = target_dir(home, manifest)
-            n = archive.extract(store.payload(manifest.id), dest, manifest.unpacked)
+            n = archive.extract(store.source(manifest), dest, manifest.unpacked)  # a chunked one checked whole as read
             log(f"job {job.job_no}: extracted {n} members of {manifest.id} into {dest}")
             crashpoints.reach("extracted")
             if not manifest.script:
@@ -182,6 +182,7 @@ def install(home: Home, store: Storehouse, job: Job, manifest: Manifest, resumed
         how = f"script killed by signal {-rc}" if rc < 0 else f"script exited {rc}"
         return _result(job, codes.ERROR, how + (f": {detail}" if detail else ""))
     except IntegrityError as e:
+        store.chunks.purge(manifest.chunks)  # the chunks that are not what their names say, if it is chunked
         store.remove(manifest.id)
         return _result(job, codes.ERROR, str(e))
     except RdsError as e:

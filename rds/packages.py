@@ -1,8 +1,9 @@
 """Packages as values: their IDs and manifests.
 
-A package is one archive (``payload.tgz``) beside a manifest that gives its
-size, SHA-256 and install directory; rds.storehouse keeps them on disk and
-rds.archive reads and writes the archive.
+A package is a manifest that gives its size, SHA-256, install directory and
+chunks (rds.chunks), and an archive: the chunks' packed bytes concatenated,
+or, in the old format, one file ``payload.tgz``; rds.storehouse keeps them on
+disk and rds.archive reads and writes the archive.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class Manifest:
     # the archive's tar stream in bytes, recorded at rdsft -c: extraction stops there (rds.archive);
     # None in a manifest made before it was recorded (extraction is then bounded by the ratio alone)
     unpacked: int | None = None
+    # a chunked package (rds.chunks): its chunks in order, [SHA-256, size, packed size]; size and sha256
+    # are then their packed bytes' total and SHA-256, concatenated.  () in the old format (payload.tgz)
+    chunks: tuple[tuple[str, int, int], ...] = ()
     signature: str = ""  # the managing server's, over every other field (rds.trust)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +89,10 @@ class Manifest:
         d["format"] = MANIFEST_FORMAT
         if self.unpacked is None:  # an old manifest reads back as it was
             del d["unpacked"]
+        if self.chunks:
+            d["chunks"] = [list(c) for c in self.chunks]
+        else:  # an old-format manifest reads back (and is signed) as it was
+            del d["chunks"]
         if not self.signature:
             del d["signature"]
         return d
@@ -109,8 +117,12 @@ class Manifest:
                 script=d.get("script"),
                 packaged=str(d.get("packaged", "")),
                 unpacked=None if d.get("unpacked") is None else int(d["unpacked"]),
+                chunks=_chunk_list(d.get("chunks", [])),
                 signature=d.get("signature", ""),
             )
+            if m.chunks and (m.unpacked is None or sum(c[2] for c in m.chunks) != m.size
+                             or sum(c[1] for c in m.chunks) != m.unpacked):
+                raise ValueError("chunks do not add up to the sizes")
             if not isinstance(m.signature, str) or len(m.signature) > 200:
                 raise ValueError("signature")
             if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0 or (m.unpacked or 0) < 0 \
@@ -122,3 +134,23 @@ class Manifest:
             return m
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError, InputError) as e:  # json reads Infinity
             raise InputError(f"not a valid package manifest ({str(e)[:300]})") from None
+
+    @property
+    def chunked(self) -> bool:
+        return bool(self.chunks)
+
+
+MAX_CHUNK = 256 << 10  # rds.chunks.MAX: a chunk's bytes; packed, a gzip member adds at most a little
+
+
+def _chunk_list(raw: Any) -> tuple[tuple[str, int, int], ...]:
+    if not isinstance(raw, list):
+        raise ValueError("chunks")
+    out = []
+    for c in raw:
+        if not isinstance(c, list) or len(c) != 3 or not isinstance(c[0], str) \
+                or not re.fullmatch(r"[0-9a-f]{64}", c[0]) or not all(type(x) is int for x in c[1:]) \
+                or not 0 < c[1] <= MAX_CHUNK or not 0 < c[2] <= MAX_CHUNK + (MAX_CHUNK >> 6) + 64:
+            raise ValueError("chunk entry")
+        out.append((c[0], c[1], c[2]))
+    return tuple(out)

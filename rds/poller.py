@@ -39,7 +39,7 @@ from rds import (
 )
 from rds.client import UpperClient
 from rds.clock import now_text
-from rds.errors import CommunicationError, IntegrityError, LockTimeout, Refused, UnableToCache
+from rds.errors import CommunicationError, IntegrityError, LockTimeout, RdsError, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
@@ -99,6 +99,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if n := cleanup.partial_downloads(home, db, store):  # what killed runs left, no one resumes
                     log.info(f"removed {n} partial download(s) that no job here needs, or that were empty")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info, report.damaged)
+                if requests is not None:
+                    report.fetched += fetch_for_woken(home, db, store, client, requests, log.info)
                 announce_kept(home, db, store)
             finally:
                 if requests is not None:
@@ -236,6 +238,31 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
         if got:
             fetched.append(key)
     return fetched, ended
+
+
+def fetch_for_woken(home: Home, db: sqlite3.Connection, store: Storehouse, client: UpperClient,
+                    requests: startup.Requests, log: Callable[[str], None]) -> list[str]:
+    """A JIT relay that wakes lower systems for new jobs fetches their packages now, on this pass's link,
+    while the startup requests log in, and says "now" once they are here: the lower system asks for
+    them at once, and finds them (issue 16: the relay's fetch leaves the push's critical path).
+
+    Only for the lower systems being woken (the others ask when they poll, and JIT fetches then);
+    a package that cannot be had now is left to the lower system's read, which says why.
+    """
+    if home.settings.is_managing_server or home.settings.caching_policy != cache.JIT:
+        return []
+    wanted = {j.package for lower in requests.futures for j in requests.waiting.get(lower, [])
+              if j.type != jobs.DELETE}
+    fetched = []
+    for pid in sorted(wanted, key=str):
+        try:
+            m, got = cache.obtain(home, store, db, pid, lambda: client, log)
+        except (RdsError, OSError) as e:
+            log(f"package {pid} for the lower systems woken: not fetched now ({e}); fetched when they ask")
+            continue
+        if got:
+            fetched.append(str(m.id))
+    return fetched
 
 
 def announce_kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +53,10 @@ class UpperService:
         self._db: sqlite3.Connection | None = None
         self._connect = upper
         self._upper: UpperClient | None = None
+        self._warming: threading.Thread | None = None  # logging in to the upper system ahead (warm_upper)
+        self._warm_error: RdsError | None = None
         self._served: dict[PackageId, Served] = {}  # each package's SHA-256 as served, read after read
+        self._manifests: dict[PackageId, tuple[tuple[int, int, int], Manifest]] = {}
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -61,6 +65,7 @@ class UpperService:
         return self._db
 
     def close(self) -> None:
+        # a login ahead still under way (warm_upper) is not waited for: it ends with the process
         if self._upper is not None:
             self._upper.link.close()
             self._upper = None
@@ -70,9 +75,33 @@ class UpperService:
 
     def upper(self) -> UpperClient:
         """This home's own upper system, reached when a lower system needs what is not here."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+            if self._warm_error is not None:
+                error, self._warm_error = self._warm_error, None
+                raise error
         if self._upper is None:
             self._upper = self._connect()
         return self._upper
+
+    def warm_upper(self, packages: set[PackageId]) -> None:
+        """Log in to this home's upper system now, in the background, if any of ``packages`` is missing here:
+        the lower system that was just handed their jobs asks to read them next, and a JIT relay fetches
+        them from its upper then (issue 16: the SSH login is then off that path).  A failure is raised by
+        ``upper``, when a request needs the upper system."""
+        if self._upper is not None or self._warming is not None or self.home.settings.is_managing_server \
+                or self.home.settings.caching_policy != cache.JIT or all(self.store.has(p) for p in packages):
+            return
+
+        def connect() -> None:
+            try:
+                self._upper = self._connect()
+            except RdsError as e:  # said by ``upper`` when the read needs the upper system
+                self._warm_error = e
+
+        self._warming = threading.Thread(target=connect, name="warm-upper", daemon=True)
+        self._warming.start()
 
     def handle(self, msg: Any) -> dict[str, Any]:
         """Answer one request; errors become error answers, never exceptions."""
@@ -148,6 +177,8 @@ class UpperService:
         if signed:  # signed once, and kept so
             jobs.keep_signed(self.db, signed)
             log.info(f"signed {len(signed)} job(s) made before signatures, handed to {self.lower}")
+        if ready and self.remote:  # over SSH, rds-serve: its read of a package not here comes next
+            self.warm_upper({PackageId.parse(k) for k in manifests})
         answer = {"ok": True, "upper": self.home.host, "jobs": ready,
                   "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
@@ -283,21 +314,49 @@ class UpperService:
 
     def read(self, package: Any, offset: Any, length: Any) -> Iterator[bytes]:
         """Check the request now (fetching the package first if need be); the blocks come from the iterator."""
+        return self.read_ranges(package, [[offset, length]])
+
+    def read_ranges(self, package: Any, ranges: Any) -> Iterator[bytes]:
+        """Several byte ranges of the package's archive, back to back (``read``'s, for the chunks a lower
+        system lacks): checked, authorized and prepared once for all of them."""
+        if not isinstance(ranges, list) or not 0 < len(ranges) <= wire.MAX_RANGES:
+            raise ProtocolError(f"'ranges' must be a list of 1 to {wire.MAX_RANGES} [offset, length] pairs")
+        for r in ranges:
+            if not isinstance(r, list) or len(r) != 2 or not all(type(x) is int and x >= 0 for x in r):
+                raise ProtocolError("'offset' and 'length' must be non-negative integers")
+        if len(ranges) > 1 and sum(r[1] for r in ranges) > wire.READ_MAX:
+            raise ProtocolError(f"the ranges of one request may hold {wire.READ_MAX} bytes at most")
         pid = self.authorize(package)
-        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
-            raise ProtocolError("'offset' and 'length' must be non-negative integers")
-        m = self.store.get(pid)
+        offset = ranges[0][0]
+        m = self._manifest(pid)
         if offset == 0 or m is None:  # a download begins: only a current, verified copy is served
             m = self.obtain(pid)
-        if offset > m.size:  # a hostile offset would overflow the seek
-            raise ProtocolError(f"offset {offset} is beyond the end of package {m.id} ({m.size} bytes)")
+        if any(o > m.size for o, _ in ranges):  # a hostile offset would overflow the seek
+            raise ProtocolError(f"offset {max(o for o, _ in ranges)} is beyond the end of package {m.id} "
+                                f"({m.size} bytes)")
         self.store.touch(m.id)  # served: an access, for the cache's least-recently-accessed order
         database.announce(self.db, events.Reading(self.lower, jobs.being_read(self.db, self.lower, m.id)))
         if offset == 0 or pid not in self._served or self._served[pid].manifest != m:
             self._served[pid] = Served(m)  # a read that does not go on from the last one is not hashed
         check = self._served[pid]
-        return self._counted(self.store.blocks(pid, offset, min(length, max(0, m.size - offset)), check),
-                             check, offset)
+        spans = [(o, min(n, m.size - o)) for o, n in ranges]
+        return self._counted(self.store.spans(m, spans, check), check, offset)
+
+    def _manifest(self, pid: PackageId) -> Manifest | None:
+        """The manifest here, read once a conversation while it stays the same file (a chunked package's
+        lists thousands of chunks, and a download asks many ranges)."""
+        try:
+            st = (self.store.dir(pid) / "manifest.json").stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._manifests.get(pid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        m = self.store.get(pid)
+        if m is not None:
+            self._manifests = {pid: (key, m)}
+        return m
 
     def _counted(self, blocks: Iterator[bytes], check: Served, offset: int) -> Iterator[bytes]:
         """Pass the blocks on; say how many bytes went (the fan-out benchmark and tests count them), and

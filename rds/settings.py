@@ -64,6 +64,7 @@ class Settings:
     id_command_delete_timing: str = "RESOURCE_DELETE"
     command_delete_with_resource: bool = True
     caching_policy: str = "JIT"
+    package_format: str = "CHUNKS"  # rdsft -c: CHUNKS (issue 17) or WHOLE (one payload.tgz, as before)
     checksum_lifetime: float = 3600.0
     cache_size_limit: int = 0  # bytes; 0 = no limit
     cache_high_water_mark: int = 90  # percent of the limit
@@ -214,6 +215,7 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "IDCommandDeleteTiming": ("id_command_delete_timing", *_choice("RESOURCE_DELETE", "MANUAL")),
     "CommandDeletewithResource": ("command_delete_with_resource", _yes_no, "YES or NO"),
     "CachingPolicy": ("caching_policy", *_choice("JIT", "SNEAKERNET")),
+    "PackageFormat": ("package_format", *_choice("CHUNKS", "WHOLE")),
     "ChecksumLifetime": ("checksum_lifetime", *_duration("m", 0, 365 * 86400, "minutes")),
     "CacheSizeLimit": ("cache_size_limit", parse_size, "a size in bytes, or with a unit K/M/G/T (0: no limit)"),
     "CacheHighWaterMark": ("cache_high_water_mark", *_int_range(1, 100)),

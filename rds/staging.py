@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from rds import archive, fsutil, progress, trust
+from rds import archive, chunks, fsutil, progress, trust
 from rds.errors import InputError, IntegrityError, RdsError, UnsafeArchive
 from rds.home import Home
 from rds.packages import Manifest, PackageId
@@ -46,7 +46,8 @@ from rds.storehouse import MANIFEST, PAYLOAD, Storehouse
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MANIFEST_MAX = 1 << 20
-_MEMBER = re.compile(r"(?:\./)?([^/]+)(?:/(manifest\.json|payload\.tgz))?/?")
+_MEMBER = re.compile(r"(?:\./)?([^/]+)(?:/(manifest\.json|payload\.tgz|chunks\.json|chunks\.bin))?/?")
+CHUNK_LIST, CHUNKS = "chunks.json", "chunks.bin"  # a medium that carries only the chunks a target lacks
 
 
 def is_archive(path: Path) -> bool:
@@ -82,20 +83,28 @@ def _select(store: Storehouse, only: list[PackageId] | None) -> list[Manifest]:
 
 
 def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
-           sign: Callable[[Manifest], Manifest] | None = None) -> list[Outcome]:
+           sign: Callable[[Manifest], Manifest] | None = None, have: set[str] | None = None) -> list[Outcome]:
     """Copy packages (all, or ``only``) to a directory or an archive; each is verified first, and its
-    manifest signed on the way out by ``sign`` (the managing server's, which signs what it hands out)."""
+    manifest signed on the way out by ``sign`` (the managing server's, which signs what it hands out).
+    ``have``: the chunks the target storehouse holds; a chunked package then goes as its manifest and
+    only the chunks it lacks (``chunks.json`` names them, ``chunks.bin`` holds them back to back)."""
     manifests = _select(store, only)
     for m in manifests:
-        store.verify(m)  # never put a damaged copy on the medium
+        store.verify(m, full=have is not None)  # never put a damaged copy (or chunk) on the medium
     manifests = [sign(m) if sign is not None else m for m in manifests]
+    if have is not None:
+        if is_archive(dest) and len(manifests) > 1:
+            raise InputError(f"{dest}: an archive of missing chunks holds one package: give it with -r, or "
+                             "export to a directory")
+        return [_export_chunks(store, m, dest, have) if m.chunked else
+                _export_one(store, m, dest) for m in manifests]
     if is_archive(dest):
         mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
         shown = progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests))
         with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar, shown:  # type: ignore[call-overload]
             for m in manifests:
                 for name in (MANIFEST, PAYLOAD):
-                    info = tar.gettarinfo(str(store.dir(m.id) / name), arcname=f"{m.id}/{name}")
+                    info = tar.gettarinfo(str(store.dir(m.id) / MANIFEST), arcname=f"{m.id}/{name}")
                     info.uid = info.gid = 0
                     info.uname = info.gname = "root"
                     if name == MANIFEST:
@@ -103,14 +112,75 @@ def export(store: Storehouse, dest: Path, only: list[PackageId] | None = None,
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
                         continue
-                    with open(store.dir(m.id) / name, "rb") as f:
-                        tar.addfile(info, progress.Reader(f, shown) if name == PAYLOAD else f)
+                    info.size = m.size  # a chunked package's chunks, concatenated: its archive
+                    with store.open_archive(m) as f:
+                        tar.addfile(info, progress.Reader(f, shown))
     else:
         dest.mkdir(parents=True, exist_ok=True)
         with progress.Progress(f"exporting to {dest}", sum(m.size for m in manifests)) as shown:
             for m in manifests:
                 _export_dir(store, m, dest, shown)
     return [Outcome(str(m.id), "exported", str(dest), m.size) for m in manifests]
+
+
+def _export_one(store: Storehouse, m: Manifest, dest: Path) -> Outcome:
+    return export(store, dest, [m.id], sign=lambda _: m)[0]
+
+
+def _export_chunks(store: Storehouse, m: Manifest, dest: Path, have: set[str]) -> Outcome:
+    """Write ``m`` and the chunks of it that ``have`` lacks, as a directory's package or into an archive."""
+    carried = [e for e in {e[0]: e for e in m.chunks}.values() if e[0] not in have]
+    listing = json.dumps([e[0] for e in carried]).encode()
+    size = sum(e[2] for e in carried)
+    if is_archive(dest):
+        if dest.exists():
+            raise InputError(f"{dest}: exists; a medium of missing chunks is written as a new archive")
+        mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
+        with fsutil.atomic_writer(dest) as raw, tarfile.open(fileobj=raw, mode=mode) as tar:  # type: ignore[call-overload]
+            for name, data in ((MANIFEST, _manifest_bytes(m)), (CHUNK_LIST, listing)):
+                info = tarfile.TarInfo(f"{m.id}/{name}")
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"{m.id}/{CHUNKS}")
+            info.size, info.mode = size, 0o644
+            tar.addfile(info, io.BufferedReader(_Concat(store, carried), 1 << 20))
+        return Outcome(str(m.id), "exported", f"{dest}: {len(carried)} of {len(m.chunks)} chunks", size)
+    target = dest / str(m.id)
+    dest.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
+    try:
+        fsutil.atomic_write(work / MANIFEST, _manifest_bytes(m))
+        fsutil.atomic_write(work / CHUNK_LIST, listing)
+        with fsutil.atomic_writer(work / CHUNKS) as out:
+            for e in carried:
+                out.write(store.chunks.read(e[0]))
+        if target.exists():
+            fsutil.remove_tree(target)
+        fsutil.durable_rename(work, target)
+    except BaseException:
+        fsutil.remove_tree(work)
+        raise
+    return Outcome(str(m.id), "exported", f"{dest}: {len(carried)} of {len(m.chunks)} chunks", size)
+
+
+class _Concat(io.RawIOBase):
+    """Chunk files back to back, read as one file."""
+
+    def __init__(self, store: Storehouse, entries: list[tuple[str, int, int]]) -> None:
+        self.store, self.entries, self.buf = store, iter(entries), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self.buf:
+            e = next(self.entries, None)
+            if e is None:
+                return 0
+            self.buf = self.store.chunks.read(e[0])
+        n = min(len(b), len(self.buf))
+        b[:n], self.buf = self.buf[:n], self.buf[n:]
+        return n
 
 
 def _manifest_bytes(m: Manifest) -> bytes:
@@ -122,7 +192,7 @@ def _export_dir(store: Storehouse, m: Manifest, dest: Path, shown: progress.Prog
     work = Path(tempfile.mkdtemp(prefix=fsutil.tmp_prefix(), dir=dest))
     try:
         fsutil.atomic_write(work / MANIFEST, _manifest_bytes(m))
-        with open(store.dir(m.id) / PAYLOAD, "rb") as src, fsutil.atomic_writer(work / PAYLOAD) as out:
+        with store.open_archive(m) as src, fsutil.atomic_writer(work / PAYLOAD) as out:
             shutil.copyfileobj(progress.Reader(src, shown), out, 1 << 20)
         if target.exists():
             fsutil.remove_tree(target)
@@ -158,7 +228,7 @@ class _Medium:
             match = _MEMBER.fullmatch(member.name)
             if match is None or (match.group(2) is None) != member.isdir() or not (member.isdir() or member.isfile()):
                 raise UnsafeArchive(f"{self.source}: member {member.name!r} is not a package's "
-                                    f"{MANIFEST} or {PAYLOAD}; nothing was staged")
+                                    f"{MANIFEST}, {PAYLOAD}, {CHUNK_LIST} or {CHUNKS}; nothing was staged")
             if match.group(2):
                 self.members[f"{match.group(1)}/{match.group(2)}"] = member
         return self
@@ -171,6 +241,11 @@ class _Medium:
         if self.tar is None:
             return sorted(p.name for p in self.source.iterdir() if not p.name.startswith(".") and p.is_dir())
         return sorted({k.split("/")[0] for k in self.members})
+
+    def has(self, package: str, name: str) -> bool:
+        if self.tar is None:
+            return (self.source / package / name).is_file()
+        return f"{package}/{name}" in self.members
 
     @contextlib.contextmanager
     def open(self, package: str, name: str) -> Iterator[IO[bytes]]:
@@ -238,8 +313,62 @@ def stage(home: Home, source: Path, only: list[PackageId] | None = None, key: st
     return out
 
 
+def _stage_chunks(home: Home, store: Storehouse, medium: _Medium, name: str, m: Manifest) -> Outcome:
+    """A medium that carries only some chunks of ``m``: each verified and stored; the package is added
+    when every chunk is here, and rejected (its chunks kept) when some are missing."""
+    with medium.open(name, CHUNK_LIST) as f:
+        data = f.read(MANIFEST_MAX + 1)
+    try:
+        names = json.loads(data)
+    except ValueError:
+        names = None
+    entries = {e[0]: e for e in m.chunks}
+    if not isinstance(names, list) or len(names) > len(entries) or any(n not in entries for n in names):
+        raise InputError(f"{name}/{CHUNK_LIST}: not a list of chunks of its package")
+    carried = [entries[n] for n in names]
+    store.chunks.root.mkdir(exist_ok=True)
+    listed = store.partial / f"{m.id}.{m.sha256[:16]}.chunks"
+    chunks.write_list(listed, m.chunks)  # kept from collection while it is staged
+    try:
+        receiver = chunks.Receiver(store.chunks, carried, f"{name}/{CHUNKS}")
+        try:
+            with medium.open(name, CHUNKS) as src:
+                shutil.copyfileobj(src, receiver, 1 << 20)
+        finally:
+            receiver.close()
+        receiver.check()
+        if not receiver.done:
+            raise IntegrityError(f"{name}/{CHUNKS}: shorter than the chunks {CHUNK_LIST} names; not staged")
+        lacking = store.chunks.lacking(m.chunks)
+        if lacking:
+            raise IntegrityError(f"{name}: {len(lacking)} chunk(s) of the package are neither on the medium nor "
+                                 f"here; the {len(carried)} it carried are kept: make a medium for this host with "
+                                 f"'rdsstage -o PATH --have LIST' from its 'rdsstage --chunks'")
+        with store.fetch_lock(m.id):
+            have = store.get(m.id)
+            if have is not None and have.sha256 == m.sha256:
+                store.renew(m.id)
+                return Outcome(name, "unchanged", "already here; storage period renewed", m.size)
+            if have is not None and home.settings.is_managing_server:
+                raise InputError(f"package {m.id} is registered here with other content; not replaced")
+            if have is not None:
+                store.remove(m.id)
+            archive.check_payload(store.source(m), name, m.unpacked)  # the whole, hashed, and its members
+            store.add_chunked(m)
+        return Outcome(name, "replaced" if have is not None else "staged",
+                       f"{store.dir(m.id)} ({len(carried)} of {len(m.chunks)} chunks carried)",
+                       sum(e[2] for e in carried))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            listed.unlink()
+
+
 def _stage_one(home: Home, store: Storehouse, medium: _Medium, name: str) -> Outcome:
     m = _read_manifest(medium, name)
+    if medium.has(name, CHUNK_LIST):
+        if not m.chunked:
+            raise InputError(f"{name}: carries chunks of a package that is not chunked")
+        return _stage_chunks(home, store, medium, name, m)
     with medium.open(name, PAYLOAD) as src, store.incoming(src, m.size) as (part, size, digest):
         if size != m.size or digest != m.sha256:
             raise IntegrityError(f"{name}/{PAYLOAD}: {size} bytes with SHA-256 {digest[:16]}..., but the "

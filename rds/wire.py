@@ -42,6 +42,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              (only a package that a job of the asker's subtree needs).  A relay
              that lacks the package, or whose copy is not current, fetches it
              from its own upper system first (rds.cache) while the asker waits.
+``ranges``   ``package``, ``ranges``: ``[offset, length]`` pairs, at most
+             MAX_RANGES, their lengths READ_MAX at most in all: those byte
+             ranges of a chunked package's archive, back to back in one
+             stream as for ``read`` (the chunks the asker lacks, rds.chunks).
 ``stat``     ``package``: the upper system's current ``manifest`` of a package
              (SHA-256 and size; authorized like ``read``).
 ``damaged``  ``package``, ``sha256``: the copy the asker downloaded did not
@@ -49,6 +53,12 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              answers ``copy``: ``removed`` (damaged: removed, fetched again
              when asked), ``intact`` or ``gone``; or ``uncacheable`` when it
              cannot fetch a good copy (rds.cache).
+
+Any request may carry ``alive``: seconds (ALIVE_MIN to ALIVE_MAX).  Over SSH,
+while the upper system works on the answer (a relay fetching the package from
+its own upper system before it can serve a ``read``), it sends a keep-alive
+frame that often, so that the asker's idle timeout does not cut a long fetch
+(transport.frames).
 
 An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
 "message": ...}`` where KIND is ``refused``, ``protocol`` or ``uncacheable``
@@ -69,11 +79,14 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7) and
-# job control (issue 15)
+# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), chunked
+# packages, the ranges request (issue 17), keep-alive frames while the upper system works on an
+# answer, asked for with ``alive`` (issue 16), and job control (issue 15)
 VERSION = 3
 RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
+MAX_RANGES = 4096  # byte ranges in one ``ranges`` request: a 1 KiB request per 100 KiB of chunks at worst
+ALIVE_MIN, ALIVE_MAX = 0.5, 60.0  # bounds of a request's ``alive`` (seconds between keep-alive frames)
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
 # statement of 100-300 bytes (issue 12): about 42 MB (tests/attacks.py, "largest").  Parsing a
@@ -103,6 +116,16 @@ def check(msg: Any, lower: str) -> str:
     if not isinstance(op, str):
         raise ProtocolError("a request needs an op")
     return op
+
+
+def alive(msg: dict[str, Any]) -> float | None:
+    """How often the asker wants keep-alive frames while its answer is prepared; None: never."""
+    value = msg.get("alive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ALIVE_MIN <= value <= ALIVE_MAX:
+        raise ProtocolError(f"'alive' must be a number of seconds from {ALIVE_MIN:g} to {ALIVE_MAX:g}")
+    return float(value)
 
 
 def mismatch(theirs: Any, them: str, name: str, us: str) -> str:

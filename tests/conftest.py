@@ -53,7 +53,8 @@ class Host:
         if not push:  # tests drive each pass themselves unless they test startup requests
             (self.path / "rdsprm" / ".cltwup_off").touch()
         lines = [f"HostName\t{name}", "RetryCount\t1", "RetryInterval\t0s",
-                 f"InstallRoot\t{self.path / 'root'}"]
+                 f"InstallRoot\t{self.path / 'root'}",
+                 f"PackageFormat\t{os.environ.get('RDS_TEST_PACKAGE_FORMAT', 'CHUNKS')}"]
         if upper is not None:
             lines.append(f"ManagingHost\t{upper.path}")
         (self.path / "rdsprm" / "RDSSETFL").write_text("\n".join(lines) + "\n" + settings)
@@ -114,3 +115,32 @@ class Tree:
 @pytest.fixture
 def tree(tmp_path: Path) -> Tree:
     return Tree(tmp_path / "hosts")
+
+
+@pytest.fixture
+def whole_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packages of the format before chunks (one payload.tgz; PackageFormat WHOLE), which hosts still serve
+    and install: for the tests that look at or damage a package's payload file itself."""
+    import functools
+
+    from rds.storehouse import Storehouse
+
+    monkeypatch.setenv("RDS_TEST_PACKAGE_FORMAT", "WHOLE")
+    monkeypatch.setattr(Storehouse, "register", functools.partialmethod(Storehouse.register, chunked=False))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reads or damages a package's payload file (``payload.tgz``) tests the format that has one:
+    it runs with ``whole_packages``; every other test makes packages of chunks, the default."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or "whole_packages" in getattr(item, "fixturenames", ()):
+            continue
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        if "payload" in source.lower() and "chunk" not in source.lower():
+            item.fixturenames.insert(0, "whole_packages")  # type: ignore[attr-defined] # before the others

@@ -39,7 +39,7 @@ import pytest
 
 from rds.home import Home
 from rds.packages import Manifest, PackageId
-from rds.storehouse import MANIFEST, PAYLOAD, HashingWriter
+from rds.storehouse import MANIFEST, PAYLOAD, VERIFIED, HashingWriter
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -226,16 +226,19 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[[str], Sshd]]:
 class _Noise(io.RawIOBase):
     """``size`` bytes that do not compress, made fast: a random MiB, numbered."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, fresh: bool = False) -> None:
         self.left = size
         self.base = bytearray(os.urandom(1 << 20))
         self.n = 0
+        self.fresh = fresh  # every MiB new: chunks would find the numbered ones alike
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
         n = min(len(buf), self.left, 1 << 20)
+        if self.fresh:
+            self.base = bytearray(os.urandom(1 << 20))
         self.base[:8] = self.n.to_bytes(8, "big")
         self.n += 1
         self.left -= n
@@ -243,11 +246,28 @@ class _Noise(io.RawIOBase):
         return n
 
 
-def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/opt/big") -> Manifest:
-    """Register a package of about ``size`` bytes in ``home``: a real archive, stored, not compressed."""
+def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/opt/big",
+                 chunked: bool = False) -> Manifest:
+    """Register a package of about ``size`` bytes in ``home``: a real archive, stored, not compressed
+    (``chunked``: cut into chunks, rds.chunks, each a gzip member that holds noise)."""
     pid = PackageId.make("AB", name, "0100")
     target = home / "RDS" / str(pid)
     target.mkdir(parents=True)
+    if chunked:
+        from rds import chunks
+
+        (home / "RDS" / chunks.DIR).mkdir(exist_ok=True)
+        packer = chunks.Packer(chunks.ChunkStore(home / "RDS" / chunks.DIR), target / ".chunks")
+        with tarfile.open(fileobj=packer, mode="w") as tar:  # type: ignore[call-overload]
+            info = tarfile.TarInfo("data.bin")
+            info.size = size
+            tar.addfile(info, io.BufferedReader(_Noise(size, fresh=True), 1 << 20))  # no chunk twice
+        packer.close()
+        (target / ".chunks").unlink()
+        m = Manifest(id=pid, size=packer.size, sha256=packer.sha.hexdigest(), install_dir=install_dir,
+                     unpacked=packer.unpacked, chunks=tuple(packer.chunks))
+        (target / MANIFEST).write_text(json.dumps(m.to_json()))
+        return m
     with open(target / PAYLOAD, "wb") as raw:
         out = HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w:gz", compresslevel=0) as tar:  # type: ignore[call-overload]
@@ -255,6 +275,8 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
             info.size = size
             tar.addfile(info, io.BufferedReader(_Noise(size), 1 << 20))
     m = Manifest(id=pid, size=out.size, sha256=out.sha.hexdigest(), install_dir=install_dir)
+    st = (target / PAYLOAD).stat()  # hashed as it was written: stamped verified, as registering does
+    (target / VERIFIED).write_text(f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {m.sha256}")
     (target / MANIFEST).write_text(json.dumps(m.to_json()))  # the manifest last: now it is there
     return m
 

@@ -156,6 +156,7 @@ def test_old_manifest_without_unpacked_size_is_bounded_by_the_ratio(place: Path,
     assert Manifest.from_json(old).unpacked is None and "unpacked" not in Manifest.from_json(old).to_json()
 
 
+@pytest.mark.usefixtures("whole_packages")  # a manifest made before the unpacked size: made before chunks too
 def test_package_with_an_old_manifest_still_installs(tree: Tree) -> None:
     mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
     relay.run("rdsft", "-a")

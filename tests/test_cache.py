@@ -167,6 +167,7 @@ def test_staging_from_a_directory_and_an_archive(tree: Tree) -> None:
     assert bytes_sent(mgr, pid) == 0 and bytes_sent(relay, pid) == size_of(mgr, pid)
 
 
+@pytest.mark.usefixtures("whole_packages")  # a medium's payload.tgz, tampered
 def test_tampered_and_hostile_media_are_rejected(tree: Tree) -> None:
     mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
     relay.run("rdsft", "-a")  # learns the managing server's key
@@ -200,7 +201,8 @@ def test_tampered_and_hostile_media_are_rejected(tree: Tree) -> None:
     for name, members, why in [
         ("escape.tgz", [*good, (escape, b"x")], "outside"),
         ("link.tgz", [good[0], (link, b"")], "link"),
-        ("stray.tgz", [*good, (stray, b"#!/bin/sh\n")], "is not a package's manifest.json or payload.tgz"),
+        ("stray.tgz", [*good, (stray, b"#!/bin/sh\n")],
+         "is not a package's manifest.json, payload.tgz, chunks.json or chunks.bin"),
     ]:
         proc = relay.run("rdsstage", "-i", str(archive(name, *members)), check=False)
         assert proc.returncode == 3, (name, proc.stderr)

@@ -206,7 +206,9 @@ def test_rdsft_a_on_the_managing_server(cli: Cli, mgr: Host) -> None:
 def test_rdsft_init_on_the_managing_server_keeps_its_packages(cli: Cli, mgr: Host, pid: str) -> None:
     fails(cli(mgr, "rdsft", "-init"), "rdsft", 1,
           "this is the managing server: -init would delete the registered packages")
-    assert (mgr.path / "RDS" / pid / "payload.tgz").is_file()
+    assert (mgr.path / "RDS" / pid / "manifest.json").is_file()
+    for name, _, size in json.loads((mgr.path / "RDS" / pid / "manifest.json").read_text())["chunks"]:
+        assert (mgr.path / "RDS" / ".chunks" / name[:2] / name).stat().st_size == size
 
 
 def test_rdsft_unknown_option(cli: Cli, mgr: Host) -> None:

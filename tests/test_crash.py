@@ -50,7 +50,11 @@ def crash(host, point: str) -> None:  # type: ignore[no-untyped-def]
 def no_stray_package(host) -> None:  # type: ignore[no-untyped-def]
     for d in (host.path / "RDS").iterdir():
         if d.name.startswith("C."):
-            assert (d / "manifest.json").is_file() and (d / "payload.tgz").is_file()
+            assert (d / "manifest.json").is_file()
+            listed = json.loads((d / "manifest.json").read_text()).get("chunks")
+            assert listed or (d / "payload.tgz").is_file()  # a chunked package's chunks, or the old payload
+            for name, _, size in listed or []:
+                assert (host.path / "RDS" / ".chunks" / name[:2] / name).stat().st_size == size
 
 
 @pytest.mark.parametrize("point", CLIENT_POINTS)

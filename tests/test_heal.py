@@ -399,6 +399,7 @@ def test_staging_replaces_a_copy_damaged_in_place(tree: Tree) -> None:
 
 # -- 5. partial downloads that no one resumes ----------------------------------------------------------
 
+@pytest.mark.usefixtures("whole_packages")  # a .part file (chunks resume by chunk: test_chunks)
 def test_a_killed_download_is_resumed_and_leftovers_no_one_resumes_are_removed(tree: Tree) -> None:
     """Regression: a killed rdsft -a left an empty .part file on the client for good."""
     mgr, c = tree.add("mgr"), tree.add("c", "mgr")

@@ -371,6 +371,7 @@ def forge(mgr: Host, pid: str, *entries: tuple[tarfile.TarInfo, bytes]) -> None:
     pytest.param(entry("passwd", tarfile.SYMTYPE, linkname="/etc/passwd"), id="symlink"),
     pytest.param(entry("h", tarfile.LNKTYPE, linkname="missing"), id="hardlink-to-missing"),
 ])
+@pytest.mark.usefixtures("whole_packages")  # forged as a payload file (test_chunks forges chunks)
 def test_hostile_package_ends_its_job_only_in_error(tree: Tree, member: tuple[tarfile.TarInfo, bytes]) -> None:
     """A hostile package is refused whole: its job ends ERROR, its script never runs, the other job is done."""
     mgr = tree.add("mgr")

@@ -20,7 +20,7 @@ from rds import fsutil
 from rds.errors import InputError, IntegrityError
 from rds.home import Home
 from rds.packages import Manifest, PackageId
-from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
+from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, VERIFIED, Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 
@@ -110,18 +110,18 @@ def store(tmp_path: Path) -> Storehouse:
 
 
 def only_partial_left(store: Storehouse) -> bool:
-    return sorted(p.name for p in store.root.iterdir()) == [".partial"]
+    return sorted(p.name for p in store.root.iterdir()) == [".partial"]  # no chunk either
 
 
 def only_partial_left_but(store: Storehouse, *names: str) -> bool:
-    return sorted(p.name for p in store.root.iterdir()) == sorted([".partial", *names])
+    return sorted(p.name for p in store.root.iterdir() if p.name != ".chunks") == sorted([".partial", *names])
 
 
 def test_register_writes_payload_and_manifest(store: Storehouse, tmp_path: Path) -> None:
     src = make_source(tmp_path)
     m = store.register(PID, src, "/opt/app", script="echo hi\n", expire_days=3)
     d = store.root / "C.AB.APP.0100.0000"
-    assert sorted(p.name for p in d.iterdir()) == [ACCESSED, MANIFEST, PAYLOAD]
+    assert sorted(p.name for p in d.iterdir()) == [ACCESSED, VERIFIED, MANIFEST, PAYLOAD]  # hashed as written
     on_disk = json.loads((d / MANIFEST).read_text())
     assert on_disk["sha256"] == fsutil.sha256_file(d / PAYLOAD) == m.sha256
     assert on_disk["size"] == (d / PAYLOAD).stat().st_size == m.size
@@ -331,6 +331,7 @@ def test_add_downloaded_keeps_a_verified_download(store: Storehouse, tmp_path: P
     assert only_partial_left_but(store, str(PID))
 
 
+@pytest.mark.usefixtures("whole_packages")  # a download of the payload file
 def test_add_downloaded_discards_a_download_whose_sha256_differs(store: Storehouse, tmp_path: Path) -> None:
     m, data = downloaded(store, tmp_path)
     part = store.partial_path(m.id, m.sha256)
@@ -374,7 +375,7 @@ def test_rdsft_c_refuses_a_second_registration_with_exit_3(tree: Tree) -> None:
     proc = mgr.run("rdsft", "-c", "-g", "AB", "-r", "APP", "-v", "0100", "-i", "/opt/app", str(src), check=False)
     assert proc.returncode == 3
     assert proc.stderr == "rdsft: package C.AB.APP.0100.0000 is already registered\n"
-    assert sorted(p.name for p in (mgr.path / "RDS").iterdir()) == [".partial", "C.AB.APP.0100.0000"]
+    assert sorted(p.name for p in (mgr.path / "RDS").iterdir()) == [".chunks", ".partial", "C.AB.APP.0100.0000"]
 
 
 def test_rdsft_c_symlink_outside_exits_3_and_leaves_nothing(tree: Tree) -> None:
@@ -437,4 +438,5 @@ def test_two_registrations_at_once_both_succeed(tree: Tree) -> None:
     out2, err2 = second.communicate(timeout=30)
     assert (first.returncode, err1) == (0, "")
     assert (second.returncode, err2) == (0, "")
-    assert sorted(p.name for p in (mgr.path / "RDS").iterdir()) == [".partial", "C.AB.A.1.0000", "C.AB.B.1.0000"]
+    assert sorted(p.name for p in (mgr.path / "RDS").iterdir()) == [".chunks", ".partial", "C.AB.A.1.0000",
+                                                                     "C.AB.B.1.0000"]

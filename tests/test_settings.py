@@ -64,6 +64,8 @@ GOOD = [
     ("CommandDeletewithResource", "no", "command_delete_with_resource", False),
     ("CachingPolicy", "JIT", "caching_policy", "JIT"),
     ("CachingPolicy", "sneakernet", "caching_policy", "SNEAKERNET"),
+    ("PackageFormat", "whole", "package_format", "WHOLE"),
+    ("PackageFormat", "CHUNKS", "package_format", "CHUNKS"),
     ("ChecksumLifetime", "30", "checksum_lifetime", 1800.0),
     ("ChecksumLifetime", "30s", "checksum_lifetime", 30.0),
     ("ChecksumLifetime", "1d", "checksum_lifetime", 86400.0),
@@ -151,6 +153,7 @@ BAD = [
     ("IDCommandDeleteTiming", "NEVER"),
     ("CommandDeletewithResource", "maybe"),
     ("CachingPolicy", "LAZY"),
+    ("PackageFormat", "ZIP"),
     ("ChecksumLifetime", "soon"),
     ("CacheSizeLimit", "1.5G"),
     ("CacheSizeLimit", "-1"),
@@ -316,7 +319,7 @@ def test_malformed_settings_make_rdsft_exit_2_with_one_line(tree: Tree) -> None:
     proc = client.run("rdsft", "-a", check=False)
     assert proc.returncode == 2
     settings = client.path / "rdsprm" / "RDSSETFL"
-    assert proc.stderr == (f"rdsft: {settings}:6: WatchTimeofOrders: bad value 'often' "
+    assert proc.stderr == (f"rdsft: {settings}:7: WatchTimeofOrders: bad value 'often' "
                            "(allowed: 0-1280 minutes, a number with a unit s/m/h/d, or MANUAL)\n")
     assert proc.stdout == ""
     assert not (mgr.path / "GROUP" / "rds.db").exists()  # it never reached its upper system

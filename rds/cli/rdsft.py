@@ -69,7 +69,8 @@ def register(cabinet: str | None, package: str | None, version: str | None, gene
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{script}: cannot read the script ({getattr(e, 'strerror', None) or e})") from None
     m = Storehouse.of(home).register(pid, source, install_dir, script=text, expire_days=expire_days,
-                                     sign=lambda m: trust.sign_manifest(home.identity, m))
+                                     sign=lambda m: trust.sign_manifest(home.identity, m),
+                                     chunked=home.settings.package_format == "CHUNKS")
     click.echo(str(m.id))
     return 0
 

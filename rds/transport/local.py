@@ -10,9 +10,11 @@ carries.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rds import wire
 from rds.errors import CommunicationError, RdsError, Refused
 from rds.home import Home
 from rds.service import UpperService
@@ -46,10 +48,13 @@ class LocalLink:
         return json.loads(json.dumps(reply))  # type: ignore[no-any-return]
 
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
+        self._blocks(package, "read", lambda: self.service.read(package, offset, length), out)
+
+    def _blocks(self, package: str, op: str, ask: Callable[[], Iterator[bytes]], out: BinaryIO) -> None:
         try:
-            blocks = self.service.read(package, offset, length)
+            blocks = ask()
         except Refused as e:
-            raise Refused(f"{self.where} refused read: {e}") from None
+            raise Refused(f"{self.where} refused {op}: {e}") from None
         while True:
             try:
                 block = next(blocks, None)
@@ -58,6 +63,20 @@ class LocalLink:
             if block is None:
                 return
             out.write(block)  # an error here is this host's own, a full disk say
+
+    def read_ranges(self, package: str, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
+        """Several byte ranges of ``package``, back to back (a chunked package's lacking chunks), in
+        requests as rds.transport.link sends them."""
+        todo = [[o + k, min(wire.READ_MAX, n - k)] for o, n in ranges for k in range(0, n, wire.READ_MAX)]
+        i = 0
+        while i < len(todo):
+            batch: list[list[int]] = []
+            total = 0
+            while i < len(todo) and len(batch) < wire.MAX_RANGES and (not batch or total + todo[i][1] <= wire.READ_MAX):
+                total += todo[i][1]
+                batch.append(todo[i])
+                i += 1
+            self._blocks(package, "ranges", lambda b=batch: self.service.read_ranges(package, b), out)  # type: ignore[misc]
 
     def close(self) -> None:
         self.service.close()

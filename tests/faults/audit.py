@@ -17,6 +17,8 @@ table of bench/faults.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -66,6 +68,17 @@ def outcomes(home: Path) -> dict[tuple[int, str], list[str]]:
     for job, dest, status in rows:
         out[(job, dest)].append(status)
     return out
+
+
+def archive_sha256(package: Path) -> str:
+    """hashlib over a stored package's archive: its payload.tgz, or its chunk files (in the storehouse's
+    .chunks/) back to back in its manifest's order; FileNotFoundError when any is missing."""
+    if (package / "payload.tgz").exists():
+        return sha256_of(package / "payload.tgz")
+    h = hashlib.sha256()
+    for name, _, _ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
+        h.update((package.parent / ".chunks" / name[:2] / name).read_bytes())
+    return h.hexdigest()
 
 
 def judge(key: tuple[int, str], installed: int, taken: list[str]) -> tuple[bool, bool, str]:

@@ -321,11 +321,11 @@ def bad_packages(root: Path, source: Path) -> list[str]:
     for d in root.iterdir():
         if d.name.startswith(".") or not d.is_dir():
             continue
-        payload = d / "payload.tgz"
-        if not (d / "manifest.json").is_file() or not payload.is_file():
+        try:
+            if audit.archive_sha256(d) != audit.archive_sha256(source / d.name):
+                bad.append(f"{d.name}: its archive (payload or chunks) is not the one mgr holds")
+        except FileNotFoundError:
             bad.append(f"{d.name}: half a package is visible")
-        elif audit.sha256_of(payload) != audit.sha256_of(source / d.name / "payload.tgz"):
-            bad.append(f"{d.name}: its payload is not the one mgr holds")
     return bad
 
 

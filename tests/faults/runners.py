@@ -114,7 +114,7 @@ def half_packages(hosts: list[Host], source: Host) -> list[str]:
                 continue
             try:
                 json.loads((d / MANIFEST).read_text())
-                if audit.sha256_of(d / PAYLOAD) != audit.sha256_of(source.path / "RDS" / d.name / PAYLOAD):
+                if audit.archive_sha256(d) != audit.archive_sha256(source.path / "RDS" / d.name):
                     bad.append(f"{h.name}:{d.name}: payload is not the managing server's")
             except FileNotFoundError as e:
                 if d.exists():  # not removed while we looked

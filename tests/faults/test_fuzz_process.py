@@ -155,8 +155,10 @@ def corrupt(home: Path, kind: str, value: Any, seed: int) -> None:
                                 "PRAGMA user_version=1", "ALTER TABLE jobs RENAME COLUMN record TO r"]), ()))
     elif kind == "manifest" and pkg.is_dir():
         (pkg / "manifest.json").write_text(text)
-    elif kind == "payload" and pkg.is_dir():
-        _flip(pkg / "payload.tgz", rng, 3)
+    elif kind == "payload" and pkg.is_dir():  # the package's bytes: its payload, or one of its chunks
+        listed = json.loads((pkg / "manifest.json").read_text()).get("chunks")
+        name = rng.choice(listed)[0] if listed else None
+        _flip(pkg / "payload.tgz" if name is None else home / "RDS" / ".chunks" / name[:2] / name, rng, 3)
     elif kind == "package-dir" and pkg.is_dir():
         shutil.rmtree(pkg)
         pkg.write_text(text)  # a file where the package's directory was

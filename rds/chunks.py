@@ -1,0 +1,502 @@
+"""Chunks: a package's content cut where the content says, each named by the SHA-256 of its bytes.
+
+Why the uncompressed tar stream, cut as one stream, and not file by file.
+``rdsft -c`` writes the package's tar stream (headers and contents, before
+any compression) through ``Packer``, which cuts it with FastCDC (a gear
+hash: a cut depends only on the bytes just before it, so an insertion moves
+only the cuts near it and every later chunk keeps its name).  One stream
+rather than one file at a time keeps the index small whatever the tree holds:
+a tree of many small files (a Python environment) would otherwise need one
+index entry a file, and the index of a 200 MiB environment passed 1% of the
+package; cut as a stream, small files share a chunk and the index stays
+near 100 bytes for 64 KiB.  A file changed in place still changes only the
+chunks around its bytes (and its header's mtime, next to them).
+
+Each chunk is compressed on its own, as one gzip member (zlib level 6, no
+name, no time: the same bytes compress the same way), and stored once in the
+home's chunk store ``RDS/.chunks/XX/SHA256`` whatever packages and versions
+use it.  The chunk files of a package, concatenated in the manifest's order,
+form one valid gzip stream: the package's archive (``payload.tgz`` of the old
+format) without a copy of it anywhere.  The manifest lists each chunk as
+``[sha256, size, packed size]``; its ``size`` and ``sha256`` are the packed
+chunks' total and the SHA-256 of their concatenation, so a package is still
+verified end to end (rds.archive hashes it as it reads it for install; a
+relay as it serves it), and every chunk is verified on its own, decompressed
+and hashed (``unpack``), before it is stored: a chunk that is in the store
+is a good one.
+
+The compiled chunker.  A gear hash in pure Python runs at 2-3 MB/s (a byte-by-byte loop), far
+from ``tar -czf``'s pace (issue 17 allows 1.5 times its time), so the gear
+hash is pyfastcdc's (Cython, 3 GB/s), imported only when a package is made.
+
+Chunk files are written to a temporary name, flushed and renamed: a chunk is
+whole or absent.  They are removed only by ``collect`` (after packages
+leave), which keeps every chunk a package here, a download in progress or a
+package being made (their lists, ``RDS/.partial/*.chunks``) still names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import threading
+import zlib
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rds import fsutil
+from rds.errors import IntegrityError
+
+MIN, AVG, MAX = 16 << 10, 64 << 10, 256 << 10  # FastCDC's sizes: an index entry (~100 bytes) per 64 KiB
+LEVEL = 6
+BATCH = 8 << 20  # the tar stream is cut this much at a time
+DIR = ".chunks"
+
+Entry = tuple[str, int, int]  # SHA-256 of the bytes, their size, the packed (gzip member) size
+
+
+def pack(data: bytes) -> bytes:
+    """One chunk as one gzip member, the same bytes for the same content."""
+    c = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+def unpack(packed: bytes, entry: Entry) -> bytes:
+    """The chunk's bytes, if ``packed`` is exactly one gzip member holding them; IntegrityError otherwise."""
+    name, size, psize = entry
+    if len(packed) != psize:
+        raise IntegrityError(f"chunk {name[:16]}...: {len(packed)} packed bytes, the manifest says {psize}")
+    d = zlib.decompressobj(31)
+    try:
+        data = d.decompress(packed, size + 1)
+    except zlib.error as e:
+        raise IntegrityError(f"chunk {name[:16]}...: not a gzip member ({e})") from None
+    if len(data) != size or not d.eof or d.unused_data or d.unconsumed_tail \
+            or hashlib.sha256(data).hexdigest() != name:
+        raise IntegrityError(f"chunk {name[:16]}...: its bytes do not match its name and size")
+    return data
+
+
+class ChunkStore:
+    """The chunks of one home's package storehouse: ``RDS/.chunks/XX/SHA256``, each a gzip member."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fans: set[str] = set()
+
+    def path(self, name: str) -> Path:
+        return self.root / name[:2] / name
+
+    def has(self, entry: Entry) -> bool:
+        try:
+            return self.path(entry[0]).stat().st_size == entry[2]
+        except FileNotFoundError:
+            return False
+
+    def lacking(self, entries: Iterable[Entry]) -> list[Entry]:
+        """The entries whose chunk is not here (each once, in order)."""
+        seen: set[str] = set()
+        out = []
+        for e in entries:
+            if e[0] not in seen and not self.has(e):
+                out.append(e)
+            seen.add(e[0])
+        return out
+
+    def put(self, name: str, packed: bytes) -> None:
+        """Store a chunk already verified: written under a temporary name and renamed, whole or absent.
+
+        Not flushed one by one (a flush a chunk cost a download 60% of its
+        speed): whoever stores chunks calls ``flush`` once before it commits the
+        package that names them.  A chunk that a power cut leaves short is
+        lacking (``has`` compares sizes); one that it leaves garbled fails the
+        package's end-to-end check and is removed (``purge``)."""
+        target = self.path(name)
+        if name[:2] not in self._fans:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._fans.add(name[:2])
+        tmp = target.with_name(f"{fsutil.tmp_prefix()}{threading.get_ident()}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            except FileNotFoundError:  # its directory was pruned by a collection meanwhile
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(packed)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def flush(self) -> None:
+        """Flush the chunk store's file system to disk (syncfs), before a package that names new chunks is
+        committed: one call for all of them."""
+        if not self.root.exists():
+            return
+        import ctypes  # only when chunks were stored
+
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+            if syncfs is None or syncfs(fd) != 0:  # not Linux: the whole machine's
+                os.sync()
+        finally:
+            os.close(fd)
+
+    def purge(self, entries: Iterable[Entry]) -> int:
+        """Remove the chunks of ``entries`` that are not what their names say (a package found damaged);
+        returns how many went."""
+        n = 0
+        for e in {e[0]: e for e in entries}.values():
+            try:
+                unpack(self.read(e[0]), e)
+            except FileNotFoundError:
+                continue
+            except IntegrityError:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path(e[0]).unlink()
+                n += 1
+        return n
+
+    def read(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
+    def total(self, entries: Iterable[Entry]) -> int:
+        """The packed bytes of these chunks, each counted once."""
+        return sum({e[0]: e[2] for e in entries}.values())
+
+    def names(self) -> Iterator[tuple[str, Path]]:
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as fans:
+            for fan in list(fans):
+                with contextlib.suppress(FileNotFoundError), os.scandir(fan.path) as it:
+                    for e in it:
+                        yield e.name, Path(e.path)
+
+    def collect(self, live: set[str], again: Callable[[], set[str]]) -> tuple[int, int]:
+        """Delete the chunks no name in ``live`` keeps, and what killed writers left; ``again`` names the
+        live ones once more just before (a package being made may have named one meanwhile).  Returns
+        how many chunks went and their packed bytes."""
+        doomed = [(name, path) for name, path in self.names() if name not in live]
+        if not doomed:
+            self._prune()
+            return 0, 0
+        live = again()
+        n = freed = 0
+        for name, path in doomed:
+            if name in live or (name.startswith(fsutil.TMP_PREFIX) and not fsutil.is_stray(name)):
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            n += 1
+            freed += size
+        self._prune()
+        return n, freed
+
+    def _prune(self) -> None:
+        """Remove the fan-out directories left empty, and the store itself when it holds nothing."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as fans:
+            for fan in list(fans):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(fan.path)
+                    self._fans.discard(fan.name)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.root)
+
+    def clear(self) -> None:
+        fsutil.remove_tree(self.root) if self.root.exists() else None
+
+
+class Packer:
+    """A write-only file that takes a package's tar stream and leaves its chunks in a ChunkStore.
+
+    ``chunks`` lists them in order; ``size`` and ``sha`` count and hash their
+    packed bytes, concatenated (the package's archive).  A chunk already in
+    the store is not written again, and its stored bytes are the ones counted.
+    """
+
+    def __init__(self, store: ChunkStore, listed: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pyfastcdc  # compiled: only when a package is made (commands start fast)
+
+        self.cdc = pyfastcdc.FastCDC(avg_size=AVG, min_size=MIN, max_size=MAX)
+        self.store = store
+        self.listed = open(listed, "a")  # noqa: SIM115 - closed by close(); the names used, for collection
+        self.buf = bytearray()
+        self.chunks: list[Entry] = []
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.unpacked = 0
+        self.pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))  # zlib and hashlib let go of the GIL
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        self.unpacked += len(data)
+        if len(self.buf) >= BATCH:
+            self._cut(final=False)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.unpacked
+
+    def close(self) -> None:
+        """Cut and store what is left; the list is complete afterwards."""
+        try:
+            self._cut(final=True)
+            self.store.flush()  # before the manifest that names them is written
+        finally:
+            self.pool.shutdown()
+            self.listed.close()
+
+    def _cut(self, final: bool) -> None:
+        data = bytes(self.buf)
+        pieces = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
+        if not final and pieces:
+            pieces.pop()  # the last one may end where the buffer does, not where the content says
+        used = sum(n for _, n in pieces)
+        self.buf = bytearray(data[used:])
+        names = [hashlib.sha256(data[o:o + n]).hexdigest() for o, n in pieces]
+        self.listed.write("".join(f"{n}\n" for n in names))  # named before used: collection keeps them
+        self.listed.flush()
+        for name, size, packed in self.pool.map(lambda p: self._one(data[p[0]:p[0] + p[1]]), pieces):
+            self.chunks.append((name, size, len(packed)))
+            self.sha.update(packed)
+            self.size += len(packed)
+
+    def _one(self, data: bytes) -> tuple[str, int, bytes]:
+        name = hashlib.sha256(data).hexdigest()
+        path = self.store.path(name)
+        with contextlib.suppress(FileNotFoundError):
+            packed = path.read_bytes()
+            with contextlib.suppress(IntegrityError):
+                unpack(packed, (name, len(data), len(packed)))
+                os.utime(path)  # named again: not collected while this package is being made
+                return name, len(data), packed
+        packed = pack(data)
+        self.store.put(name, packed)
+        return name, len(data), packed
+
+
+class Receiver:
+    """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
+    (``unpack``) and stored as soon as it is whole, so a cut loses at most the one that was coming."""
+
+    def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
+        self.store, self.entries, self.where = store, list(entries), where
+        self.what = f"package {package}: " if package else ""
+        from concurrent.futures import ThreadPoolExecutor  # only when chunks come (commands start fast)
+
+        self.i = 0
+        self.buf = bytearray()
+        self.size = 0
+        self.pool = ThreadPoolExecutor(4)  # verifying and creating files (I/O waits) go on while the next chunks come
+        self.pending: list[Any] = []
+        self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        self.size += len(data)
+        taken = 0
+        while self.i < len(self.entries) and len(self.buf) - taken >= self.entries[self.i][2]:
+            e = self.entries[self.i]
+            packed = bytes(self.buf[taken:taken + e[2]])
+            self.pending.append(self.pool.submit(self._take, e, packed))
+            taken += e[2]
+            self.i += 1
+        if len(self.pending) > 64:
+            self._settle(self.pending[:-32])
+        if taken:
+            del self.buf[:taken]
+        if self.i == len(self.entries) and self.buf:
+            raise IntegrityError(f"{self.where} sent more than the chunks asked for; not stored")
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _take(self, e: Entry, packed: bytes) -> None:
+        """Verify a chunk and store it (in a worker: zlib and hashlib let go of the GIL, so this goes on
+        while the link reads the next ones); a damaged one is remembered, not stored, and the rest of the
+        stream is still read (the link stays in step)."""
+        try:
+            unpack(packed, e)
+        except IntegrityError as err:
+            self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: {err}; "
+                                                        "not stored")
+            return
+        self.store.put(e[0], packed)
+
+    def settle(self) -> None:
+        """Wait until the chunks taken in so far are written."""
+        self._settle(self.pending)
+
+    def _settle(self, futures: list[Any]) -> None:
+        for f in futures:
+            f.result()  # a write that failed (a full disk) fails the download here
+        self.pending = self.pending[len(futures):]
+
+    def close(self) -> None:
+        """Wait for the chunks still being written and flush them to disk; what came is kept either way."""
+        try:
+            self._settle(self.pending)
+        finally:
+            self.pool.shutdown()
+        self.store.flush()
+
+    def check(self) -> None:
+        """Raise the first damaged chunk that came, if one did (the others were stored)."""
+        if self.failed is not None:
+            raise self.failed
+
+    @property
+    def done(self) -> bool:
+        return self.i == len(self.entries) and not self.buf
+
+
+class Reader(io.RawIOBase):
+    """A package's archive read from its chunks: their packed bytes concatenated, seekable."""
+
+    def __init__(self, store: ChunkStore, entries: Sequence[Entry]) -> None:
+        self.store, self.entries = store, list(entries)
+        self.starts = [0]
+        for e in self.entries:
+            self.starts.append(self.starts[-1] + e[2])
+        self.pos = 0
+        self.i = -1
+        self.f: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset if whence == 0 else self.pos + offset if whence == 1 else self.starts[-1] + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        if self.pos >= self.starts[-1]:
+            return 0
+        i = bisect_right(self.starts, self.pos) - 1
+        if i != self.i:
+            self._close_chunk()
+            try:
+                self.f = open(self.store.path(self.entries[i][0]), "rb")  # noqa: SIM115 - closed with the reader
+            except FileNotFoundError:
+                raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is missing from the chunk store") from None
+            self.i = i
+        self.f.seek(self.pos - self.starts[i])
+        want = min(len(b), self.starts[i + 1] - self.pos)
+        data = self.f.read(want)
+        if len(data) != want:
+            raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is shorter than its manifest says")
+        b[:want] = data
+        self.pos += want
+        return want
+
+    def _close_chunk(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+            self.i = -1
+
+    def close(self) -> None:
+        self._close_chunk()
+        super().close()
+
+
+class Hashing(io.RawIOBase):
+    """A reader that hashes what it reads from the start; ``finish`` reads the rest and checks the whole."""
+
+    def __init__(self, raw: Any, sha256: str, size: int, name: str) -> None:
+        self.raw, self.want, self.expected, self.name = raw, sha256, size, name
+        self.sha = hashlib.sha256()
+        self.upto = 0
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = self.raw.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = int(self.raw.readinto(b))
+        if self.pos <= self.upto < self.pos + n:  # only what goes on from what was hashed
+            self.sha.update(bytes(b[self.upto - self.pos:n]))
+            self.upto = self.pos + n
+        self.pos += n
+        return n
+
+    def finish(self) -> None:
+        """Hash to the end (what tar did not need to read) and check the whole against the manifest."""
+        self.seek(self.upto)
+        while self.readinto(bytearray(1 << 20)):
+            pass
+        if self.upto != self.expected or self.sha.hexdigest() != self.want:
+            raise IntegrityError(f"{self.name}: SHA-256 of its chunks, read whole, does not match its manifest; "
+                                 "not used")
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def ranges(entries: Sequence[Entry], lacking: set[str]) -> list[tuple[int, int, list[Entry]]]:
+    """The byte ranges of the archive that hold the lacking chunks, adjacent ones joined: (offset, length,
+    the chunks in it, each once)."""
+    out: list[tuple[int, int, list[Entry]]] = []
+    offset = 0
+    taken: set[str] = set()
+    for e in entries:
+        if e[0] in lacking and e[0] not in taken:
+            taken.add(e[0])
+            if out and out[-1][0] + out[-1][1] == offset:
+                start, length, inside = out[-1]
+                out[-1] = (start, length + e[2], [*inside, e])
+            else:
+                out.append((offset, e[2], [e]))
+        offset += e[2]
+    return out
+
+
+def write_list(path: Path, entries: Sequence[Entry]) -> None:
+    """Record the chunks a download in progress needs, so that ``collect`` keeps them meanwhile."""
+    fsutil.atomic_write(path, json.dumps([e[0] for e in entries]).encode())
+
+
+def read_list(path: Path) -> list[str]:
+    """The names a list holds: a download's (JSON) or a packing's (one a line, as it goes)."""
+    try:
+        text = path.read_text()
+    except (OSError, ValueError):
+        return []
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return text.split()
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
