@@ -8,6 +8,11 @@ record the signal; the loop acts on it:
   once (every step of a pass is committed, so the next pass finishes it).
 - SIGUSR1: wake up and do a pass now (a startup request, a new result).
 
+rdsma polls at once when it starts, then after a random part of its interval
+(``first_wait``), then every interval: a thousand hosts started together
+(a power cut ends) spread their polls over the interval instead of all
+checking in at the same second every time.
+
 ``run/NAME.state`` records when the process started and how its last pass
 went; ``status`` reads it for ``rdsma --status`` and the others.
 """
@@ -155,11 +160,15 @@ class Resident:
     """The loop of a resident process; ``one_pass`` does the work."""
 
     def __init__(self, home: Home, name: str, one_pass: Callable[[], str], interval: float | None,
-                 every: tuple[float, Callable[[], str]] | None = None) -> None:
+                 every: tuple[float, Callable[[], str]] | None = None,
+                 spread: Callable[[], float] | None = None) -> None:
         self.home = home
         self.name = name
         self.one_pass = one_pass
         self.interval = interval  # None: only when woken
+        # rdsma: the wait after the first pass is this part (0 to 1) of the interval, drawn at random, so
+        # that hosts started together poll at their own moments within the interval from then on
+        self.spread = spread
         self.every = every  # (seconds, task): a side task on its own clock (rdsma's cache cleanup)
         self.every_due = None if every is None else time.monotonic() + every[0]
         self.log = logger(home)
@@ -257,6 +266,9 @@ class Resident:
 
     def _wait(self, rfd: int) -> None:
         deadline = None if self.interval is None else time.monotonic() + self.interval
+        if deadline is not None and self.spread is not None:
+            deadline = time.monotonic() + first_wait(self.interval or 0.0, self.spread)
+            self.spread = None  # once: the polls keep the moment drawn
         while not self.terms and not self.woken:
             self._side_task()
             ends = [t for t in (deadline, self.every_due) if t is not None]
@@ -267,6 +279,11 @@ class Resident:
             with contextlib.suppress(BlockingIOError):
                 while os.read(rfd, 512):
                     pass
+
+
+def first_wait(interval: float, rand: Callable[[], float]) -> float:
+    """The wait before a resident's second poll: a random part of ``interval`` (``rand``: 0 to 1)."""
+    return interval * min(max(rand(), 0.0), 1.0)
 
 
 def foreground_argv(command: str, *args: str) -> list[str]:

@@ -24,10 +24,12 @@ from rds import (
     cache,
     cleanup,
     codes,
+    control,
     crashpoints,
     database,
     events,
     fsutil,
+    hosts,
     install,
     jobs,
     results,
@@ -37,7 +39,7 @@ from rds import (
 )
 from rds.client import UpperClient
 from rds.clock import now_text
-from rds.errors import CommunicationError, IntegrityError, LockTimeout, Refused, UnableToCache
+from rds.errors import CommunicationError, IntegrityError, LockTimeout, RdsError, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
@@ -79,11 +81,14 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 keep_signed(db, key, client.signed, log.info)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
             report.received = jobs.store(db, good, manifests=manifests)
+            control.believe(db, key, client.controls, log.info)
+            control.settle(db, home.host, log.info)  # withdrawn: dropped before they go further
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
             try:
-                client.ack(found)
+                if control.believe(db, key, client.ack(found), log.info):  # a withdrawal crossed them
+                    control.settle(db, home.host, log.info)
                 crashpoints.reach("acked")
                 if client.invalid:
                     n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
@@ -94,6 +99,8 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 if n := cleanup.partial_downloads(home, db, store):  # what killed runs left, no one resumes
                     log.info(f"removed {n} partial download(s) that no job here needs, or that were empty")
                 report.fetched, ended = fetch_needed(home, db, store, client, log.info, report.damaged)
+                if requests is not None:
+                    report.fetched += fetch_for_woken(home, db, store, client, requests, log.info)
                 announce_kept(home, db, store)
             finally:
                 if requests is not None:
@@ -120,13 +127,16 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[l
     own = trust.own_statement(home.identity, db, home.host, upper)
     statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
     unsigned = jobs.unsigned(db)
-    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned)
+    held, said = control.held(db), hosts.reported(db, home.host)
+    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned,
+                                      controls=held, hosts=said)
     trust.sent(db, upper, statements, client.unproven)
+    hosts.told(db, said)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
         again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
         if any(d["host"] not in carried for d in again):  # statements it lost that this host has
-            found, manifests = client.checkin(again, below, wake=startup_address(home))
+            found, manifests = client.checkin(again, below, wake=startup_address(home), controls=held, hosts=said)
             trust.sent(db, upper, again, client.unproven)
     return found, manifests
 
@@ -230,6 +240,31 @@ def fetch_needed(home: Home, db: sqlite3.Connection, store: Storehouse, client: 
     return fetched, ended
 
 
+def fetch_for_woken(home: Home, db: sqlite3.Connection, store: Storehouse, client: UpperClient,
+                    requests: startup.Requests, log: Callable[[str], None]) -> list[str]:
+    """A JIT relay that wakes lower systems for new jobs fetches their packages now, on this pass's link,
+    while the startup requests log in, and says "now" once they are here: the lower system asks for
+    them at once, and finds them (issue 16: the relay's fetch leaves the push's critical path).
+
+    Only for the lower systems being woken (the others ask when they poll, and JIT fetches then);
+    a package that cannot be had now is left to the lower system's read, which says why.
+    """
+    if home.settings.is_managing_server or home.settings.caching_policy != cache.JIT:
+        return []
+    wanted = {j.package for lower in requests.futures for j in requests.waiting.get(lower, [])
+              if j.type != jobs.DELETE}
+    fetched = []
+    for pid in sorted(wanted, key=str):
+        try:
+            m, got = cache.obtain(home, store, db, pid, lambda: client, log)
+        except (RdsError, OSError) as e:
+            log(f"package {pid} for the lower systems woken: not fetched now ({e}); fetched when they ask")
+            continue
+        if got:
+            fetched.append(str(m.id))
+    return fetched
+
+
 def announce_kept(home: Home, db: sqlite3.Connection, store: Storehouse) -> None:
     """After the fetches of a pass: which jobs still waiting here have their package, or will get it
     when a lower system asks (JIT, rds.cache), and which could not get it (rds.events.Kept)."""
@@ -248,7 +283,11 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     host = home.host
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
     todo += [(j, False) for j in jobs.in_state(db, jobs.WAIT, host)]
+    now = time.time()
     for job, resumed in todo:
+        if not resumed and (job.waits_until() or 0) > now:  # handed out ahead: its package is here already
+            log(f"job {job.job_no} {job.package}: waits until {job.not_before} (not before, this host's clock)")
+            continue
         if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
             continue  # a DELETE job before it invalidated it
         if job.type == jobs.DELETE:

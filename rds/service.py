@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, identity, jobs, results, session, trust, wire
+from rds import cache, control, daemon, database, events, hosts, identity, jobs, manager, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -52,6 +53,8 @@ class UpperService:
         self._db: sqlite3.Connection | None = None
         self._connect = upper
         self._upper: UpperClient | None = None
+        self._warming: threading.Thread | None = None  # logging in to the upper system ahead (warm_upper)
+        self._warm_error: RdsError | None = None
         self._served: dict[PackageId, Served] = {}  # each package's SHA-256 as served, read after read
         self._manifests: dict[PackageId, tuple[tuple[int, int, int], Manifest]] = {}
 
@@ -62,6 +65,7 @@ class UpperService:
         return self._db
 
     def close(self) -> None:
+        # a login ahead still under way (warm_upper) is not waited for: it ends with the process
         if self._upper is not None:
             self._upper.link.close()
             self._upper = None
@@ -71,16 +75,41 @@ class UpperService:
 
     def upper(self) -> UpperClient:
         """This home's own upper system, reached when a lower system needs what is not here."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+            if self._warm_error is not None:
+                error, self._warm_error = self._warm_error, None
+                raise error
         if self._upper is None:
             self._upper = self._connect()
         return self._upper
+
+    def warm_upper(self, packages: set[PackageId]) -> None:
+        """Log in to this home's upper system now, in the background, if any of ``packages`` is missing here:
+        the lower system that was just handed their jobs asks to read them next, and a JIT relay fetches
+        them from its upper then (issue 16: the SSH login is then off that path).  A failure is raised by
+        ``upper``, when a request needs the upper system."""
+        if self._upper is not None or self._warming is not None or self.home.settings.is_managing_server \
+                or self.home.settings.caching_policy != cache.JIT or all(self.store.has(p) for p in packages):
+            return
+
+        def connect() -> None:
+            try:
+                self._upper = self._connect()
+            except RdsError as e:  # said by ``upper`` when the read needs the upper system
+                self._warm_error = e
+
+        self._warming = threading.Thread(target=connect, name="warm-upper", daemon=True)
+        self._warming.start()
 
     def handle(self, msg: Any) -> dict[str, Any]:
         """Answer one request; errors become error answers, never exceptions."""
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"),
+                                      msg.get("controls"), msg.get("hosts"))
                 return {**answer, "signed": self.signed_copies(msg["unsigned"])} if msg.get("unsigned") else answer
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
@@ -88,13 +117,16 @@ class UpperService:
                 return self.report(msg.get("results", []))
             if op == "stat":
                 return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
+            if op == "forget":
+                return self.forget()
             if op == "damaged":
                 return {"ok": True, "copy": self.damaged(msg.get("package"), msg.get("sha256"))}
             raise ProtocolError(f"unknown request {op!r}")
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, statements: Any, below: Any, wake: Any = None) -> dict[str, Any]:
+    def checkin(self, statements: Any, below: Any, wake: Any = None, held: Any = None,
+                reported: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -108,16 +140,23 @@ class UpperService:
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        hosts.observe(self.db, proven, reported)
+        theirs = control.parse_held(held)
         for job_no, dest, state in jobs.unknown_state(self.db):
             if dest == self.lower or jobs.route(self.db, dest) == self.lower:
                 log.warning(f"job {job_no}:{dest} is not handed to {self.lower}: its state here is {state!r}, not a "
                             f"job state (a damaged database?); delete it with 'rdsgroupid -d {job_no}:{dest}'")
         managing = self.home.settings.is_managing_server
+        if managing:  # a wave that waits too long says so; one whose time came is released
+            manager.advance(self.db, self.home, log.warning)
         ready: list[dict[str, Any]] = []
         manifests: dict[str, Manifest] = {}
         stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
         signed: list[tuple[jobs.Job, Manifest]] = []
-        for job in jobs.for_lower(self.db, self.lower):
+        found = jobs.for_lower(self.db, self.lower)
+        if managing:  # signed the first time they are handed out, all at once (rds.manager.signed)
+            found = manager.signed(self.db, self.home, found)
+        for job in found:
             # handed out whether the package is here or not: the record carries its manifest (read once
             # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
@@ -138,9 +177,13 @@ class UpperService:
         if signed:  # signed once, and kept so
             jobs.keep_signed(self.db, signed)
             log.info(f"signed {len(signed)} job(s) made before signatures, handed to {self.lower}")
+        if ready and self.remote:  # over SSH, rds-serve: its read of a package not here comes next
+            self.warm_upper({PackageId.parse(k) for k in manifests})
         answer = {"ok": True, "upper": self.home.host, "jobs": ready,
                   "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if said := control.for_lower(self.db, self.lower, theirs):
+            answer["controls"] = said
         if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):
             answer["resend"] = [list(k) for k in held]  # unsigned from before protocol 2: signed copies, please
             log.info(f"asked {self.lower} to send again {len(held)} result(s) held here unsigned since the upgrade "
@@ -181,7 +224,15 @@ class UpperService:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        return {"ok": True, "taken": taken}
+        said = control.of_jobs(self.db, {j for j, _ in pairs})
+        return {"ok": True, "taken": taken, **({"controls": said} if said else {})}
+
+    def forget(self) -> dict[str, Any]:
+        """rdssys -u: the lower system leaves; only it is forgotten (not the hosts below a relay)."""
+        gone = hosts.remove(self.db, self.lower, only_itself=True)
+        logger(self.home).info(f"{self.lower} asked to be forgotten (rdssys -u): its route, {gone['jobs']} held "
+                               f"job(s) and its key removed")
+        return {"ok": True, **gone}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -199,6 +250,8 @@ class UpperService:
         n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
+        if kept and self.home.settings.is_managing_server:  # results decide the waves
+            manager.advance(self.db, self.home, log.warning)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}

@@ -22,8 +22,9 @@ waiting jobs are reported EXEC-ERROR.
 A relay ``begin``s its requests as soon as it has stored new jobs, so the
 SSH logins happen while it fetches their packages, and ``finish``es them once
 the packages are here: the lower system then finds everything it asks for.
-(A JIT relay fetches only its own packages in its pass; a lower system's
-package comes when the lower system asks for it, see rds.cache.)
+(A JIT relay fetches in its pass its own packages and those of the lower
+systems it wakes, rds.poller.fetch_for_woken; a polling lower system's package
+comes when the lower system asks for it, see rds.cache.)
 """
 
 from __future__ import annotations

@@ -307,6 +307,12 @@ class Storehouse:
 
     def _commit(self, work: Path, manifest: Manifest) -> None:
         (work / ACCESSED).touch()  # stored counts as an access
+        # Every caller hashed the payload as it was written (register, add_downloaded), so it is
+        # verified now: stamped, the first serve reads each byte once instead of hashing the whole
+        # archive before serving it (issue 16).  Chunked packages (issue 17): keep this stamp, or
+        # the like, where a payload is committed.
+        if (work / PAYLOAD).exists():  # a whole payload (a chunked package is checked chunk by chunk)
+            self._stamp(work / PAYLOAD, work / VERIFIED, manifest)
         fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
         target = self.dir(manifest.id)
         if target.exists():
@@ -505,18 +511,21 @@ class Storehouse:
                                      "not used")
             return
         path = self.payload(manifest.id)
-        st = path.stat()
         stamp_path = self.dir(manifest.id) / VERIFIED
-        stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {manifest.sha256}"
         try:
-            if not full and stamp_path.read_text() == stamp:
+            if not full and stamp_path.read_text() == _stamp_of(path, manifest):
                 return
         except FileNotFoundError:
             pass
         digest = fsutil.sha256_file(path)
         if digest != manifest.sha256:
             raise IntegrityError(f"package {manifest.id}: SHA-256 of {path} does not match its manifest; not used")
-        fsutil.atomic_write(stamp_path, stamp.encode())
+        self._stamp(path, stamp_path, manifest)
+
+    @staticmethod
+    def _stamp(payload: Path, stamp_path: Path, manifest: Manifest) -> None:
+        """Remember that ``payload`` was found to be ``manifest``'s, until the file changes."""
+        fsutil.atomic_write(stamp_path, _stamp_of(payload, manifest).encode())
 
     def touch(self, pid: PackageId) -> None:
         """Record that the package was used or served now (see the module's docstring for why a stamp file)."""
@@ -833,6 +842,11 @@ class _Appending:
                 os.fsync(f.fileno())
         finally:
             f.close()
+
+
+def _stamp_of(payload: Path, manifest: Manifest) -> str:
+    st = payload.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {manifest.sha256}"
 
 
 def reap(paths: Iterable[Path]) -> None:

@@ -10,7 +10,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup); ``unsigned``: at most
              RESEND_MAX ``[job, dest]`` pairs of jobs the asker holds from before
-             signatures (protocol 1), which it does not hand on.  The upper system
+             signatures (protocol 1), which it does not hand on; ``controls``: for
+             each job not ended there, the number of the managing server's control
+             statement it holds (rds.control); ``hosts``: for the asker and hosts
+             under it, ``[version, last check-in]`` (rds.hosts).  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
@@ -21,11 +24,16 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
              relay): results of the asker's subtree the relay holds unsigned
              from before protocol 2, which the asker sends again, signed by
-             their hosts (rds.results, docs/upgrade.md), and ``signed``:
+             their hosts (rds.results, docs/upgrade.md), ``signed``:
              signed copies of the ``unsigned`` jobs it handed the asker, each
-             a job record with its ``manifest``.
+             a job record with its ``manifest``, and ``controls``: the managing
+             server's signed control statements (suspension, withdrawn
+             destinations) newer than those the asker holds.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
-             system will not hand them out again.
+             system will not hand them out again.  The answer's ``controls``
+             are the statements of those jobs (a withdrawal that crossed them).
+``forget``   the asker leaves: the upper system forgets its route, the jobs held
+             for it, its key and statement (rdssys -u; on a relay, only the relay).
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
              the host it is about (or, for EXEC-ERROR and LINE-DOWN, by the
              relay above it); the answer counts those ``accepted`` (new) and
@@ -46,6 +54,12 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              when asked), ``intact`` or ``gone``; or ``uncacheable`` when it
              cannot fetch a good copy (rds.cache).
 
+Any request may carry ``alive``: seconds (ALIVE_MIN to ALIVE_MAX).  Over SSH,
+while the upper system works on the answer (a relay fetching the package from
+its own upper system before it can serve a ``read``), it sends a keep-alive
+frame that often, so that the asker's idle timeout does not cut a long fetch
+(transport.frames).
+
 An answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": KIND,
 "message": ...}`` where KIND is ``refused``, ``protocol`` or ``uncacheable``
 (the caching policy of a system on the way forbids fetching the package: the
@@ -65,11 +79,14 @@ from typing import Any
 
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
-VERSION = 3  # 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7)
-# and chunked packages, the ranges request (issue 17)
+# 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), chunked
+# packages, the ranges request (issue 17), keep-alive frames while the upper system works on an
+# answer, asked for with ``alive`` (issue 16), and job control (issue 15)
+VERSION = 3
 RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
 MAX_RANGES = 4096  # byte ranges in one ``ranges`` request: a 1 KiB request per 100 KiB of chunks at worst
+ALIVE_MIN, ALIVE_MAX = 0.5, 60.0  # bounds of a request's ``alive`` (seconds between keep-alive frames)
 # The largest request rds-serve takes, refused from its header before it is read.  The largest
 # legitimate one is a check-in from a host with 100,000 hosts below it, each with a signed
 # statement of 100-300 bytes (issue 12): about 42 MB (tests/attacks.py, "largest").  Parsing a
@@ -99,6 +116,16 @@ def check(msg: Any, lower: str) -> str:
     if not isinstance(op, str):
         raise ProtocolError("a request needs an op")
     return op
+
+
+def alive(msg: dict[str, Any]) -> float | None:
+    """How often the asker wants keep-alive frames while its answer is prepared; None: never."""
+    value = msg.get("alive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ALIVE_MIN <= value <= ALIVE_MAX:
+        raise ProtocolError(f"'alive' must be a number of seconds from {ALIVE_MIN:g} to {ALIVE_MAX:g}")
+    return float(value)
 
 
 def mismatch(theirs: Any, them: str, name: str, us: str) -> str:

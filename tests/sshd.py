@@ -39,7 +39,7 @@ import pytest
 
 from rds.home import Home
 from rds.packages import Manifest, PackageId
-from rds.storehouse import MANIFEST, PAYLOAD, HashingWriter
+from rds.storehouse import MANIFEST, PAYLOAD, VERIFIED, HashingWriter
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -277,6 +277,8 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
             info.size = size
             tar.addfile(info, io.BufferedReader(_Noise(size), 1 << 20))
     m = Manifest(id=pid, size=out.size, sha256=out.sha.hexdigest(), install_dir=install_dir)
+    st = (target / PAYLOAD).stat()  # hashed as it was written: stamped verified, as registering does
+    (target / VERIFIED).write_text(f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {m.sha256}")
     (target / MANIFEST).write_text(json.dumps(m.to_json()))  # the manifest last: now it is there
     return m
 

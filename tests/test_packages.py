@@ -20,7 +20,7 @@ from rds import fsutil
 from rds.errors import InputError, IntegrityError
 from rds.home import Home
 from rds.packages import Manifest, PackageId
-from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, Storehouse
+from rds.storehouse import ACCESSED, MANIFEST, PAYLOAD, VERIFIED, Storehouse
 
 PID = PackageId.make("AB", "APP", "0100")
 
@@ -121,7 +121,7 @@ def test_register_writes_payload_and_manifest(store: Storehouse, tmp_path: Path)
     src = make_source(tmp_path)
     m = store.register(PID, src, "/opt/app", script="echo hi\n", expire_days=3)
     d = store.root / "C.AB.APP.0100.0000"
-    assert sorted(p.name for p in d.iterdir()) == [ACCESSED, MANIFEST, PAYLOAD]
+    assert sorted(p.name for p in d.iterdir()) == [ACCESSED, VERIFIED, MANIFEST, PAYLOAD]  # hashed as written
     on_disk = json.loads((d / MANIFEST).read_text())
     assert on_disk["sha256"] == fsutil.sha256_file(d / PAYLOAD) == m.sha256
     assert on_disk["size"] == (d / PAYLOAD).stat().st_size == m.size

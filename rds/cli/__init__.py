@@ -88,14 +88,15 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
 
 
 def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Callable[[], str],
-             interval: float | None, every: tuple[float, Callable[[], str]] | None = None) -> int:
+             interval: float | None, every: tuple[float, Callable[[], str]] | None = None,
+             spread: Callable[[], float] | None = None) -> int:
     """Stop, run in this process, or start detached the resident ``name`` of ``home``."""
     from rds import daemon
 
     if stop:
         click.echo(f"{name}: stopped (pid {daemon.stop(home, name)})")
     elif foreground:
-        daemon.Resident(home, name, one_pass, interval, every).run()
+        daemon.Resident(home, name, one_pass, interval, every, spread).run()
     else:
         pid = daemon.start_background(home, name, daemon.foreground_argv(name, "--foreground"))
         click.echo(f"{name}: started (pid {pid})")

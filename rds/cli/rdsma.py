@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import click
 
 from rds import cleanup, log, poller
@@ -42,7 +44,8 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
                    "rdsma runs on relays and clients")
         return 0
     return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
-                    home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)))
+                    home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)),
+                    spread=random.random)  # polls spread over the interval (rds.daemon.first_wait)
 
 
 def clean(home: Home) -> str:

@@ -4,12 +4,15 @@
 connects with paramiko through ``transport.connection``); a path is a home on
 this machine, reached by ``transport.local``.  Failures to connect are retried
 ``RetryCount`` times, ``RetryInterval`` apart (9 means for ever), then become
-one CommunicationError naming the upper system.  ``serving`` makes the upper
+one CommunicationError naming the upper system; each wait is RetryInterval
+give or take half, drawn at random (``retry_wait``), so hosts cut off together
+do not all come back in the same second.  ``serving`` makes the upper
 side (rds.service) for both transports, with the way to its own upper system.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
@@ -64,8 +67,14 @@ class ManifestCheck:
             raise IntegrityError(f"{fault}; not used")
 
 
+def retry_wait(interval: float, rand: Callable[[], float]) -> float:
+    """The wait before the next attempt: RetryInterval give or take half, drawn at random (``rand``: 0 to 1),
+    so that hosts that lost their upper system together do not all come back in the same second."""
+    return interval * (0.5 + min(max(rand(), 0.0), 1.0))
+
+
 def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
-            log: Callable[[str], None] | None = None) -> UpperClient:
+            log: Callable[[str], None] | None = None, rand: Callable[[], float] = random.random) -> UpperClient:
     s = home.settings
     attempt = 0
     while True:
@@ -80,8 +89,9 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
         except CommunicationError as e:
             if s.retry_count != 9 and attempt > s.retry_count:
                 raise
+            wait = round(retry_wait(s.retry_interval, rand), 1)
             # said on a terminal (and logged): when, and which attempt of how many
-            said = progress.retrying(str(e), s.retry_interval, attempt, None if s.retry_count == 9 else s.retry_count)
+            said = progress.retrying(str(e), wait, attempt, None if s.retry_count == 9 else s.retry_count)
             if log:
                 log(said)
-            sleep(s.retry_interval)
+            sleep(wait)

@@ -42,8 +42,9 @@ RECV = WINDOW
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 IDLE_MIN = 120.0  # seconds without a byte before a link is taken as cut; see idle_timeout()
 REKEY_BYTES: int | None = None  # tests lower paramiko's 512 MiB to force renegotiations
-# connections opened, requests sent (transport.link), keys renegotiated: for bench/transfer and the tests
-STATS = {"connections": 0, "requests": 0, "rekeys": 0}
+# connections opened, requests sent (transport.link), keys renegotiated, the most read requests in flight,
+# keep-alive frames heard: for the benches and the tests
+STATS = {"connections": 0, "requests": 0, "rekeys": 0, "in_flight": 0, "keepalives": 0}
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 On the channel each side writes frames: a 4-byte big-endian length and that
 many bytes of JSON.  rds-serve speaks first, a hello (``{"ok": true,
-"serve": 2, "upper": NAME}`` or a refusal), without being asked, so a
+"serve": 3, "upper": NAME}`` or a refusal), without being asked, so a
 check-in costs one request.  Every request gets one answer frame; an answer
 to ``read`` that says ok is followed by the bytes in blocks, each a 4-byte
 length and the data, ended by a zero length (``END``), or by ``FAILED`` and
-an error frame when the upper system cannot read further.
+an error frame when the upper system cannot read further.  Before an answer
+frame, the upper system may send any number of ``KEEPALIVE`` headers (no
+body): it is still working on the answer (protocol 3; the request's
+``alive`` says how often, rds.wire), and the lower system's idle timeout
+starts again at each.
 
 Both ends use this module: rds-serve (transport.serve) and SSHLink
 (transport.link).  It imports no paramiko.
@@ -29,6 +33,7 @@ import os
 import re
 import select
 import struct
+import threading
 from typing import Any, BinaryIO
 
 from rds import wire
@@ -38,6 +43,7 @@ SERVE = "rds-serve"  # the command on the upper system
 HEADER = struct.Struct(">I")
 END = 0
 FAILED = 0xFFFFFFFF
+KEEPALIVE = 0xFFFFFFFE
 MAX_FRAME = 256 << 20  # an answer frame; the largest check-in answer stays far below
 CHUNK = 1 << 20
 # a JSON string, escapes included, in the unrolled form that does not backtrack
@@ -125,6 +131,43 @@ def _fileno(inp: BinaryIO) -> int:
         return inp.fileno()
     except (OSError, ValueError):  # not a file (a test's BytesIO): no waiting to bound
         return -1
+
+
+class Heartbeat:
+    """While the block runs, write a KEEPALIVE header on ``out`` every ``interval`` seconds (None: never).
+
+    The block must not write on ``out`` itself: the answer follows once the
+    heartbeat has stopped.  A write that fails ends the heartbeat quietly;
+    the answer's own write then finds the broken pipe.
+    """
+
+    def __init__(self, out: BinaryIO, interval: float | None) -> None:
+        self.out = out
+        self.interval = interval
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._beat, name="keep-alive", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            try:
+                self.out.write(HEADER.pack(KEEPALIVE))
+                self.out.flush()
+            except (OSError, ValueError):
+                return
+            self.sent += 1
 
 
 def send(out: BinaryIO, msg: Any) -> None:

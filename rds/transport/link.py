@@ -10,7 +10,9 @@ anything; a hello that is not rds-serve's names what answered instead.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
 import socket
 import struct
 import time
@@ -19,12 +21,14 @@ from typing import Any, BinaryIO, cast
 from rds import wire
 from rds.errors import CommunicationError, ProtocolError
 from rds.settings import Settings, valid_hostname
-from rds.transport.connection import RECV, STATS, Target, open_serve, reason
-from rds.transport.frames import END, FAILED, HEADER, MAX_FRAME, SERVE, decode, encode
+from rds.transport.connection import IDLE_MIN, RECV, STATS, Target, open_serve, reason
+from rds.transport.frames import END, FAILED, HEADER, KEEPALIVE, MAX_FRAME, SERVE, decode, encode
 
 PIPELINE = 4  # ranges requests sent before their answers are read (read_ranges)
-# after a cut: requests this large, one at a time, so a reset loses at most this much (issue 7)
+# after a cut: requests this large (issue 7), as many in flight as fill the link, at most FILL bytes
+# of them (issue 16)
 RESUME_READ = 1 << 20
+FILL = 16 << 20
 
 
 class SSHLink:
@@ -41,6 +45,9 @@ class SSHLink:
         self._pos = 0
         self._greeted = False
         self._got = 0
+        self._dead = False  # cut: no answer will come any more
+        # keep-alive frames while the upper system prepares an answer: four within the idle timeout
+        self.alive = min(wire.ALIVE_MAX, max(wire.ALIVE_MIN, (chan.gettimeout() or IDLE_MIN) / 4))
 
     @classmethod
     def open(cls, settings: Settings, url: str) -> SSHLink:
@@ -55,27 +62,65 @@ class SSHLink:
         return self._answer()
 
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
-        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, in requests of READ_MAX at most.
+        """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, keeping the link full.
 
-        Everything received is written before a cut is reported, so the next
-        run resumes from the last byte that arrived.
+        Requests are sent ahead of the answers, so the link does not wait a
+        round trip between two of them: READ_MAX at a time from the start of
+        a package, RESUME_READ after a cut.  Everything received is written
+        before a cut is reported, so the next run resumes from the last byte
+        that arrived.
         """
         self._got = 0
-        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset
-        # loses what was on its way (the window, up to WINDOW), so ask for little at a time.
-        most = wire.READ_MAX if offset == 0 else RESUME_READ
-        while length > 0:
-            n = min(length, most)
-            self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
-            answer = self._answer()
-            if not answer.get("ok"):
-                raise wire.exception(answer, self.where, "read")
-            got = self._blocks(package, out)
-            self._got += got
-            offset += got
-            length -= got
-            if got < n:
-                return  # the package is shorter than asked: the caller sees it
+        # A resumed download follows a cut, and a link that was cut may well be cut again: a reset loses
+        # what was on its way, so after a cut only as much is asked ahead as fills the link, its
+        # bandwidth-delay product (``_Pace``): two requests on a fast or near link, more on a long one.
+        size = wire.READ_MAX if offset == 0 else RESUME_READ
+        pace = _Pace(size)
+        pending: collections.deque[tuple[int, float]] = collections.deque()  # (length, when asked), due
+        if length <= 0:
+            return
+        n = min(length, size)
+        self._request(wire.request("read", self.host, package=package, offset=offset, length=n))
+        pending.append((n, time.monotonic()))
+        asked, end = offset + n, offset + length
+        try:
+            while pending:
+                while asked < end and len(pending) < pace.ahead:
+                    n = min(end - asked, size)
+                    try:
+                        self._request(wire.request("read", self.host, package=package, offset=asked, length=n))
+                    except CommunicationError:
+                        if not pending:
+                            raise
+                        end = asked  # cut: what already came for the requests before is still read and kept
+                        break
+                    pending.append((n, time.monotonic()))
+                    asked += n
+                STATS["in_flight"] = max(STATS["in_flight"], len(pending))
+                n, sent = pending.popleft()
+                answer = self._answer()
+                pace.answered(sent)
+                if not answer.get("ok"):
+                    raise wire.exception(answer, self.where, "read")
+                got = self._blocks(package, out)
+                pace.received(got)
+                self._got += got
+                if got < n:
+                    return  # the package is shorter than asked: the caller sees it
+        finally:
+            self._drain(package, [n for n, _ in pending])
+
+    def _drain(self, package: str, pending: list[int]) -> None:
+        """Read the answers still due to requests sent ahead, so the next request gets its own answer."""
+        if self._dead:
+            return
+        try:
+            for _ in pending:
+                if self._answer().get("ok"):
+                    self._blocks(package, _Discard())
+        except Exception:  # noqa: BLE001 - the session is out of step: no later answer can be believed
+            self._dead = True
+            self.close()
 
     def read_ranges(self, package: str, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
         """Write byte ranges of ``package`` to ``out``, back to back: a chunked package's lacking chunks.
@@ -125,6 +170,7 @@ class SSHLink:
 
     def _request(self, msg: dict[str, Any]) -> None:
         STATS["requests"] += 1
+        msg = {**msg, "alive": self.alive}
         try:
             self.chan.sendall(encode(msg))
         except (OSError, EOFError) as e:
@@ -159,6 +205,10 @@ class SSHLink:
     def _frame(self) -> dict[str, Any]:
         head = self._exact(HEADER.size, "an answer")
         (n,) = HEADER.unpack(head)
+        while n == KEEPALIVE:  # the upper system is still at work (fetching for us, say)
+            STATS["keepalives"] += 1
+            head = self._exact(HEADER.size, "an answer")
+            (n,) = HEADER.unpack(head)
         if n > MAX_FRAME:
             self._not_serve(head + self._buf[self._pos:self._pos + 76])
         data = self._exact(n, "an answer")
@@ -172,7 +222,7 @@ class SSHLink:
         raise ProtocolError(f"{self.where}: the other side is not {SERVE} (it sent {text!r}); "
                             f"check the forced command in the upper system's authorized_keys")
 
-    def _blocks(self, package: str, out: BinaryIO) -> int:
+    def _blocks(self, package: str, out: Any) -> int:
         got = 0
         while True:
             (n,) = HEADER.unpack(self._exact(HEADER.size, f"package {package}", self._got + got))
@@ -207,7 +257,7 @@ class SSHLink:
             parts.append(piece)
         return b"".join(parts)
 
-    def _copy(self, n: int, out: BinaryIO, package: str, done: int) -> int:
+    def _copy(self, n: int, out: Any, package: str, done: int) -> int:
         left = n
         while left > 0:
             if self._pos >= len(self._buf):
@@ -223,6 +273,7 @@ class SSHLink:
 
     def _cut(self, why: str, done: int | None = None) -> CommunicationError:
         """The link broke: name the cause, and what rds-serve said if it ended."""
+        self._dead = True
         said = self._stderr()
         if said:
             why = f"{why} (the command on the upper system said: {said})"
@@ -245,6 +296,44 @@ class SSHLink:
             return ""
         lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
+
+
+class _Pace:
+    """How many read requests of ``size`` to keep in flight: enough to cover the link's bandwidth-delay
+    product, measured as the download goes (the shortest wait for an answer's head, the rate of bytes
+    since the first), at least 2 and at most FILL bytes' worth."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.most = max(2, FILL // size)
+        self.ahead = 2
+        self.rtt: float | None = None
+        self.start: float | None = None
+        self.bytes = 0
+
+    def answered(self, sent: float) -> None:
+        """The head of the answer to a request sent at ``sent`` came: a round trip, or more when it queued
+        behind the bytes of answers before it (the shortest is the best guess)."""
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        self.rtt = now - sent if self.rtt is None else min(self.rtt, now - sent)
+
+    def received(self, n: int) -> None:
+        self.bytes += n
+        if self.start is None or self.rtt is None:
+            return
+        elapsed = time.monotonic() - self.start
+        if elapsed > 0:
+            product = self.bytes / elapsed * self.rtt  # bytes the link holds in one round trip
+            self.ahead = min(self.most, max(2, 1 + math.ceil(product / self.size)))
+
+
+class _Discard:
+    """Where the bytes of an answer nobody waits for go."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
 
 
 def traffic(link: SSHLink) -> tuple[int, int] | None:

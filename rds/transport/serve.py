@@ -40,7 +40,7 @@ from rds.home import Home
 from rds.log import logger
 from rds.service import UpperService
 from rds.transport import serving
-from rds.transport.frames import END, FAILED, HEADER, SERVE, Idle, encode, read_request, send
+from rds.transport.frames import END, FAILED, HEADER, SERVE, Heartbeat, Idle, encode, read_request, send
 
 # Sessions one lower system may hold at once: its pass, rdssnd, and, for a relay, the fetches its
 # own lower systems cause, with room to spare.  Each waiting session is a process of about 12 MiB
@@ -77,11 +77,17 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
             if msg is None:
                 break
             requests += 1
+            try:
+                alive = wire.alive(msg) if isinstance(msg, dict) else None
+            except ProtocolError as e:
+                send(out, wire.error_answer(e))
+                continue
             if isinstance(msg, dict) and msg.get("op") in ("read", "ranges"):
-                sent += _serve_read(service, msg, out)
+                sent += _serve_read(service, msg, out, alive)
             else:
                 try:
-                    reply = service.handle(msg)
+                    with Heartbeat(out, alive):  # a stat may ask this home's own upper system first
+                        reply = service.handle(msg)
                 except RdsError as e:  # the upper home itself is broken: say so and stop
                     send(out, wire.upper_answer(str(e)))
                     return 1
@@ -139,13 +145,16 @@ def _check_original(original: str | None, lower: str, home: Path) -> None:
         raise Refused(f"this key serves the home {home}, not {want['--home']}")
 
 
-def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO) -> int:
+def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO, alive: float | None = None) -> int:
     try:
         wire.check(msg, service.lower)
-        if msg.get("op") == "ranges":
-            blocks = service.read_ranges(msg.get("package"), msg.get("ranges"))
-        else:
-            blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+        # a JIT relay may fetch the package from its own upper system first: the lower system hears
+        # a keep-alive every ``alive`` seconds meanwhile, so its idle timeout does not cut the pass
+        with Heartbeat(out, alive):
+            if msg.get("op") == "ranges":
+                blocks = service.read_ranges(msg.get("package"), msg.get("ranges"))
+            else:
+                blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
     except wire.ANSWERED as e:
         send(out, wire.error_answer(e))
         return 0

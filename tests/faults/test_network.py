@@ -58,17 +58,19 @@ def test_hang_ups_lose_at_most_the_last_packet(tmp_path: Path) -> None:
         assert down - kept < 512 << 10, (down, kept)
 
 
-def test_resets_of_a_resumed_download_lose_at_most_one_request(tmp_path: Path) -> None:
+def test_resets_of_a_resumed_download_lose_at_most_what_was_in_flight(tmp_path: Path) -> None:
     """Bug: a reset link loses what sat in the lower system's socket buffer (up to several MiB on
     loopback, depending on how far the reader lags): 20 resets of a 64 MiB transfer moved 1.35x
     the package (the network row of bench/faults).  A resumed download now asks for RESUME_READ
-    bytes at a time, so after the first cut a reset loses at most that much; this test holds
-    each cut to that bound (a single run shows the old loss only when the reader lags)."""
+    bytes at a time, and keeps only as many requests in flight as fill the link (issue 16): two on
+    loopback, whose round trip is short, so after the first cut a reset loses at most that much;
+    this test holds each cut to that bound (a single run shows the old loss only when the reader
+    lags)."""
     from rds.transport.link import RESUME_READ
 
     first, *resumed = cuts(tmp_path, reset=True, n=8)
     for down, kept in resumed:
-        assert down - kept < RESUME_READ + (256 << 10), (down, kept)
+        assert down - kept < 2 * RESUME_READ + (256 << 10), (down, kept)
 
 
 def test_window_adjustment_on_a_dead_link_does_not_raise() -> None:
