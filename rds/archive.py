@@ -393,10 +393,11 @@ class _CountingTar(tarfile.TarFile):
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: Any = None) -> None:
         if self.cuts is not None:
-            if tarinfo.isdir():  # a directory's small files are chunked together, apart from the rest
-                self.cuts.cut_at(self.offset)
+            start = self.offset + len(tarinfo.tobuf(self.format, self.encoding, self.errors))
+            if tarinfo.isdir():  # its header alone (its mtime changes what follows in no other chunk), then
+                self.cuts.cut_at(self.offset)  # its small files chunked together, apart from the rest
+                self.cuts.cut_at(start)
             elif tarinfo.isreg() and tarinfo.size >= self.cuts.MIN:
-                start = self.offset + len(tarinfo.tobuf(self.format, self.encoding, self.errors))
                 self.cuts.cut_around(start, start + tarinfo.size)
         if fileobj is not None and self.read is not None:
             fileobj = _Counting(fileobj, self.read)

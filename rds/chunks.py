@@ -12,7 +12,7 @@ package; cut as a stream, small files share a chunk and the index stays
 near 100 bytes for 64 KiB.  A file changed in place still changes only the
 chunks around its bytes (and its header's mtime, next to them).  The stream
 is also cut where each file's content (16 KiB or more) starts and ends, and
-where each directory's header starts (``Packer.cut_around``, ``cut_at``:
+before and after each directory's header (``Packer.cut_around``, ``cut_at``:
 rds.archive tells the offsets), so a file's content chunks are the same
 whatever surrounds it and a file two packages share crosses once.  Content
 of ``BIG`` or more is cut into larger chunks (~512 KiB): fewer files to
@@ -272,7 +272,7 @@ class Packer:
         return len(data)
 
     def cut_at(self, offset: int) -> None:
-        """Cut the stream at ``offset`` (not yet written): a directory's header starts there."""
+        """Cut the stream at ``offset`` (not yet written): a directory's header starts or ends there."""
         self.marks.append((offset, self.small))
 
     def cut_around(self, start: int, end: int) -> None:

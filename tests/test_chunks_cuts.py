@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
+import re
 import tarfile
 import zlib
 from pathlib import Path
+
+from conftest import Tree
 
 from rds import archive, chunks
 
@@ -19,7 +23,8 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-        os.utime(root / rel, (1_700_000_000, 1_700_000_000))
+    for p in [root, *root.rglob("*")]:  # directories too: a shared one has the same header in both
+        os.utime(p, (1_700_000_000, 1_700_000_000))
 
 
 def packed(tmp: Path, files: dict[str, bytes], name: str) -> tuple[list[chunks.Entry], Path]:
@@ -83,3 +88,32 @@ def test_large_content_is_cut_into_larger_chunks(tmp_path: Path) -> None:
     assert len(run) < len(big) // chunks.MAX  # more than 256 KiB each on average: far fewer files
     m = spans_of(small, pieces)
     assert m is not None and len(m) >= 2 and all(len(p) <= chunks.MAX for p in m)  # smaller: the usual sizes
+
+
+def test_a_package_sharing_directories_with_another_moves_none_of_their_bytes(tree: Tree, tmp_path: Path) -> None:
+    """bench/delta's second package, small: what crosses the link for B is no more than its own half
+    packaged alone (the bytes counted from the serving side's log)."""
+    mgr, relay = tree.add("mgr"), tree.add("relay", "mgr")
+    tree.check_in_upward(["relay"])
+    rnd = random.Random(9)
+    def some(prefix: str, n: int) -> dict[str, bytes]:
+        return {f"{prefix}/d{i % 4}/f{i:03d}{'.so' if i % 3 else '.py'}":
+                rnd.randbytes(rnd.randrange(20_000, 120_000)) if i % 3 else b"x = %d\n" % i * rnd.randrange(9, 900)
+                for i in range(n)}
+    shared, rest, own = some("lib", 40), some("lib/zz", 30), some("extra", 30)
+    write_tree(tmp_path / "a", {**shared, **rest})
+    write_tree(tmp_path / "b", {**own, **shared})
+    write_tree(tmp_path / "own", own)
+    ids = {}
+    for key in ("a", "b", "own"):
+        ids[key] = mgr.run("rdsft", "-c", "-g", "AB", "-r", key.upper(), "-v", "0100", "-i", f"/opt/{key}",
+                           str(tmp_path / key)).stdout.strip()
+    for key in ("a", "b"):
+        mgr.run("dcmjexe", "-t", "transfer", "-r", ids[key], "-h", "relay")
+        relay.run("rdsft", "-a")
+    log = (mgr.path / "log" / "rds.log").read_text()
+    moved = {k: sum(int(n) for n in re.findall(rf"sent (\d+) byte\(s\) of {re.escape(ids[k])} to relay", log))
+             for k in ("a", "b")}
+    size = {k: json.loads((mgr.path / "RDS" / ids[k] / "manifest.json").read_text())["size"] for k in ids}
+    assert moved["a"] == size["a"]
+    assert 0 < moved["b"] <= size["own"] < size["b"]  # the shared directories' bytes did not cross
