@@ -46,6 +46,21 @@ def size_of(host, pid: str) -> int:  # type: ignore[no-untyped-def]
     return int(json.loads((pkg_dir(host, pid) / MANIFEST).read_text())["size"])
 
 
+def counted(host, pids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The bytes each package counts against the limit: a chunk that several use (small packages share
+    their end-of-archive chunk) counts in the most recently accessed one, as rds.storehouse.scan says."""
+    def key(p: str) -> tuple[float, str]:
+        return -(pkg_dir(host, p) / ACCESSED).stat().st_mtime, p
+    seen: set[str] = set()
+    out = {}
+    for p in sorted(pids, key=key):
+        m = json.loads((pkg_dir(host, p) / MANIFEST).read_text())
+        out[p] = sum(c[2] for c in {c[0]: c for c in m["chunks"]}.values() if c[0] not in seen) \
+            if m.get("chunks") else int(m["size"])
+        seen |= {c[0] for c in m.get("chunks", [])}
+    return out
+
+
 def accessed(host, pid: str, ago: float) -> None:  # type: ignore[no-untyped-def]
     t = time.time() - ago
     os.utime(pkg_dir(host, pid) / ACCESSED, (t, t))
@@ -87,7 +102,7 @@ def test_access_times_decide_the_eviction_order(tree) -> None:  # type: ignore[n
     a, b, c, d = pids
     for pid, ago in ((a, 300), (b, 100), (c, 400), (d, 200)):  # C oldest, then A, D, B
         accessed(relay, pid, ago)
-    sizes = {p: size_of(relay, p) for p in pids}
+    sizes = counted(relay, pids)
     total = sum(sizes.values())
     limit = total - 1  # exceeded by one byte
     mark = (sizes[b] + sizes[d] + sizes[a] // 2) * 100 // limit  # room for two and a half packages
@@ -116,7 +131,7 @@ def test_serving_and_installing_are_accesses(tree) -> None:  # type: ignore[no-u
     low.run("rdsft", "-a")  # fetches P1 from the relay: served
     relay.run("rdsft", "-a")  # takes c's result: nothing pending any more
     assert (pkg_dir(relay, p1) / ACCESSED).stat().st_mtime > before + 500
-    settings(relay, f"CacheSizeLimit\t{size_of(relay, p1) + size_of(relay, p2) - 1}\nCacheHighWaterMark\t100\n")
+    settings(relay, f"CacheSizeLimit\t{sum(counted(relay, [p1, p2]).values()) - 1}\nCacheHighWaterMark\t100\n")
     assert [r["package"] for r in clr(relay)["removed"]] == [p2]  # the later name, stored later: evicted
     # installing is an access too: P1 installed here again after its stamp went old
     accessed(relay, p1, 1000)
@@ -131,7 +146,7 @@ def test_no_cleanup_below_the_limit_and_down_to_the_mark_above_it(tree) -> None:
     pids = [stored_package(relay, f"P{i}", size=10_000) for i in range(10)]
     for i, pid in enumerate(pids):
         accessed(relay, pid, 1000 - i)  # P0 oldest
-    sizes = [size_of(relay, p) for p in pids]
+    sizes = [counted(relay, pids)[p] for p in pids]
     settings(relay, f"CacheSizeLimit\t{sum(sizes)}\nCacheHighWaterMark\t50\n")
     out = clr(relay)
     assert out["removed"] == [] and len(kept(relay)) == 10  # at the limit is not over it
@@ -155,7 +170,7 @@ def test_packages_that_pending_jobs_need_go_last(tree) -> None:  # type: ignore[
     stage_on(tree, relay, needed)
     spare = stored_package(relay, "SPARE")
     accessed(relay, needed, 5000)  # much older than SPARE
-    limit = size_of(relay, needed) + size_of(relay, spare) - 1
+    limit = sum(counted(relay, [needed, spare]).values()) - 1
     settings(relay, f"CacheSizeLimit\t{limit}\n")
     out = clr(relay)
     assert [r["package"] for r in out["removed"]] == [spare] and kept(relay) == [needed]
