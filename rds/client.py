@@ -43,6 +43,7 @@ class UpperClient:
         self.where = where
         self.invalid: list[tuple[int, str]] = []
         self.unproven: list[str] = []
+        self.controls: Any = []  # the managing server's control statements, checked by the caller (rds.control)
         self.resend: list[tuple[int, str]] = []
         self.signed: list[tuple[Job, Manifest]] = []  # signed copies of the jobs held here unsigned
         self.signer: Any = None  # the managing server's name and key, as the upper system says them
@@ -58,6 +59,7 @@ class UpperClient:
 
     def checkin(self, statements: list[dict[str, Any]], below: list[str] | None = None,
                 wake: str | None = None, unsigned: list[tuple[int, str]] | None = None,
+                controls: dict[str, int] | None = None, hosts: dict[str, list[Any]] | None = None,
                 ) -> tuple[list[Job], dict[str, Manifest]]:
         """Check in with the route statements the upper system has not had yet and the names of every host
         below (rds.trust); the jobs and manifests that come back are checked against the managing
@@ -66,9 +68,14 @@ class UpperClient:
         fields: dict[str, Any] = {"statements": statements, "below": below or []}
         if wake is not None:
             fields["wake"] = wake
+        if controls is not None:
+            fields["controls"] = controls
+        if hosts is not None:
+            fields["hosts"] = hosts
         if unsigned:  # jobs held here from before signatures: the answer's 'signed' has copies signed
             fields["unsigned"] = [list(k) for k in unsigned]
         reply = self._call("checkin", **fields)
+        self.controls = reply.get("controls", [])
         try:
             found = [Job.from_json(j) for j in reply.get("jobs", [])]
             manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}
@@ -99,9 +106,15 @@ class UpperClient:
                                 f"most {wire.RESEND_MAX} jobs") from None
         return found, manifests
 
-    def ack(self, taken: list[Job]) -> None:
+    def ack(self, taken: list[Job]) -> Any:
+        """Acknowledge ``taken``; returns the control statements of those jobs (checked by the caller)."""
         if taken:
-            self._call("ack", jobs=[[j.job_no, j.dest] for j in taken])
+            return self._call("ack", jobs=[[j.job_no, j.dest] for j in taken]).get("controls", [])
+        return []
+
+    def forget(self) -> dict[str, Any]:
+        """rdssys -u: ask the upper system to forget this host."""
+        return self._call("forget")
 
     def report(self, items: list[Result]) -> int:
         reply = self._call("report", results=[r.to_json() for r in items])

@@ -13,7 +13,13 @@ JOB_STATUS_CODES = {WAIT: "10", EXEC: "20", ERROR: "30", EXEC_ERROR: "40", LINE_
 # be started gets the job later by polling).
 OUTCOMES = (COMPLETE, ERROR)
 INTERIM = (EXEC_ERROR, LINE_DOWN, SETUP_ERROR)
-RESULT_STATUSES = OUTCOMES + INTERIM
+# A destination withdrawn by the managing server before it began (dcmjbrm; an ID group it left):
+# JP1's words, which its manuals give no host-status code.  Final, but for the destination's own
+# outcome, which replaces it (the withdrawal came too late: rds.control).
+DELETE, ID_INVALID = "DELETE", "ID-INVALID"
+WITHDRAWN = (DELETE, ID_INVALID)
+RESULT_STATUSES = OUTCOMES + INTERIM + WITHDRAWN
+STATUS_WORDS = (*JOB_STATUS_CODES, *WITHDRAWN)  # dcmstat's columns, in this order
 FAILED = (ERROR, EXEC_ERROR, LINE_DOWN, SETUP_ERROR)
 
 # Distribution status at a relay (distribution situation file), with JP1's codes.

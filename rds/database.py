@@ -9,8 +9,10 @@ job storehouse (``jobs``, written only by rds.jobs), the results waiting to go
 up or kept as seen (``results``, written only by rds.results), what lower
 systems reported about the hosts below them (``routes``, ``lowers``), what is
 believed about who is who (``keys``, ``key_changes``, ``statements``,
-``believed``, written only by rds.trust) and, on the managing server, the jobs
-created there (``orders``).  Journaling (WAL)
+``believed``, written only by rds.trust), the managing server's job control as
+believed here (``controls``, ``withdrawn``, written only by rds.control) and, on
+the managing server, the jobs created there (``orders``), earlier attempts
+(``history``) and ID groups (``id_groups``).  Journaling (WAL)
 and full synchronous commits stay on: a commit that returned survives
 ``kill -9`` and power loss.  The distribution situation file has its schema
 in rds.delivery.
@@ -40,7 +42,7 @@ class Schema:
     synchronous: str = "FULL"
 
 
-STATE = Schema("state database", 3, {
+STATE = Schema("state database", 4, {
     1: [
         """CREATE TABLE jobs (
             job_no    INTEGER NOT NULL,
@@ -105,6 +107,43 @@ STATE = Schema("state database", 3, {
             value TEXT NOT NULL)""",
         "ALTER TABLE results ADD COLUMN signer TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE results ADD COLUMN sig TEXT NOT NULL DEFAULT ''",
+    ],
+    4: [  # issue 15: operator control (rds.control, rds.manager, rds.groups, rds.hosts)
+        "ALTER TABLE jobs ADD COLUMN try INTEGER NOT NULL DEFAULT 1",  # the attempt (dcmrtry)
+        "ALTER TABLE jobs ADD COLUMN wave INTEGER NOT NULL DEFAULT 0",  # managing server: its wave
+        "ALTER TABLE results ADD COLUMN try INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE orders ADD COLUMN plan TEXT NOT NULL DEFAULT '{}'",  # waves, limit, group, not before
+        "ALTER TABLE orders ADD COLUMN released INTEGER NOT NULL DEFAULT 1",  # waves released so far
+        "ALTER TABLE orders ADD COLUMN released_at REAL",
+        "ALTER TABLE orders ADD COLUMN fail_base INTEGER NOT NULL DEFAULT 0",  # failures forgiven by a resume
+        "ALTER TABLE orders ADD COLUMN late_said INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE controls (
+            job_no    INTEGER PRIMARY KEY,  -- the managing server's latest signed control of a job
+            n         INTEGER NOT NULL,
+            suspended TEXT,                 -- why, while suspended
+            record    TEXT NOT NULL)""",
+        """CREATE TABLE withdrawn (
+            job_no INTEGER NOT NULL,        -- destinations withdrawn by the managing server
+            dest   TEXT NOT NULL,
+            status TEXT NOT NULL,           -- DELETE or ID-INVALID
+            PRIMARY KEY (job_no, dest))""",
+        """CREATE TABLE history (
+            job_no   INTEGER NOT NULL,      -- earlier attempts' outcomes (dcmrtry)
+            dest     TEXT NOT NULL,
+            try      INTEGER NOT NULL,
+            status   TEXT NOT NULL,
+            message  TEXT NOT NULL,
+            finished TEXT NOT NULL,
+            PRIMARY KEY (job_no, dest, try))""",
+        """CREATE TABLE id_groups (
+            name TEXT NOT NULL,             -- ID groups (rdsiddefine)
+            host TEXT NOT NULL,
+            PRIMARY KEY (name, host))""",
+        "CREATE INDEX id_groups_host ON id_groups (host)",
+        "ALTER TABLE routes ADD COLUMN version TEXT",  # as the host's check-in says (bounded)
+        "ALTER TABLE routes ADD COLUMN checkin REAL",  # its own last check-in, as reported
+        "ALTER TABLE routes ADD COLUMN told REAL",  # the last check-in of it told the upper system
+        "CREATE INDEX jobs_dest ON jobs (dest, state)",
     ],
 })
 

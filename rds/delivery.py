@@ -412,8 +412,8 @@ class Listener:
                 out.append(entry(e.job, "GEN_START"))
             elif isinstance(e, events.Ended):
                 held = jobs.find(db, [(r.job_no, r.dest) for r in e.results])
-                out += [entry(held[(r.job_no, r.dest)], RESULT_STATUS[r.status], r.message)
-                        for r in e.results if (r.job_no, r.dest) in held]
+                out += [entry(held[(r.job_no, r.dest)], RESULT_STATUS[r.status], r.message)  # a withdrawal
+                        for r in e.results if (r.job_no, r.dest) in held and r.status in RESULT_STATUS]  # has none
         return out
 
     def kept(self, f: File, e: events.Kept) -> list[Entry]:

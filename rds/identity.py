@@ -76,6 +76,19 @@ class Identity:
         """The base64 signature of ``obj``'s canonical form."""
         return base64.b64encode(self._private.sign(canonical(obj))).decode()
 
+    def sign_many(self, objs: Sequence[Any]) -> list[str]:
+        """``sign`` of each; a large batch (dcmjexe to 100,000 hosts) on every CPU, as cryptography lets
+        go of the GIL while it signs."""
+        workers = min(4, os.cpu_count() or 1)
+        if len(objs) < 256 or workers < 2:
+            return [self.sign(o) for o in objs]
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = -(-len(objs) // workers)
+        parts = [objs[i:i + size] for i in range(0, len(objs), size)]
+        with ThreadPoolExecutor(workers) as pool:
+            return [sig for part in pool.map(lambda part: [self.sign(o) for o in part], parts) for sig in part]
+
 
 def key_path(prm: Path) -> Path:
     return prm / KEY_FILE

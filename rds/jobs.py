@@ -17,11 +17,12 @@ commit.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rds import events
@@ -49,6 +50,8 @@ class Job:
     package: PackageId
     created: str
     sig: str = ""  # the managing server's signature (rds.trust)
+    attempt: int = 1  # dcmrtry makes another attempt of a destination
+    not_before: str = ""  # the earliest install time, on the destination's clock (UTC, rds.clock)
 
     @property
     def key(self) -> str:
@@ -59,7 +62,20 @@ class Job:
              "package": str(self.package), "created": self.created}
         if self.sig:
             d["sig"] = self.sig
+        return {**d, **self.control()}
+
+    def control(self) -> dict[str, Any]:
+        """The job-control fields it carries (signed with it, rds.trust), only those set."""
+        d: dict[str, Any] = {}
+        if self.attempt != 1:
+            d["try"] = self.attempt
+        if self.not_before:
+            d["not_before"] = self.not_before
         return d
+
+    def waits_until(self) -> float | None:
+        """The earliest install time as epoch seconds, or None."""
+        return epoch(self.not_before) if self.not_before else None
 
     @classmethod
     def from_json(cls, d: Any) -> Job:
@@ -77,13 +93,27 @@ class Job:
             sig = d.get("sig", "")
             if not isinstance(sig, str) or len(sig) > 200:
                 raise ValueError("signature")
-            return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created, sig)
+            attempt, not_before = d.get("try", 1), d.get("not_before", "")
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 < attempt < 2**31:
+                raise ValueError(f"attempt {attempt!r}")
+            if not isinstance(not_before, str) or len(not_before) > 64 or (not_before and epoch(not_before) is None):
+                raise ValueError(f"not-before time {not_before!r}")
+            return cls(job_no, dest, type_, PackageId.parse(str(d["package"])), created, sig, attempt, not_before)
         except (TypeError, KeyError, ValueError) as e:
             raise JobRecordError(f"not a valid job record: {str(e)[:300]}") from None  # a hostile value may be huge
         except JobRecordError:
             raise
         except Exception as e:  # InputError from PackageId.parse
             raise JobRecordError(f"not a valid job record: {e}") from None
+
+
+def epoch(text: str) -> float | None:
+    """An ISO 8601 time with its offset as epoch seconds; None when it is not one."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return None if when.tzinfo is None else when.timestamp()
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -111,14 +141,50 @@ def store(db: sqlite3.Connection, jobs: Iterable[Job], manifests: Mapping[str, M
     return added
 
 
-def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float) -> int:
-    """Add one job unless it is known; call inside a transaction."""
+def insert(db: sqlite3.Connection, j: Job, manifest: Manifest, now: float, wave: int = 0) -> int:
+    """Add one job unless it is known (a later attempt of it replaces the earlier: dcmrtry; the
+    earlier's result here gives way to the new one's, rds.results); call inside a transaction."""
     record = {**j.to_json(), "manifest": manifest.to_json()}
     return db.execute(
-        "INSERT OR IGNORE INTO jobs (job_no, dest, type, package, created, received, state, record)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record)),
+        "INSERT INTO jobs (job_no, dest, type, package, created, received, state, record, try, wave)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_no, dest) DO UPDATE SET"
+        " received=excluded.received, state=excluded.state, record=excluded.record, try=excluded.try,"
+        " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try",
+        (j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, json.dumps(record), j.attempt, wave),
     ).rowcount
+
+
+def insert_many(db: sqlite3.Connection, found: Sequence[tuple[Job, int]], manifest: Manifest, now: float) -> int:
+    """``insert`` of many new jobs of one package (with their waves): the record of each made from one
+    template per job and attempt, as only the destination (a checked host name) differs."""
+    text = json.dumps(manifest.to_json())
+    templates: dict[tuple[int, str, str, int], tuple[str, str]] = {}
+
+    def record(j: Job) -> str:
+        key = (j.job_no, j.sig, j.not_before, j.attempt)
+        if key not in templates:
+            head, _, tail = json.dumps({**dataclasses.replace(j, dest="\x00").to_json(), "manifest": 0}) \
+                .rpartition("0}")[0].partition('"\\u0000"')
+            templates[key] = (head + '"', '"' + tail + text + "}")
+        head, tail = templates[key]
+        return head + j.dest + tail
+
+    rows = [(j.job_no, j.dest, j.type, str(j.package), j.created, now, WAIT, record(j) if not j.sig else
+             json.dumps({**j.to_json(), "manifest": manifest.to_json()}), j.attempt, wave) for j, wave in found]
+    return db.executemany(
+        "INSERT INTO jobs (job_no, dest, type, package, created, received, state, record, try, wave)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_no, dest) DO UPDATE SET"
+        " received=excluded.received, state=excluded.state, record=excluded.record, try=excluded.try,"
+        " handed_to=NULL, attempts=0 WHERE excluded.try > jobs.try", rows).rowcount
+
+
+def signed_manifest(db: sqlite3.Connection, job: Job) -> Manifest | None:
+    """The manifest the job's record carries, if the managing server signed it (a job made by this
+    version); None for one made before signatures."""
+    row = db.execute("SELECT json_extract(record, '$.manifest') FROM jobs WHERE job_no=? AND dest=?"
+                     " AND json_valid(record) AND json_extract(record, '$.manifest.signature') IS NOT NULL",
+                     (job.job_no, job.dest)).fetchone()
+    return None if row is None else Manifest.from_json(json.loads(row[0]))
 
 
 def unsigned(db: sqlite3.Connection, limit: int = 1000) -> list[tuple[int, str]]:
@@ -206,11 +272,16 @@ def begin_install(db: sqlite3.Connection, job: Job) -> int:
                               (job.job_no, job.dest)).fetchone()[0])
 
 
+# what may be handed out: not suspended (rds.control), and on the managing server in a released wave
+HANDABLE = (" AND j.job_no NOT IN (SELECT job_no FROM controls WHERE suspended IS NOT NULL)"
+            " AND (j.wave = 0 OR j.wave <= (SELECT released FROM orders o WHERE o.job_no = j.job_no))")
+
+
 def for_lower(db: sqlite3.Connection, lower: str) -> list[Job]:
-    """Jobs waiting here whose destination is reached through ``lower``."""
+    """Jobs waiting here whose destination is reached through ``lower`` and that may be handed out."""
     rows = db.execute(
         "SELECT j.record FROM jobs j JOIN routes r ON r.host = j.dest"
-        " WHERE j.state=? AND r.via=? ORDER BY j.job_no, j.dest",
+        " WHERE j.state=? AND r.via=?" + HANDABLE + " ORDER BY j.job_no, j.dest",
         (WAIT, lower),
     )
     return [_job(r) for r in rows]
@@ -225,7 +296,7 @@ def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]
         for job_no, dest in keys:
             n += db.execute(
                 "UPDATE jobs SET state=?, handed_to=? WHERE job_no=? AND dest=? AND state=?"
-                " AND dest IN (SELECT host FROM routes WHERE via=?)",
+                " AND dest IN (SELECT host FROM routes WHERE via=?)" + HANDABLE.replace("j.", "jobs."),
                 (HANDED, lower, job_no, dest, WAIT, lower),
             ).rowcount
             row = db.execute("SELECT record FROM jobs WHERE job_no=? AND dest=? AND handed_to=?",
@@ -239,6 +310,20 @@ def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]
 def done(db: sqlite3.Connection, key: tuple[int, str]) -> None:
     """The job's outcome is known (rds.results keeps it); call inside that transaction."""
     db.execute("UPDATE jobs SET state=? WHERE job_no=? AND dest=?", (DONE, *key))
+
+
+def end_withdrawn(db: sqlite3.Connection, job_no: int | None = None) -> int:
+    """The withdrawn jobs still WAIT here are DONE (rds.results keeps their DELETE); in a transaction."""
+    where = "" if job_no is None else " AND job_no=?"
+    return db.execute(f"UPDATE jobs SET state=? WHERE state=?{where} AND EXISTS (SELECT 1 FROM withdrawn w"
+                      f" WHERE w.job_no = jobs.job_no AND w.dest = jobs.dest)",
+                      (DONE, WAIT) if job_no is None else (DONE, WAIT, job_no)).rowcount
+
+
+def drop_held(db: sqlite3.Connection, dest: str) -> int:
+    """The jobs for ``dest`` not ended here go (its host was removed); call inside a transaction."""
+    marks = ",".join("?" * len(PENDING))
+    return db.execute(f"DELETE FROM jobs WHERE dest=? AND state IN ({marks})", (dest, *PENDING)).rowcount
 
 
 def invalidate(db: sqlite3.Connection, key: tuple[int, str]) -> None:
@@ -299,7 +384,7 @@ def invalid_handed_to(db: sqlite3.Connection, lower: str) -> list[list[object]]:
 
 def listing(db: sqlite3.Connection) -> list[sqlite3.Row]:
     return list(db.execute(
-        "SELECT job_no, dest, type, package, created, received, state, handed_to, attempts"
+        "SELECT job_no, dest, type, package, created, received, state, handed_to, attempts, try"
         " FROM jobs ORDER BY job_no, dest"))
 
 
@@ -353,15 +438,18 @@ def route(db: sqlite3.Connection, host: str) -> str | None:
 
 
 def waiting_lowers(db: sqlite3.Connection, jobs_of: Iterable[int] | None = None) -> dict[str, list[Job]]:
-    """The lower systems that have jobs waiting here, with those jobs."""
+    """The lower systems that have jobs waiting here, with those jobs (made from the table's columns:
+    a job to 100,000 hosts parses no records)."""
     out: dict[str, list[Job]] = {}
     wanted = None if jobs_of is None else set(jobs_of)
-    rows = db.execute("SELECT r.via, j.record FROM jobs j JOIN routes r ON r.host = j.dest WHERE j.state=?"
-                      " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
-    for via, text in rows:
-        job = Job.from_json(parse_record(text))
-        if wanted is None or job.job_no in wanted:
-            out.setdefault(via, []).append(job)
+    rows = db.execute("SELECT r.via, j.job_no, j.dest, j.type, j.package, j.created, j.try FROM jobs j"
+                      " JOIN routes r ON r.host = j.dest WHERE j.state=?" + HANDABLE
+                      + " ORDER BY r.via, j.job_no, j.dest", (WAIT,))
+    packages: dict[str, PackageId] = {}
+    for via, job_no, dest, type_, package, created, attempt in rows:
+        if wanted is None or job_no in wanted:
+            pid = packages.get(package) or packages.setdefault(package, PackageId.parse(package))
+            out.setdefault(via, []).append(Job(job_no, dest, type_, pid, created, attempt=attempt))
     return out
 
 

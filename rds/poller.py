@@ -24,10 +24,12 @@ from rds import (
     cache,
     cleanup,
     codes,
+    control,
     crashpoints,
     database,
     events,
     fsutil,
+    hosts,
     install,
     jobs,
     results,
@@ -79,11 +81,14 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 keep_signed(db, key, client.signed, log.info)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
             report.received = jobs.store(db, good, manifests=manifests)
+            control.believe(db, key, client.controls, log.info)
+            control.settle(db, home.host, log.info)  # withdrawn: dropped before they go further
             crashpoints.reach("stored")
             # startup requests log in below while the packages come; they are sent once they are here
             requests = startup.begin(home, db, log.info, [j.job_no for j in found]) if report.received else None
             try:
-                client.ack(found)
+                if control.believe(db, key, client.ack(found), log.info):  # a withdrawal crossed them
+                    control.settle(db, home.host, log.info)
                 crashpoints.reach("acked")
                 if client.invalid:
                     n = cleanup.upper_invalidated(db, store, client.invalid, client.where, home.settings)
@@ -122,13 +127,16 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[l
     own = trust.own_statement(home.identity, db, home.host, upper)
     statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
     unsigned = jobs.unsigned(db)
-    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned)
+    held, said = control.held(db), hosts.reported(db, home.host)
+    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned,
+                                      controls=held, hosts=said)
     trust.sent(db, upper, statements, client.unproven)
+    hosts.told(db, said)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
         again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
         if any(d["host"] not in carried for d in again):  # statements it lost that this host has
-            found, manifests = client.checkin(again, below, wake=startup_address(home))
+            found, manifests = client.checkin(again, below, wake=startup_address(home), controls=held, hosts=said)
             trust.sent(db, upper, again, client.unproven)
     return found, manifests
 
@@ -275,7 +283,11 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
     host = home.host
     todo = [(j, True) for j in jobs.in_state(db, jobs.INSTALLING, host)]
     todo += [(j, False) for j in jobs.in_state(db, jobs.WAIT, host)]
+    now = time.time()
     for job, resumed in todo:
+        if not resumed and (job.waits_until() or 0) > now:  # handed out ahead: its package is here already
+            log(f"job {job.job_no} {job.package}: waits until {job.not_before} (not before, this host's clock)")
+            continue
         if jobs.state_of(db, job) != (jobs.INSTALLING if resumed else jobs.WAIT):
             continue  # a DELETE job before it invalidated it
         if job.type == jobs.DELETE:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, daemon, database, events, identity, jobs, results, session, trust, wire
+from rds import cache, control, daemon, database, events, hosts, identity, jobs, manager, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -108,7 +108,8 @@ class UpperService:
         try:
             op = wire.check(msg, self.lower)
             if op == "checkin":
-                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"))
+                answer = self.checkin(msg.get("statements"), msg.get("below", []), msg.get("wake"),
+                                      msg.get("controls"), msg.get("hosts"))
                 return {**answer, "signed": self.signed_copies(msg["unsigned"])} if msg.get("unsigned") else answer
             if op == "ack":
                 return self.ack(msg.get("jobs", []))
@@ -116,13 +117,16 @@ class UpperService:
                 return self.report(msg.get("results", []))
             if op == "stat":
                 return {"ok": True, "manifest": self.stat(msg.get("package")).to_json()}
+            if op == "forget":
+                return self.forget()
             if op == "damaged":
                 return {"ok": True, "copy": self.damaged(msg.get("package"), msg.get("sha256"))}
             raise ProtocolError(f"unknown request {op!r}")
         except wire.ANSWERED as e:
             return wire.error_answer(e)
 
-    def checkin(self, statements: Any, below: Any, wake: Any = None) -> dict[str, Any]:
+    def checkin(self, statements: Any, below: Any, wake: Any = None, held: Any = None,
+                reported: Any = None) -> dict[str, Any]:
         if wake is not None:
             try:
                 wake = startup_address(wake)
@@ -136,16 +140,23 @@ class UpperService:
         moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+        hosts.observe(self.db, proven, reported)
+        theirs = control.parse_held(held)
         for job_no, dest, state in jobs.unknown_state(self.db):
             if dest == self.lower or jobs.route(self.db, dest) == self.lower:
                 log.warning(f"job {job_no}:{dest} is not handed to {self.lower}: its state here is {state!r}, not a "
                             f"job state (a damaged database?); delete it with 'rdsgroupid -d {job_no}:{dest}'")
         managing = self.home.settings.is_managing_server
+        if managing:  # a wave that waits too long says so; one whose time came is released
+            manager.advance(self.db, self.home, log.warning)
         ready: list[dict[str, Any]] = []
         manifests: dict[str, Manifest] = {}
         stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
         signed: list[tuple[jobs.Job, Manifest]] = []
-        for job in jobs.for_lower(self.db, self.lower):
+        found = jobs.for_lower(self.db, self.lower)
+        if managing:  # signed the first time they are handed out, all at once (rds.manager.signed)
+            found = manager.signed(self.db, self.home, found)
+        for job in found:
             # handed out whether the package is here or not: the record carries its manifest (read once
             # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
             if not managing and not job.sig:  # came before signatures: held until signed (signed_copies)
@@ -171,6 +182,8 @@ class UpperService:
         answer = {"ok": True, "upper": self.home.host, "jobs": ready,
                   "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if said := control.for_lower(self.db, self.lower, theirs):
+            answer["controls"] = said
         if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):
             answer["resend"] = [list(k) for k in held]  # unsigned from before protocol 2: signed copies, please
             log.info(f"asked {self.lower} to send again {len(held)} result(s) held here unsigned since the upgrade "
@@ -211,7 +224,15 @@ class UpperService:
         except (TypeError, ValueError, OverflowError):  # int(Infinity) overflows
             raise ProtocolError("'jobs' must be a list of [job, dest] pairs") from None
         taken = jobs.hand_over(self.db, self.lower, pairs)
-        return {"ok": True, "taken": taken}
+        said = control.of_jobs(self.db, {j for j, _ in pairs})
+        return {"ok": True, "taken": taken, **({"controls": said} if said else {})}
+
+    def forget(self) -> dict[str, Any]:
+        """rdssys -u: the lower system leaves; only it is forgotten (not the hosts below a relay)."""
+        gone = hosts.remove(self.db, self.lower, only_itself=True)
+        logger(self.home).info(f"{self.lower} asked to be forgotten (rdssys -u): its route, {gone['jobs']} held "
+                               f"job(s) and its key removed")
+        return {"ok": True, **gone}
 
     def report(self, items: Any) -> dict[str, Any]:
         if not isinstance(items, list):
@@ -229,6 +250,8 @@ class UpperService:
         n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
+        if kept and self.home.settings.is_managing_server:  # results decide the waves
+            manager.advance(self.db, self.home, log.warning)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
         return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}

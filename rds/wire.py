@@ -10,7 +10,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              request reaches the asker (optional): ``ssh://[user@]host[:port]``
              or the absolute path of its home (rds.startup); ``unsigned``: at most
              RESEND_MAX ``[job, dest]`` pairs of jobs the asker holds from before
-             signatures (protocol 1), which it does not hand on.  The upper system
+             signatures (protocol 1), which it does not hand on; ``controls``: for
+             each job not ended there, the number of the managing server's control
+             statement it holds (rds.control); ``hosts``: for the asker and hosts
+             under it, ``[version, last check-in]`` (rds.hosts).  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:
@@ -21,11 +24,16 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
              relay): results of the asker's subtree the relay holds unsigned
              from before protocol 2, which the asker sends again, signed by
-             their hosts (rds.results, docs/upgrade.md), and ``signed``:
+             their hosts (rds.results, docs/upgrade.md), ``signed``:
              signed copies of the ``unsigned`` jobs it handed the asker, each
-             a job record with its ``manifest``.
+             a job record with its ``manifest``, and ``controls``: the managing
+             server's signed control statements (suspension, withdrawn
+             destinations) newer than those the asker holds.
 ``ack``      ``jobs``: ``[job, dest]`` pairs now safely stored below; the upper
-             system will not hand them out again.
+             system will not hand them out again.  The answer's ``controls``
+             are the statements of those jobs (a withdrawal that crossed them).
+``forget``   the asker leaves: the upper system forgets its route, the jobs held
+             for it, its key and statement (rdssys -u; on a relay, only the relay).
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
              the host it is about (or, for EXEC-ERROR and LINE-DOWN, by the
              relay above it); the answer counts those ``accepted`` (new) and
@@ -72,8 +80,8 @@ from typing import Any
 from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, Refused, UnableToCache
 
 # 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), chunked
-# packages, the ranges request (issue 17), and keep-alive frames while the upper system works on an
-# answer, asked for with ``alive`` (issue 16)
+# packages, the ranges request (issue 17), keep-alive frames while the upper system works on an
+# answer, asked for with ``alive`` (issue 16), and job control (issue 15)
 VERSION = 3
 RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20

@@ -134,7 +134,8 @@ def test_dcmjexe_on_a_host_that_is_not_the_managing_server(cli: Cli, tree: Tree,
 
 
 def test_dcmjexe_without_destinations(cli: Cli, mgr: Host, pid: str) -> None:
-    fails(cli(mgr, "dcmjexe", "-r", pid), "dcmjexe", 1, "give the destinations with -h HOST [HOST...]")
+    fails(cli(mgr, "dcmjexe", "-r", pid), "dcmjexe", 1,
+          "give the destinations with -h HOST [HOST...], -f FILE or -g GROUP")
 
 
 def test_dcmjexe_without_package(cli: Cli, mgr: Host) -> None:

@@ -288,8 +288,8 @@ def test_summary_counts_each_job_and_status(tree: Tree) -> None:
         [(1, 4, 1, pid, "INSTALL"), (2, 1, 0, pid, "INSTALL")]
     table = mgr.run("dcmstat", "-s", "-n", "1", check=False).stdout.splitlines()
     assert table[0].split() == ["JOB", "PACKAGE", "TYPE", "DESTINATIONS", "WAIT", "EXEC", "ERROR", "EXEC-ERROR",
-                                "LINE-DOWN", "COMPLETE", "SETUP-ERROR"]
-    assert table[1].split() == ["1", pid, "INSTALL", "4", "3", "0", "0", "0", "0", "1", "0"]
+                                "LINE-DOWN", "COMPLETE", "SETUP-ERROR", "DELETE", "ID-INVALID"]
+    assert table[1].split() == ["1", pid, "INSTALL", "4", "3", "0", "0", "0", "0", "1", "0", "0", "0"]
 
 
 def test_an_interim_exec_error_is_running_with_failures(tree: Tree) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+from typing import TextIO
+
 import click
 
-from rds import manager, startup
+from rds import groups, manager, startup
 from rds.cli import entry, multi, with_home
+from rds.clock import now_text
 from rds.database import Database
-from rds.errors import UsageError
+from rds.errors import InputError, UsageError
 from rds.home import Home
 from rds.log import logger
 from rds.packages import PackageId
+from rds.settings import parse_duration
 
 
 @click.command(name="dcmjexe", context_settings={"help_option_names": ["--help"]})
@@ -23,8 +28,23 @@ from rds.packages import PackageId
                    "update); or delete it from the storehouse of relay systems (Batch delete packages on relay "
                    "system).")
 @click.option("-h", "hosts", multiple=True, metavar="HOST", help="Destination host; more may follow, space-separated.")
+@click.option("-f", "host_file", type=click.File("r"), metavar="FILE",
+              help="Destination hosts from FILE, one a line ('-': standard input; # starts a comment).")
+@click.option("-g", "--group", metavar="GROUP", default="",
+              help="An ID group (rdsiddefine): its members now, and hosts that join it later.")
+@click.option("--waves", metavar="LIST", default="",
+              help="Release in waves: cumulative percentages (1,10,50,100%) or counts (5,50,500) of the destinations.")
+@click.option("--fail-limit", metavar="LIMIT", default="",
+              help="With --waves: more reported failures than this (a count, or a percentage of the destinations "
+                   "released) suspend the job.")
+@click.option("--wave-wait", metavar="DURATION", default="24h", show_default=True,
+              help="With --waves: how long a wave may wait for its results before dcmstat and the log say so.")
+@click.option("--not-before", metavar="TIME", default="",
+              help="Earliest install time (ISO 8601, e.g. 2026-12-24T03:00+01:00; without an offset, this host's "
+                   "local time), on each destination's clock; handed out ahead.")
 @click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
-def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tuple[str, ...]) -> int:
+def command(package: str, job_type: str, hosts: tuple[str, ...], host_file: TextIO | None, group: str, waves: str,
+            fail_limit: str, wave_wait: str, not_before: str, more_hosts: tuple[str, ...]) -> int:
     """Create an Install package job (or with -t transfer a Transfer package to relay system job, with
     -t delete a Batch delete packages job) for HOSTs.
 
@@ -33,14 +53,43 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], more_hosts: tup
     A host that has not reported in yet is accepted: its job is held until the
     host (through its relays) checks in, and dcmstat says so.
     """
-    if not hosts:
-        raise UsageError("give the destinations with -h HOST [HOST...]")
-    return create(PackageId.parse(package), multi(hosts, more_hosts), job_type.upper())
+    if not hosts and not group and host_file is None:
+        raise UsageError("give the destinations with -h HOST [HOST...], -f FILE or -g GROUP")
+    if more_hosts and not hosts:
+        raise UsageError("hosts go after -h")
+    listed = multi(hosts, more_hosts) if hosts else []
+    if host_file is not None:
+        listed += [w for line in host_file for w in line.split("#", 1)[0].split()]
+    return create(PackageId.parse(package), listed, job_type.upper(), plan(group, waves, fail_limit, wave_wait,
+                                                                             not_before))
+
+
+def plan(group: str, waves: str, fail_limit: str, wave_wait: str, not_before: str) -> manager.Plan:
+    if group:
+        groups.check_name(group)
+    if fail_limit and not waves:
+        raise UsageError("--fail-limit goes with --waves")
+    steps, percent = manager.parse_waves(waves) if waves else ((), False)
+    limit, limit_percent = manager.parse_limit(fail_limit) if fail_limit else (None, False)
+    try:
+        wait = parse_duration(wave_wait, "s", 1, 366 * 86400)
+    except ValueError:
+        raise UsageError(f"bad --wave-wait {wave_wait!r} (for example 30m, 4h, 2d)") from None
+    return manager.Plan(steps, percent, limit, limit_percent, wait, when(not_before) if not_before else "", group)
+
+
+def when(text: str) -> str:
+    """An ISO 8601 time as stored (UTC); without an offset it is this host's local time."""
+    try:
+        t = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"bad --not-before {text!r} (ISO 8601, e.g. 2026-12-24T03:00:00+01:00)") from None
+    return now_text((t if t.tzinfo else t.astimezone()).timestamp())
 
 
 @with_home(database=True)
-def create(pid: PackageId, hosts: list[str], job_type: str, *, home: Home, db: Database) -> int:
-    job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type)
+def create(pid: PackageId, hosts: list[str], job_type: str, plan: manager.Plan, *, home: Home, db: Database) -> int:
+    job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type, plan=plan)
     if unknown:
         click.echo(f"dcmjexe: {unknown_hosts(unknown)}", err=True)
     startup.start_lowers(home, db, logger(home).info, [job_no])

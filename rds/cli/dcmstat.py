@@ -7,14 +7,14 @@ import time
 
 import click
 
-from rds import codes, manager
+from rds import codes, manager, results
 from rds.cli import entry, fast_table, print_json, table, with_home
 from rds.clock import shown
 from rds.database import Database
 from rds.errors import UsageError
 from rds.home import Home
 
-STATUSES = list(codes.JOB_STATUS_CODES)
+STATUSES = list(codes.STATUS_WORDS)
 
 
 @click.command(name="dcmstat", context_settings={"help_option_names": ["--help"]})
@@ -24,9 +24,11 @@ STATUSES = list(codes.JOB_STATUS_CODES)
               help="With -n: redraw the job's counts (and a bar on a terminal) until it ends; exit as without -w.")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True, metavar="SECONDS",
               help="With -w: seconds between two looks.")
+@click.option("--history", is_flag=True, help="With -n: the earlier attempts' outcomes (dcmrtry).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-def command(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool) -> int:
-    """Show each destination's status: WAIT, EXEC, COMPLETE, ERROR, EXEC-ERROR, LINE-DOWN, SETUP-ERROR.
+def command(job_no: int | None, summary: bool, watch: bool, interval: float, history: bool, as_json: bool) -> int:
+    """Show each destination's status: WAIT, EXEC, COMPLETE, ERROR, EXEC-ERROR, LINE-DOWN, SETUP-ERROR,
+    DELETE (withdrawn, dcmjbrm), ID-INVALID (left its ID group).
 
     \b
     Exit status: 0 all complete, 30 some failed, 31 still running,
@@ -37,13 +39,28 @@ def command(job_no: int | None, summary: bool, watch: bool, interval: float, as_
         raise UsageError("-w watches one job: give it with -n JOB")
     if watch and as_json:
         raise UsageError("-w draws for people; --json prints once")
-    return show(job_no, summary, watch, interval, as_json)
+    if history and (job_no is None or summary or watch):
+        raise UsageError("--history shows one job's earlier attempts: give -n JOB alone")
+    return show(job_no, summary, watch, interval, as_json, history)
 
 
 @with_home(database=True)
-def show(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool, *, home: Home,
-         db: Database) -> int:
+def show(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool, history: bool = False, *,
+         home: Home, db: Database) -> int:
     manager.require_managing_server(home)
+    if history:
+        assert job_no is not None
+        manager.order(db, job_no)
+        earlier = results.history(db, job_no)
+        if as_json:
+            print_json([{"job_no": r["job_no"], "dest": r["dest"], "attempt": r["try"], "status": r["status"],
+                         "updated": shown(r["finished"]), "message": r["message"]} for r in earlier])
+        elif earlier:
+            click.echo(table([[r["job_no"], r["dest"], r["try"], r["status"], shown(r["finished"]), r["message"]]
+                              for r in earlier], ["JOB", "DESTINATION", "ATTEMPT", "STATUS", "UPDATED", "MESSAGE"]))
+        else:
+            click.echo(f"job {job_no}: no earlier attempts")
+        return 0
     if watch:
         assert job_no is not None
         return watch_job(db, job_no, interval)
@@ -75,7 +92,9 @@ def summary_table(found: list[manager.JobSummary]) -> str:
 
 def counts_line(s: manager.JobSummary) -> str:
     parts = [f"{st} {n}" for st, n in s.counts.items() if n]
-    return f"job {s.job_no} {s.package}: {s.ended}/{s.total} ended; " + ", ".join(parts)
+    extra = (f"; wave {s.wave[0]} of {s.wave[1]}" if s.wave[1] else "") + \
+        (f"; suspended: {s.suspended}" if s.suspended else "")
+    return f"job {s.job_no} {s.package}: {s.ended}/{s.total} ended; " + ", ".join(parts) + extra
 
 
 def bar(s: manager.JobSummary, width: int = 30) -> str:
