@@ -27,7 +27,6 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -141,6 +140,8 @@ def start_background(home: Home, name: str, argv: list[str], wait: float = 10.0)
         raise AlreadyRunning(f"{name} is already running for {home.path} (pid {pid})")
     out = open(home.log_dir / f"{name}.out", "ab")  # noqa: SIM115 - handed to the child
     with out:
+        import subprocess  # not at import: rds-serve, which never starts one, imports this module
+
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=crashpoints.child_env(RDS_HOME=str(home.path)))
     deadline = time.monotonic() + wait

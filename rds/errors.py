@@ -107,3 +107,27 @@ class SystemError_(RdsError):
     """The operating system refused: disk full, permissions, I/O."""
 
     exit_code = 254
+
+
+def said(name: str, e: RdsError | KeyboardInterrupt | OSError | Exception) -> tuple[str, int]:
+    """The one line on stderr (shown safely and cut, rds.text) and the exit code (rds(7)) for what ends
+    command ``name``: an RdsError, an interrupt, the state database's error (sqlite3.Error) or the
+    system's (OSError).  rds.cli.run and the forced commands' entry points (rds.forced) both say them so."""
+    import errno
+    import sqlite3
+
+    from rds import text
+
+    if isinstance(e, RdsError):
+        line, code = f"{name}: {e}", e.exit_code
+    elif isinstance(e, KeyboardInterrupt):
+        return f"{name}: interrupted", 130
+    elif isinstance(e, sqlite3.Error):
+        full = getattr(e, "sqlite_errorcode", None) == 13  # SQLITE_FULL: say it as for any other file
+        line, code = f"{name}: state database: {'disk full' if full else e}", SystemError_.exit_code
+    else:
+        filename, number = getattr(e, "filename", None), getattr(e, "errno", None)
+        where = f"{filename}: " if filename else ""
+        what = "disk full" if number in (errno.ENOSPC, errno.EDQUOT) else (getattr(e, "strerror", None) or str(e))
+        line, code = f"{name}: {where}{what}", SystemError_.exit_code
+    return text.cut(text.shown(line), text.LINE), code

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rds import cache, control, daemon, database, events, hosts, identity, jobs, manager, results, session, trust, wire
+from rds import cache, control, daemon, database, events, hosts, identity, jobs, results, session, trust, wire
 from rds.client import UpperClient
 from rds.errors import (
     CommunicationError,
@@ -148,6 +148,8 @@ class UpperService:
                             f"job state (a damaged database?); delete it with 'rdsgroupid -d {job_no}:{dest}'")
         managing = self.home.settings.is_managing_server
         if managing:  # a wave that waits too long says so; one whose time came is released
+            from rds import manager  # the managing server's alone: a relay's rds-serve never imports it
+
             manager.advance(self.db, self.home, log.warning)
         ready: list[dict[str, Any]] = []
         manifests: dict[str, Manifest] = {}
@@ -155,6 +157,8 @@ class UpperService:
         signed: list[tuple[jobs.Job, Manifest]] = []
         found = jobs.for_lower(self.db, self.lower)
         if managing:  # signed the first time they are handed out, all at once (rds.manager.signed)
+            from rds import manager
+
             found = manager.signed(self.db, self.home, found)
         for job in found:
             # handed out whether the package is here or not: the record carries its manifest (read once
@@ -251,6 +255,8 @@ class UpperService:
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
         if kept and self.home.settings.is_managing_server:  # results decide the waves
+            from rds import manager
+
             manager.advance(self.db, self.home, log.warning)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once

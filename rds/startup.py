@@ -29,10 +29,13 @@ comes when the lower system asks for it, see rds.cache.)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import select
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +45,7 @@ from typing import Any, TypeVar
 
 from rds import cache, codes, crashpoints, daemon, database, events, flags, jobs, results
 from rds.clock import now_text
-from rds.errors import CommunicationError, RdsError
+from rds.errors import CommunicationError, RdsError, SettingsError
 from rds.home import Home
 from rds.log import logger
 from rds.results import Result
@@ -61,7 +64,40 @@ T = TypeVar("T")
 WAKE_LOCK = "wake.lock"
 WAKE_AGAIN = "wake.again"
 WAKE_LAST = "wake.last"  # its mtime: when the last pass started by a wake began
+# how long rds-wake waits for the upper system's word before waking anyway (it logs in early, while it
+# still fetches what this host will ask for; rds.transport.wake.HOLD stays well below this)
+WAIT_MAX = 120.0
 WAKE_FD = "RDS_WAKE_FD"  # in the environment of a pass started by a wake: the inherited lock
+
+
+def woken(path: Path | None) -> str:
+    """rds-wake as sshd runs it on this lower system: wait for the upper system's word (``WAIT_MAX`` at
+    most), wake the home at ``path`` (``wake_home``), log who asked; says how (rds.cli.wake, rds.forced)."""
+    from rds.home import default_home
+
+    path = path if path is not None else default_home()
+    if not (path / "FORMAT").is_file():
+        raise SettingsError(f"{path}: no rds home here")  # and none is made: the forced command may be wrong
+    home = Home.open(path, create=False)
+    _wait_for_word()
+    how = wake_home(home)
+    caller = os.environ.get("SSH_CLIENT", "").split(" ")[0] or "a local caller"
+    logger(home).info(f"startup request from {caller}: {how}")
+    return how
+
+
+def _wait_for_word() -> None:
+    """Until standard input gives a byte or ends (the content is not read for meaning), at most WAIT_MAX."""
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        return
+    ready, _, _ = select.select([fd], [], [], WAIT_MAX)
+    if ready:
+        with contextlib.suppress(OSError):
+            os.read(fd, 1)
 
 
 def wake_home(home: Home) -> str:

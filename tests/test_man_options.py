@@ -17,13 +17,16 @@ import click
 import pytest
 from test_man import MAN, SCRIPTS, read, section
 
+from rds import forced
 from rds.cli import add_version_option
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def command_of(name: str) -> click.Command:
-    module = SCRIPTS[name].partition(":")[0]
+    # a forced command's entry point reads its usual command line without click, and hands the click
+    # command everything else (rds.forced): that command is the one its page describes
+    module = forced.COMMANDS.get(name) or SCRIPTS[name].partition(":")[0]
     cmd = importlib.import_module(module).command
     assert isinstance(cmd, click.Command), f"{module}.command is not a click command"
     add_version_option(cmd)  # as rds.cli.run gives it to every command

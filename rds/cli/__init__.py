@@ -7,7 +7,6 @@ database (with the distribution status listening, rds.session) and closes it."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from rds import crashpoints, text
+from rds import crashpoints, errors, text
 from rds.errors import NotPermitted, RdsError, SettingsError, SystemError_, UsageError
 from rds.home import Home, default_home
 
@@ -68,21 +67,9 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
         code = 130
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except RdsError as e:
-        _error(f"{name}: {e}")
-        code = e.exit_code
-    except KeyboardInterrupt:
-        click.echo(f"{name}: interrupted", err=True)
-        code = 130
-    except sqlite3.Error as e:
-        full = getattr(e, "sqlite_errorcode", None) == 13  # SQLITE_FULL: say it as for any other file
-        _error(f"{name}: state database: {'disk full' if full else e}")
-        code = EXIT_SYSTEM
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        _error(f"{name}: {where}{what}")
-        code = EXIT_SYSTEM
+    except (RdsError, KeyboardInterrupt, sqlite3.Error, OSError) as e:
+        line, code = errors.said(name, e)
+        click.echo(line, err=True)
     sys.stdout.flush()
     sys.exit(code)
 

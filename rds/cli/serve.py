@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -34,9 +32,7 @@ def command(lower: str, home: Path | None) -> int:
         raise UsageError(f"--lower {lower!r}: not a host name")
     from rds.transport import serve
 
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # whatever else prints goes to stderr, never into the protocol stream
-    return serve.serve(lower, home, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
+    return serve.forced(lower, home)
 
 
 main = entry(command)

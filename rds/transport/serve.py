@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,6 +47,14 @@ from rds.transport.frames import END, FAILED, HEADER, SERVE, Heartbeat, Idle, en
 # own lower systems cause, with room to spare.  Each waiting session is a process of about 12 MiB
 # (PSS); beyond this, a session is refused at once.
 MAX_SESSIONS = 16
+
+
+def forced(lower: str, home_path: Path | None) -> int:
+    """rds-serve as sshd runs it: the protocol on this process's standard input and output, whatever
+    else prints going to stderr (rds.cli.serve and rds.forced both start it so)."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else prints goes to stderr, never into the protocol stream
+    return serve(lower, home_path, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
 
 
 def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryIO, out: BinaryIO) -> int:
