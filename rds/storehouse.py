@@ -580,23 +580,10 @@ class Storehouse:
     def blocks(self, pid: PackageId, offset: int, length: int, check: Served | None = None) -> Iterator[bytes]:
         """The payload's bytes from ``offset``, read under a shared lock that keeps removal out;
         ``check`` hashes them if they go on where its last read ended."""
-        chunked = not self.payload(pid).exists()
-        with open(self.dir(pid) / (MANIFEST if chunked else PAYLOAD), "rb") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)  # cleanup does not remove a package while it is read
-            if check is not None and not check.follows(offset, os.fstat(lock.fileno()).st_ino):
-                check = None
-            f: Any = chunks.Reader(self.chunks, self.get(pid).chunks) if chunked else lock  # type: ignore[union-attr]
-            f.seek(offset)
-            while length > 0:
-                block = f.read(min(length, 1 << 20))
-                if not block:
-                    break
-                length -= len(block)
-                if check is not None:
-                    check.update(block)
-                yield block
-            if chunked:
-                f.close()
+        manifest = self.get(pid)
+        if manifest is None:
+            raise FileNotFoundError(f"package {pid} is not in the storehouse")
+        yield from self.spans(manifest, [(offset, length)], check)
 
     # -- copies found damaged ---------------------------------------------------------------------------
 
