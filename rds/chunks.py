@@ -65,8 +65,16 @@ BIG_MIN, BIG_AVG, BIG_MAX = 128 << 10, 512 << 10, 2 << 20
 LEVEL = 6
 BATCH = 8 << 20  # the tar stream is cut this much at a time
 DIR = ".chunks"
+QUEUED = 64 << 20  # packed bytes a Receiver holds, verified or not, before it waits for its writers
 
-Entry = tuple[str, int, int]  # SHA-256 of the bytes, their size, the packed (gzip member) size
+# SHA-256 of the bytes, their size, the packed (gzip member) size and, in manifests made since issue 16, the
+# SHA-256 of the packed bytes (``check``: verified without decompressing)
+Entry = tuple[str, int, int] | tuple[str, int, int, str]
+
+
+def packed_digest(entry: Entry) -> str | None:
+    """The SHA-256 of the chunk's packed bytes that the manifest gives, if it gives one."""
+    return entry[3] if len(entry) > 3 else None  # type: ignore[misc]
 
 
 def pack(data: bytes) -> bytes:
@@ -89,6 +97,19 @@ def unpack(packed: bytes, entry: Entry) -> bytes:
             or hashlib.sha256(data).hexdigest() != name:
         raise IntegrityError(f"chunk {name[:16]}...: its bytes do not match its name and size")
     return data
+
+
+def check(packed: bytes | memoryview, entry: Entry) -> None:
+    """Verify one packed chunk against its manifest entry before it is stored or used: by the SHA-256 of its
+    packed bytes when the (signed) manifest gives it, which needs no decompressing; else ``unpack``."""
+    digest = packed_digest(entry)
+    if digest is None:
+        unpack(bytes(packed), entry)
+        return
+    if len(packed) != entry[2]:
+        raise IntegrityError(f"chunk {entry[0][:16]}...: {len(packed)} packed bytes, the manifest says {entry[2]}")
+    if hashlib.sha256(packed).hexdigest() != digest:
+        raise IntegrityError(f"chunk {entry[0][:16]}...: its packed bytes do not match the manifest's SHA-256")
 
 
 class ChunkStore:
@@ -117,7 +138,7 @@ class ChunkStore:
             seen.add(e[0])
         return out
 
-    def put(self, name: str, packed: bytes) -> None:
+    def put(self, name: str, packed: bytes | memoryview) -> None:
         """Store a chunk already verified: written under a temporary name and renamed, whole or absent.
 
         Not flushed one by one (a flush a chunk cost a download 60% of its
@@ -136,8 +157,12 @@ class ChunkStore:
             except FileNotFoundError:  # its directory was pruned by a collection meanwhile
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(packed)
+            try:
+                view = memoryview(packed)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -165,7 +190,7 @@ class ChunkStore:
         n = 0
         for e in {e[0]: e for e in entries}.values():
             try:
-                unpack(self.read(e[0]), e)
+                check(self.read(e[0]), e)
             except FileNotFoundError:
                 continue
             except IntegrityError:
@@ -319,12 +344,12 @@ class Packer:
         names = [hashlib.sha256(p).hexdigest() for p in pieces]
         self.listed.write("".join(f"{n}\n" for n in names))  # named before used: collection keeps them
         self.listed.flush()
-        for name, size, packed in self.pool.map(self._one, pieces):
-            self.chunks.append((name, size, len(packed)))
+        for name, size, packed, digest in self.pool.map(self._one, pieces):
+            self.chunks.append((name, size, len(packed), digest))
             self.sha.update(packed)
             self.size += len(packed)
 
-    def _one(self, data: bytes) -> tuple[str, int, bytes]:
+    def _one(self, data: bytes) -> tuple[str, int, bytes, str]:
         name = hashlib.sha256(data).hexdigest()
         path = self.store.path(name)
         with contextlib.suppress(FileNotFoundError):
@@ -332,15 +357,19 @@ class Packer:
             with contextlib.suppress(IntegrityError):
                 unpack(packed, (name, len(data), len(packed)))
                 os.utime(path)  # named again: not collected while this package is being made
-                return name, len(data), packed
+                return name, len(data), packed, hashlib.sha256(packed).hexdigest()
         packed = pack(data)
         self.store.put(name, packed)
-        return name, len(data), packed
+        return name, len(data), packed, hashlib.sha256(packed).hexdigest()
 
 
 class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
-    (``unpack``) and stored as soon as it is whole, so a cut loses at most the one that was coming."""
+    (``check``) and stored as soon as it is whole, so a cut loses at most the one that was coming.
+
+    The chunks that one write completes go to a worker as one batch (verifying and creating files let go
+    of the GIL, so this goes on while the link reads the next bytes); a chunk whose manifest gives its
+    packed SHA-256 is hashed, never decompressed (issue 16)."""
 
     def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
@@ -350,56 +379,76 @@ class Receiver:
         self.i = 0
         self.buf = bytearray()
         self.size = 0
-        self.pool = ThreadPoolExecutor(4)  # verifying and creating files (I/O waits) go on while the next chunks come
-        self.pending: list[Any] = []
+        self.pool = ThreadPoolExecutor(2)  # the link's reader is the third thread: two cores
+        self.pending: collections.deque[Any] = collections.deque()
+        self.queued = 0  # bytes handed to the workers and not yet written
         self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
 
-    def write(self, data: bytes) -> int:
-        self.buf += data
-        self.size += len(data)
-        taken = 0
-        while self.i < len(self.entries) and len(self.buf) - taken >= self.entries[self.i][2]:
-            e = self.entries[self.i]
-            packed = bytes(self.buf[taken:taken + e[2]])
-            self.pending.append(self.pool.submit(self._take, e, packed))
-            taken += e[2]
-            self.i += 1
-        if len(self.pending) > 64:
-            self._settle(self.pending[:-32])
-        if taken:
-            del self.buf[:taken]
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        self.size += n
+        batch: list[tuple[Entry, bytes]] = []
+        if not self.buf:  # the common case: whole chunks straight from the link's buffer, one copy each
+            view = memoryview(data)
+            at = 0
+            while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:
+                e = self.entries[self.i]
+                batch.append((e, bytes(view[at:at + e[2]])))
+                at += e[2]
+                self.i += 1
+            if at < n:
+                self.buf += view[at:]
+        else:
+            self.buf += data
+            taken = 0
+            view = memoryview(self.buf)
+            while self.i < len(self.entries) and len(self.buf) - taken >= self.entries[self.i][2]:
+                e = self.entries[self.i]
+                batch.append((e, bytes(view[taken:taken + e[2]])))
+                taken += e[2]
+                self.i += 1
+            view.release()
+            if taken:
+                del self.buf[:taken]
+        if batch:
+            size = sum(e[2] for e, _ in batch)
+            self.pending.append((self.pool.submit(self._take, batch), size))
+            self.queued += size
+            while self.queued > QUEUED:  # bounded memory: wait for the oldest batches
+                self._settle_one()
         if self.i == len(self.entries) and self.buf:
             raise IntegrityError(f"{self.where} sent more than the chunks asked for; not stored")
-        return len(data)
+        return n
 
     def flush(self) -> None:
         pass
 
-    def _take(self, e: Entry, packed: bytes) -> None:
-        """Verify a chunk and store it (in a worker: zlib and hashlib let go of the GIL, so this goes on
-        while the link reads the next ones); a damaged one is remembered, not stored, and the rest of the
-        stream is still read (the link stays in step)."""
-        try:
-            unpack(packed, e)
-        except IntegrityError as err:
-            self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: {err}; "
-                                                        "not stored")
-            return
-        self.store.put(e[0], packed)
+    def _take(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """Verify chunks and store them (in a worker); a damaged one is remembered, not stored, and the rest
+        of the stream is still read (the link stays in step)."""
+        for e, packed in batch:
+            try:
+                check(packed, e)
+            except IntegrityError as err:
+                self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: "
+                                                            f"{err}; not stored")
+                continue
+            self.store.put(e[0], packed)
+
+    def _settle_one(self) -> None:
+        future, size = self.pending.popleft()
+        self.queued -= size
+        future.result()  # a write that failed (a full disk) fails the download here
 
     def settle(self) -> None:
         """Wait until the chunks taken in so far are written."""
-        self._settle(self.pending)
-
-    def _settle(self, futures: list[Any]) -> None:
-        for f in futures:
-            f.result()  # a write that failed (a full disk) fails the download here
-        self.pending = self.pending[len(futures):]
+        while self.pending:
+            self._settle_one()
 
     def close(self) -> None:
         """Wait for the chunks still being written and flush them to disk; what came is kept either way."""
         try:
-            self._settle(self.pending)
+            self.settle()
         finally:
             self.pool.shutdown()
         self.store.flush()
@@ -440,28 +489,30 @@ class Reader(io.RawIOBase):
         return self.pos
 
     def readinto(self, b: Any) -> int:
-        if self.pos >= self.starts[-1]:
-            return 0
-        i = bisect_right(self.starts, self.pos) - 1
-        if i != self.i:
-            self._close_chunk()
-            try:
-                self.f = open(self.store.path(self.entries[i][0]), "rb")  # noqa: SIM115 - closed with the reader
-            except FileNotFoundError:
-                raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is missing from the chunk store") from None
-            self.i = i
-        self.f.seek(self.pos - self.starts[i])
-        want = min(len(b), self.starts[i + 1] - self.pos)
-        data = self.f.read(want)
-        if len(data) != want:
-            raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is shorter than its manifest says")
-        b[:want] = data
-        self.pos += want
-        return want
+        """Fill ``b`` from as many chunks as it takes (one block of a serve holds many small chunks)."""
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view) and self.pos < self.starts[-1]:
+            i = bisect_right(self.starts, self.pos) - 1
+            if i != self.i:
+                self._close_chunk()
+                try:
+                    self.f = os.open(self.store.path(self.entries[i][0]), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is missing from the chunk "
+                                         "store") from None
+                self.i = i
+            want = min(len(view) - done, self.starts[i + 1] - self.pos)
+            got = os.preadv(self.f, [view[done:done + want]], self.pos - self.starts[i])
+            if got != want:
+                raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is shorter than its manifest says")
+            done += want
+            self.pos += want
+        return done
 
     def _close_chunk(self) -> None:
         if self.f is not None:
-            self.f.close()
+            os.close(self.f)
             self.f = None
             self.i = -1
 
@@ -495,7 +546,7 @@ class Hashing(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         n = int(self.raw.readinto(b))
         if self.pos <= self.upto < self.pos + n:  # only what goes on from what was hashed
-            self.sha.update(bytes(b[self.upto - self.pos:n]))
+            self.sha.update(memoryview(b)[self.upto - self.pos:n])
             self.upto = self.pos + n
         self.pos += n
         return n

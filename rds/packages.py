@@ -78,9 +78,10 @@ class Manifest:
     # the archive's tar stream in bytes, recorded at rdsft -c: extraction stops there (rds.archive);
     # None in a manifest made before it was recorded (extraction is then bounded by the ratio alone)
     unpacked: int | None = None
-    # a chunked package (rds.chunks): its chunks in order, [SHA-256, size, packed size]; size and sha256
-    # are then their packed bytes' total and SHA-256, concatenated.  () in the old format (payload.tgz)
-    chunks: tuple[tuple[str, int, int], ...] = ()
+    # a chunked package (rds.chunks): its chunks in order, [SHA-256, size, packed size, SHA-256 of the
+    # packed bytes] (the last since issue 16; older manifests have three); size and sha256 are then their
+    # packed bytes' total and SHA-256, concatenated.  () in the old format (payload.tgz)
+    chunks: tuple[tuple[str, int, int] | tuple[str, int, int, str], ...] = ()
     signature: str = ""  # the managing server's, over every other field (rds.trust)
 
     def to_json(self) -> dict[str, Any]:
@@ -143,14 +144,21 @@ class Manifest:
 MAX_CHUNK = 2 << 20  # rds.chunks.BIG_MAX: a chunk's bytes; packed, a gzip member adds at most a little
 
 
-def _chunk_list(raw: Any) -> tuple[tuple[str, int, int], ...]:
+def _chunk_list(raw: Any) -> tuple[tuple[str, int, int] | tuple[str, int, int, str], ...]:
     if not isinstance(raw, list):
         raise ValueError("chunks")
     out = []
+    width = None
     for c in raw:
-        if not isinstance(c, list) or len(c) != 3 or not isinstance(c[0], str) \
-                or not re.fullmatch(r"[0-9a-f]{64}", c[0]) or not all(type(x) is int for x in c[1:]) \
-                or not 0 < c[1] <= MAX_CHUNK or not 0 < c[2] <= MAX_CHUNK + (MAX_CHUNK >> 6) + 64:
+        if not isinstance(c, list) or len(c) not in (3, 4) or len(c) != (width or len(c)) \
+                or not isinstance(c[0], str) or not _HEX.fullmatch(c[0]) \
+                or not all(type(x) is int for x in c[1:3]) \
+                or not 0 < c[1] <= MAX_CHUNK or not 0 < c[2] <= MAX_CHUNK + (MAX_CHUNK >> 6) + 64 \
+                or (len(c) == 4 and not (isinstance(c[3], str) and _HEX.fullmatch(c[3]))):
             raise ValueError("chunk entry")
-        out.append((c[0], c[1], c[2]))
-    return tuple(out)
+        width = len(c)
+        out.append(tuple(c))
+    return tuple(out)  # type: ignore[arg-type]
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")

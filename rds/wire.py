@@ -82,7 +82,7 @@ from rds.errors import CommunicationError, InputError, ProtocolError, RdsError, 
 # 2: route statements, signed jobs, manifests and results (issue 12); 3: resend (issue 12, part 7), chunked
 # packages, the ranges request (issue 17), keep-alive frames while the upper system works on an
 # answer, asked for with ``alive`` (issue 16), and job control (issue 15)
-VERSION = 3
+VERSION = 4  # 4: manifests give each chunk's packed SHA-256 (issue 16)
 RESEND_MAX = 1000  # results asked again in one check-in answer
 READ_MAX = 64 << 20
 MAX_RANGES = 4096  # byte ranges in one ``ranges`` request: a 1 KiB request per 100 KiB of chunks at worst

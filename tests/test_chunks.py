@@ -74,9 +74,9 @@ def test_manifest_names_each_chunk_by_sha256_and_chunks_make_the_archive(tree: T
     m = manifest_of(mgr.path, pid)
     store = chunk_files(mgr.path)
     archive = b""
-    for name, size, psize in m["chunks"]:
+    for name, size, psize, psha in m["chunks"]:
         packed = store[name]
-        assert len(packed) == psize
+        assert len(packed) == psize and hashlib.sha256(packed).hexdigest() == psha
         data = zlib.decompress(packed, 31)
         assert len(data) == size and hashlib.sha256(data).hexdigest() == name
         archive += packed

@@ -38,7 +38,7 @@ def packed(tmp: Path, files: dict[str, bytes], name: str) -> tuple[list[chunks.E
 
 def contents(root: Path, entries: list[chunks.Entry]) -> list[bytes]:
     out = []
-    for name, size, _ in entries:
+    for name, size, *_ in entries:
         data = zlib.decompress((root / name[:2] / name).read_bytes(), 31)
         assert hashlib.sha256(data).hexdigest() == name and len(data) == size
         out.append(data)

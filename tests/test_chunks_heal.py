@@ -13,7 +13,7 @@ from test_heal import chain, damage_lines, deliver, log_of, manifest, rot
 def whole(host, pid: str) -> str:  # type: ignore[no-untyped-def]
     """The SHA-256 of a host's chunks of ``pid`` in the manifest's order (hashlib, not rds)."""
     h = hashlib.sha256()
-    for name, _, _ in manifest(host, pid)["chunks"]:
+    for name, *_ in manifest(host, pid)["chunks"]:
         h.update((host.path / "RDS" / ".chunks" / name[:2] / name).read_bytes())
     return h.hexdigest()
 

@@ -207,7 +207,7 @@ def test_rdsft_init_on_the_managing_server_keeps_its_packages(cli: Cli, mgr: Hos
     fails(cli(mgr, "rdsft", "-init"), "rdsft", 1,
           "this is the managing server: -init would delete the registered packages")
     assert (mgr.path / "RDS" / pid / "manifest.json").is_file()
-    for name, _, size in json.loads((mgr.path / "RDS" / pid / "manifest.json").read_text())["chunks"]:
+    for name, _, size, *_ in json.loads((mgr.path / "RDS" / pid / "manifest.json").read_text())["chunks"]:
         assert (mgr.path / "RDS" / ".chunks" / name[:2] / name).stat().st_size == size
 
 

@@ -76,7 +76,7 @@ def archive_sha256(package: Path) -> str:
     if (package / "payload.tgz").exists():
         return sha256_of(package / "payload.tgz")
     h = hashlib.sha256()
-    for name, _, _ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
+    for name, *_ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
         h.update((package.parent / ".chunks" / name[:2] / name).read_bytes())
     return h.hexdigest()
 
