@@ -85,7 +85,7 @@ def pack(data: bytes) -> bytes:
 
 def unpack(packed: bytes, entry: Entry) -> bytes:
     """The chunk's bytes, if ``packed`` is exactly one gzip member holding them; IntegrityError otherwise."""
-    name, size, psize = entry
+    name, size, psize = entry[0], entry[1], entry[2]
     if len(packed) != psize:
         raise IntegrityError(f"chunk {name[:16]}...: {len(packed)} packed bytes, the manifest says {psize}")
     d = zlib.decompressobj(31)

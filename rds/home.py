@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rds import fsutil, identity
-from rds.errors import LockTimeout, SettingsError
+from rds.errors import LockTimeout, NotPermitted, SettingsError
 from rds.settings import Settings, load_settings
 
 FORMAT = "rds-home 1"
@@ -196,3 +196,51 @@ def describe_owner(owner: Path) -> str:
         return f"pid {info['pid']} ({info['command']}, since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def open_home() -> Home:
+    """The home a command works on: RDS_HOME, else /NETMRDS for root, else the user's own.
+
+    It must be one already (``rdsprm/RDSSETFL``: nothing else turns a directory into a home), the
+    caller must be allowed to use it, and its settings are read and checked here, for every command.
+    """
+    env = os.environ.get("RDS_HOME")
+    if env is not None and not env.strip():
+        raise SettingsError("RDS_HOME is set but empty: set it to a home (RDS_HOME=/srv/rds/relay1), or unset "
+                            "it for the default home (/NETMRDS for root)")
+    try:
+        path = default_home()
+    except PermissionError as e:  # RDS_HOME lies beyond a directory this user may not enter
+        raise NotPermitted(not_permitted(Path(e.filename or env or "RDS_HOME"))) from None
+    check_may_use(path)
+    settings_file = path / "rdsprm" / "RDSSETFL"
+    if not settings_file.is_file():
+        raise SettingsError(f"{path}: not an rds home (no rdsprm/RDSSETFL); make one with: mkdir -p {path}/rdsprm "
+                            f"&& touch {settings_file} (a managing server; see rdssetfl(5) and RDSSETFL.sample)")
+    home = Home.open(path)
+    home.settings  # noqa: B018 - every command reads and checks RDSSETFL, whatever it goes on to do
+    return home
+
+
+def check_may_use(path: Path) -> None:
+    """Root may use any home; another user one they own or may write (the one error for all others)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # said next: not a home
+    except PermissionError:
+        raise NotPermitted(not_permitted(path)) from None
+    if st.st_uid == os.geteuid():
+        return
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):  # an owner-only home (rds.home): nothing inside to see
+        raise NotPermitted(not_permitted(path))
+    parts = [path, *(p for p in (path / "rdsprm", path / "GROUP", path / "log", path / "run") if p.exists())]
+    if not all(os.access(p, os.R_OK | os.W_OK | os.X_OK) for p in parts):
+        raise NotPermitted(not_permitted(path))
+
+
+def not_permitted(path: Path) -> str:
+    """The one error for a user who may not use a home or run a command on it (exit 1)."""
+    return f"{path}: permission denied: only root or the owner of this home may use it"

@@ -166,7 +166,7 @@ def _export_chunks(store: Storehouse, m: Manifest, dest: Path, have: set[str]) -
 class _Concat(io.RawIOBase):
     """Chunk files back to back, read as one file."""
 
-    def __init__(self, store: Storehouse, entries: list[tuple[str, int, int]]) -> None:
+    def __init__(self, store: Storehouse, entries: list[chunks.Entry]) -> None:
         self.store, self.entries, self.buf = store, iter(entries), b""
 
     def readable(self) -> bool:

@@ -13,14 +13,13 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from rds import crashpoints, errors, text
-from rds.errors import NotPermitted, RdsError, SettingsError, SystemError_, UsageError
-from rds.home import Home, default_home
+from rds.errors import NotPermitted, RdsError, SystemError_, UsageError
+from rds.home import Home, check_may_use, not_permitted, open_home  # noqa: F401 - said here for the commands
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
@@ -131,49 +130,6 @@ def with_home(lock: str | None = None, database: bool = False,
     return decorate
 
 
-def open_home() -> Home:
-    """The home a command works on: RDS_HOME, else /NETMRDS for root, else the user's own.
-
-    It must be one already (``rdsprm/RDSSETFL``: nothing else turns a directory into a home), the
-    caller must be allowed to use it, and its settings are read and checked here, for every command.
-    """
-    env = os.environ.get("RDS_HOME")
-    if env is not None and not env.strip():
-        raise SettingsError("RDS_HOME is set but empty: set it to a home (RDS_HOME=/srv/rds/relay1), or unset "
-                            "it for the default home (/NETMRDS for root)")
-    try:
-        path = default_home()
-    except PermissionError as e:  # RDS_HOME lies beyond a directory this user may not enter
-        raise NotPermitted(not_permitted(Path(e.filename or env or "RDS_HOME"))) from None
-    check_may_use(path)
-    settings_file = path / "rdsprm" / "RDSSETFL"
-    if not settings_file.is_file():
-        raise SettingsError(f"{path}: not an rds home (no rdsprm/RDSSETFL); make one with: mkdir -p {path}/rdsprm "
-                            f"&& touch {settings_file} (a managing server; see rdssetfl(5) and RDSSETFL.sample)")
-    home = Home.open(path)
-    home.settings  # noqa: B018 - every command reads and checks RDSSETFL, whatever it goes on to do
-    return home
-
-
-def check_may_use(path: Path) -> None:
-    """Root may use any home; another user one they own or may write (the one error for all others)."""
-    if os.geteuid() == 0:
-        return
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return  # said next: not a home
-    except PermissionError:
-        raise NotPermitted(not_permitted(path)) from None
-    if st.st_uid == os.geteuid():
-        return
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):  # an owner-only home (rds.home): nothing inside to see
-        raise NotPermitted(not_permitted(path))
-    parts = [path, *(p for p in (path / "rdsprm", path / "GROUP", path / "log", path / "run") if p.exists())]
-    if not all(os.access(p, os.R_OK | os.W_OK | os.X_OK) for p in parts):
-        raise NotPermitted(not_permitted(path))
-
-
 def require_superuser(home: Home) -> None:
     """Root may; with RDS_HOME set, so may the home's owner."""
     if os.geteuid() == 0:
@@ -181,11 +137,6 @@ def require_superuser(home: Home) -> None:
     if os.environ.get("RDS_HOME") and home.path.stat().st_uid == os.geteuid():
         return
     raise NotPermitted(not_permitted(home.path))
-
-
-def not_permitted(path: Path) -> str:
-    """The one error for a user who may not use a home or run a command on it (exit 1)."""
-    return f"{path}: permission denied: only root or the owner of this home may use it"
 
 
 def multi(first: tuple[str, ...], rest: tuple[str, ...]) -> list[str]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from rds import cleanup, poller, startup, trust
-from rds.cli import entry, table, with_home
+from rds import checkin, cleanup, trust
+from rds.cli import entry, with_home
 from rds.database import Database
-from rds.errors import InputError, IntegrityError, JobsFailed, LockTimeout, UsageError
+from rds.errors import InputError, LockTimeout, UsageError
 from rds.home import PASS_LOCK, Home, lock_timeout
 from rds.packages import PackageId
 from rds.storehouse import Storehouse
@@ -89,27 +89,7 @@ def empty_storehouse(*, home: Home, db: Database) -> int:
 
 @with_home()  # the pass takes the pass lock and opens the database itself, as rdsma's do
 def check_in(*, home: Home) -> int:
-    def one_pass() -> poller.PassReport:
-        report = poller.run_once(home)
-        show_pass(report)
-        return report
-
-    report = startup.woken_passes(home, one_pass)  # started by a startup request: maybe more than one
-    failed = f"{len(report.failed)} of {len(report.installed)} install(s) ended in error" if report.failed else ""
-    if report.damaged:  # the jobs wait for a good copy; the pass failed all the same
-        raise IntegrityError(f"{len(report.damaged)} download(s) came damaged and were discarded: "
-                             f"{report.damaged[0]}" + (f"; {failed}" if failed else ""))
-    if report.failed:
-        raise JobsFailed(failed)
-    return 0
-
-
-def show_pass(report: poller.PassReport) -> None:
-    click.echo(f"jobs received: {report.received}; packages fetched: {len(report.fetched)}; "
-               f"results sent: {report.sent}")
-    if report.installed:
-        rows = [[r.job_no, r.dest, r.status, r.message] for r in report.installed]
-        click.echo(table(rows, ["JOB", "HOST", "STATUS", "MESSAGE"]))
+    return checkin.check_in(home, click.echo)  # the same as rdsft -a without click (rds.checkin.main)
 
 
 main = entry(command)

@@ -24,7 +24,7 @@ from rds.settings import Settings, valid_hostname
 from rds.transport.connection import IDLE_MIN, RECV, STATS, Target, open_serve, reason
 from rds.transport.frames import END, FAILED, HEADER, KEEPALIVE, MAX_FRAME, SERVE, decode, encode
 
-PIPELINE = 4  # ranges requests sent before their answers are read (read_ranges)
+PIPELINE = 4  # ranges requests in flight (read_ranges): 4 x READ_MAX covers any link's bandwidth-delay product
 # after a cut: requests this large (issue 7), as many in flight as fill the link, at most FILL bytes
 # of them (issue 16)
 RESUME_READ = 1 << 20
@@ -126,10 +126,12 @@ class SSHLink:
         """Write byte ranges of ``package`` to ``out``, back to back: a chunked package's lacking chunks.
 
         As few ``ranges`` requests as the bounds allow (wire.MAX_RANGES ranges,
-        READ_MAX bytes each), sent PIPELINE at a time before their answers are
-        read, so a download of many small ranges costs no round trip a range;
-        a request is at most ~100 KiB, so a batch never blocks the channel.  The
-        answers come in order; after an error answer the rest of the batch is
+        READ_MAX bytes each), PIPELINE of them in flight: each answer read makes
+        room for the next request, so the link never waits a round trip between
+        two (a sliding window, not batches), and a download of many small ranges
+        costs no round trip a range; a request is at most ~100 KiB, so the
+        requests in flight never block the channel.  The answers come in order;
+        after an error answer no more is asked, and the answers still due are
         read (and dropped) before it is raised, leaving the link usable.
         """
         requests: list[list[list[int]]] = [[]]
@@ -143,22 +145,26 @@ class SSHLink:
                 requests[-1].append([o + k, piece])
                 total += piece
         self._got = 0
-        for start in range(0, len(requests), PIPELINE):
-            batch = [r for r in requests[start:start + PIPELINE] if r]
-            for r in batch:
+        todo = collections.deque(r for r in requests if r)
+        pending: collections.deque[list[list[int]]] = collections.deque()
+        failed: Exception | None = None
+        while todo or pending:
+            while todo and failed is None and len(pending) < PIPELINE:  # a window that slides: one out, one in
+                r = todo.popleft()
                 self._request(wire.request("ranges", self.host, package=package, ranges=r))
-            failed: Exception | None = None
-            for r in batch:
-                answer = self._answer()
-                if not answer.get("ok"):
-                    failed = failed or wire.exception(answer, self.where, "ranges")
-                    continue
-                got = self._blocks(package, cast(BinaryIO, _Dropped()) if failed else out)
-                self._got += got
-                if got < sum(n for _, n in r) and failed is None:
-                    failed = ProtocolError(f"{self.where}: package {package} is shorter than the ranges asked")
-            if failed is not None:
-                raise failed
+                pending.append(r)
+            STATS["in_flight"] = max(STATS["in_flight"], len(pending))
+            r = pending.popleft()
+            answer = self._answer()
+            if not answer.get("ok"):
+                failed = failed or wire.exception(answer, self.where, "ranges")
+                continue
+            got = self._blocks(package, cast(BinaryIO, _Dropped()) if failed else out)
+            self._got += got
+            if got < sum(n for _, n in r) and failed is None:
+                failed = ProtocolError(f"{self.where}: package {package} is shorter than the ranges asked")
+        if failed is not None:
+            raise failed
 
     def close(self) -> None:
         # Closing the whole connection, not the channel: a channel close that crosses a key
