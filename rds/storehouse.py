@@ -69,7 +69,7 @@ from typing import Any
 
 from rds import archive, chunks, crashpoints, fsutil, progress
 from rds.errors import InputError, IntegrityError, ProtocolError, SystemError_
-from rds.home import Home
+from rds.home import Home, lock_timeout
 from rds.packages import Manifest, PackageId
 
 PAYLOAD = "payload.tgz"
@@ -390,29 +390,89 @@ class Storehouse:
         lacking = self.chunks.lacking(manifest.chunks)
         if lacking:
             chunks.write_list(listed, manifest.chunks)  # kept from collection while they come
-            todo = chunks.ranges(manifest.chunks, {e[0] for e in lacking})
-            have = manifest.size - self.chunks.total(lacking)
-            self.chunks.root.mkdir(exist_ok=True)
-            receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where,
-                                       str(manifest.id))
-            try:
-                try:
-                    with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
-                        read([(o, n) for o, n, _ in todo], progress.Writer(_Crashing(receiver), shown))
-                finally:
-                    receiver.close()  # the whole chunks that came are kept for the next run
-                receiver.check()
-            except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                raise SystemError_(f"{self.chunks.root}: disk full; the whole chunks of package {manifest.id} "
-                                   "received are kept and the next run resumes after them") from None
-            if not receiver.done:
-                raise ProtocolError(f"{where}: package {manifest.id} came short ({receiver.size} of "
-                                    f"{sum(n for _, n, _ in todo)} bytes asked)")
+            with self._claim(manifest, lacking) as (mine, theirs):
+                self._receive(manifest, mine, read, where)
+            if theirs:  # chunks another download here was bringing at the same moment: wait for it
+                _wait_released(theirs, lock_timeout())
+                rest = self.chunks.lacking(manifest.chunks)
+                if rest:  # it failed or took too long: brought here after all
+                    self._receive(manifest, rest, read, where)
         self.add_chunked(manifest)
         with contextlib.suppress(FileNotFoundError):
             listed.unlink()
+
+    @contextlib.contextmanager
+    def _claim(self, manifest: Manifest, lacking: builtins.list[chunks.Entry]) -> Iterator[
+            tuple[builtins.list[chunks.Entry], builtins.list[int]]]:
+        """Claim the lacking chunks that no other download here is bringing (issue 16): two packages that
+        share chunks, fetched at the same moment, bring each shared chunk once.  Yields the chunks to bring
+        and the open claims of the downloads that bring the others (``_wait_released``).
+
+        A claim is ``.partial/PACKAGE.SHA.claim`` listing the chunks, held with an exclusive flock for the
+        download's length: a claim whose lock is free is a dead download's, and is ignored."""
+        path = self.partial / f"{manifest.id}.{manifest.sha256[:16]}.claim"
+        theirs: builtins.list[int] = []
+        mine = lacking
+        fd = None
+        try:
+            with self.home.lock("chunk-claims"):
+                claimed: set[str] = set()
+                with os.scandir(self.partial) as it:
+                    others = [e.path for e in it if e.name.endswith(".claim") and e.path != str(path)]
+                for other in others:
+                    try:
+                        ofd = os.open(other, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        fcntl.flock(ofd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    except BlockingIOError:  # a download under way: its chunks are coming
+                        names = set(chunks.read_list(Path(other)))
+                        if names & {e[0] for e in mine}:
+                            claimed |= names
+                            theirs.append(ofd)
+                            continue
+                    os.close(ofd)  # a dead download's claim, or one that shares nothing
+                mine = [e for e in lacking if e[0] not in claimed]
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, json.dumps([e[0] for e in mine]).encode())
+            yield mine, theirs
+        except BaseException:
+            for ofd in theirs:
+                os.close(ofd)
+            raise
+        finally:
+            if fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.close(fd)
+
+    def _receive(self, manifest: Manifest, lacking: builtins.list[chunks.Entry],
+                 read: Callable[[builtins.list[tuple[int, int]], Any], None], where: str) -> None:
+        """Bring the chunks ``lacking`` (each verified and stored as it comes)."""
+        if not lacking:
+            return
+        todo = chunks.ranges(manifest.chunks, {e[0] for e in lacking})
+        have = manifest.size - self.chunks.total(lacking)
+        self.chunks.root.mkdir(exist_ok=True)
+        receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where,
+                                   str(manifest.id))
+        try:
+            try:
+                with progress.Progress(f"{manifest.id} from {where}", manifest.size, have) as shown:
+                    read([(o, n) for o, n, _ in todo], progress.Writer(_Crashing(receiver), shown))
+            finally:
+                receiver.close()  # the whole chunks that came are kept for the next run
+            receiver.check()
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise SystemError_(f"{self.chunks.root}: disk full; the whole chunks of package {manifest.id} "
+                               "received are kept and the next run resumes after them") from None
+        if not receiver.done:
+            raise ProtocolError(f"{where}: package {manifest.id} came short ({receiver.size} of "
+                                f"{sum(n for _, n, _ in todo)} bytes asked)")
 
     def add_chunked(self, manifest: Manifest) -> None:
         """Commit a chunked package whose chunks are all here (verified as they came)."""
@@ -829,6 +889,25 @@ class _Appending:
                 os.fsync(f.fileno())
         finally:
             f.close()
+
+
+def _wait_released(claims: list[int], wait: float) -> None:
+    """Wait until the downloads holding these claims (open files, closed here) end, ``wait`` seconds at
+    most: past that, whatever they have not brought is brought by the one that waits."""
+    deadline = time.monotonic() + wait
+    try:
+        for fd in claims:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return
+                    time.sleep(0.02)
+    finally:
+        for fd in claims:
+            os.close(fd)
 
 
 def _stamp_of(payload: Path, manifest: Manifest) -> str:
