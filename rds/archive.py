@@ -148,9 +148,80 @@ class _Bounded(io.RawIOBase):
         return self.pos
 
 
-def _decompressed(f: BinaryIO) -> BinaryIO:
+class _Members(io.RawIOBase):
+    """gzip members back to back (a chunked package's archive: one member a chunk), decompressed a MiB
+    of input at a time by zlib, which checks each member's CRC and length.  gzip.GzipFile reads 8 KiB at
+    a time in Python and seeks forward the same way: a third of an install's time on a large package."""
+
+    IN = 1 << 20
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self.raw.seek(0)
+        self.d = zlib.decompressobj(31)
+        self.tail = b""  # input not yet given to the decompressor
+        self.pending = memoryview(b"")
+        self.pos = 0
+        self.started = False  # bytes of the current member were given
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _fill(self, most: int) -> bool:
+        while not self.pending:
+            if self.d.eof:
+                self.tail = self.d.unused_data or self.tail
+                self.d = zlib.decompressobj(31)
+                self.started = False
+            if not self.tail:
+                self.tail = self.raw.read(self.IN)
+                if not self.tail:
+                    if self.started:
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                    return False
+            self.started = True
+            self.pending = memoryview(self.d.decompress(self.tail, max(most, 1 << 16)))
+            self.tail = self.d.unconsumed_tail
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self._fill(len(b)):
+            return 0
+        n = min(len(b), len(self.pending))
+        b[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self.pos + offset if whence == 1 else -1
+        if target < 0:
+            raise io.UnsupportedOperation("seek from the end of a compressed stream")
+        if target < self.pos:
+            self._rewind()
+        while self.pos < target:
+            if not self._fill(min(target - self.pos, 1 << 20)):
+                break
+            n = min(target - self.pos, len(self.pending))
+            self.pending = self.pending[n:]
+            self.pos += n
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _decompressed(f: BinaryIO, members: bool = False) -> BinaryIO:
     magic = f.read(6)
     f.seek(0)
+    if magic.startswith(b"\x1f\x8b") and members:
+        return _Members(f)  # type: ignore[return-value]
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
     if magic.startswith(b"BZh"):
@@ -185,7 +256,8 @@ def _open(path: Path | Source, unpacked: int | None) -> Iterator[tarfile.TarFile
         raise UnsafeArchive(f"{path.name}: unpacks to {unpacked} bytes from {packed}, a compression ratio over "
                             f"{MAX_RATIO}; refused")
     limit = bound if unpacked is None else unpacked
-    with open(path, "rb") if isinstance(path, Path) else path.open() as f, _decompressed(f) as stream:
+    with open(path, "rb") if isinstance(path, Path) else path.open() as f, \
+            _decompressed(f, members=not isinstance(path, Path)) as stream:
         bounded = io.BufferedReader(_Bounded(stream, limit, path.name), 1 << 16)
         with tarfile.open(fileobj=bounded, mode="r:") as tar:  # type: ignore[call-overload]
             yield tar

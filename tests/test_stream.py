@@ -248,3 +248,41 @@ def test_rdsft_a_runs_without_click_and_says_what_the_click_command_says(tree: T
 def test_setup_cfg_points_rdsft_at_the_click_free_entry() -> None:
     cfg = (Path(__file__).resolve().parent.parent / "setup.cfg").read_text()
     assert "rdsft = rds.checkin:main" in cfg
+
+
+def test_gzip_members_read_as_one_stream_as_gzip_reads_them(tmp_path: Path) -> None:
+    """An install reads a chunked archive through rds.archive._Members (zlib, a MiB at a time): the same
+    bytes as the gzip module, seeks forward and back included; a damaged or cut member is refused."""
+    import gzip
+    import io
+
+    from rds import archive
+    from rds.errors import UnsafeArchive
+
+    rnd = random.Random(9)
+    parts = [rnd.randbytes(rnd.randrange(1, 300_000)) if i % 2 else b"text " * rnd.randrange(1, 90_000)
+             for i in range(40)]
+    packed = b"".join(chunks.pack(p) for p in parts)
+    whole = b"".join(parts)
+    assert gzip.decompress(packed) == whole
+    f = archive._Members(io.BytesIO(packed))
+    assert f.read(100) == whole[:100]
+    assert f.seek(3_000_000) == 3_000_000 and f.read(10) == whole[3_000_000:3_000_010]
+    assert f.seek(5) == 5 and f.read() == whole[5:]
+    assert archive._Members(io.BytesIO(packed)).seek(len(whole) + 10) == len(whole)
+    for bad in (packed[:-3], packed[:len(packed) // 2], packed[:-5] + bytes([packed[-5] ^ 1]) + packed[-4:],
+                packed + b"garbage!"):
+        with pytest.raises(UnsafeArchive), archive.reading("bad"):
+            archive._Members(io.BytesIO(bad)).read()
+
+
+def test_a_chunked_bomb_still_stops_at_its_unpacked_size(tmp_path: Path) -> None:
+    from rds import archive
+    from rds.errors import UnsafeArchive
+
+    store = Storehouse.of(Home.open(tmp_path / "h"))
+    m = package(tmp_path, store, "A", {"zeros": bytes(3 << 20)})
+    lying = dataclasses.replace(m, unpacked=1 << 20)  # the manifest says less than the stream holds
+    with pytest.raises(UnsafeArchive, match="expands past"):
+        archive.extract(store.source(lying), tmp_path / "dest", lying.unpacked)
+    assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
