@@ -286,3 +286,12 @@ def test_a_chunked_bomb_still_stops_at_its_unpacked_size(tmp_path: Path) -> None
     with pytest.raises(UnsafeArchive, match="expands past"):
         archive.extract(store.source(lying), tmp_path / "dest", lying.unpacked)
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+
+
+def test_paramiko_comes_without_invoke_whoever_imports_it_first() -> None:
+    """rds.transport.connection keeps invoke out before any of its functions imports paramiko (open_serve
+    imported it first and loaded invoke: about a third of rdsft -a's start)."""
+    code = ("import sys\nimport rds.transport.connection\nimport paramiko\n"
+            "print(sys.modules.get('invoke') is None and not any(m.startswith('invoke.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr

@@ -32,6 +32,11 @@ from rds.home import check_private
 from rds.settings import Settings
 from rds.transport.frames import SERVE
 
+# paramiko imports invoke only for "Match exec" in ssh_config files, which rds does not read: without it
+# paramiko loads in half the time, and it says it can do without.  Set here, before any function of this
+# module or rds.transport.wake imports paramiko (open_serve did first, and loaded invoke: issue 16).
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+
 # paramiko tuning, measured on loopback (../shared/reference/ssh-baseline.md and bench/transfer):
 # a window of some MiB, large packets, every receive taking all the channel holds (taking less
 # makes paramiko's receive buffer move its rest: quadratic), and AES-GCM first, which costs both
@@ -109,9 +114,6 @@ def open_client(settings: Settings, target: Target, where: str, side: str) -> An
     ("upper system", "lower system").  Used for check-ins (to the upper
     system) and for startup requests (to a lower one, rds.transport.wake).
     """
-    # paramiko imports invoke only for "Match exec" in ssh_config files, which rds does not read:
-    # without it paramiko loads in half the time, and it says it can do without.
-    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     import paramiko
 
     # paramiko logs what went wrong in its own thread; with no handler Python would print it on
