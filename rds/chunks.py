@@ -24,12 +24,15 @@ home's chunk store ``RDS/.chunks/XX/SHA256`` whatever packages and versions
 use it.  The chunk files of a package, concatenated in the manifest's order,
 form one valid gzip stream: the package's archive (``payload.tgz`` of the old
 format) without a copy of it anywhere.  The manifest lists each chunk as
-``[sha256, size, packed size]``; its ``size`` and ``sha256`` are the packed
+``[sha256, size, packed size, packed sha256]`` (manifests made before issue
+16 have the first three); its ``size`` and ``sha256`` are the packed
 chunks' total and the SHA-256 of their concatenation, so a package is still
 verified end to end (rds.archive hashes it as it reads it for install; a
-relay as it serves it), and every chunk is verified on its own, decompressed
-and hashed (``unpack``), before it is stored: a chunk that is in the store
-is a good one.
+relay as it serves it), and every chunk is verified on its own before it is
+stored (``check``): by the SHA-256 of its packed bytes, which the signed
+manifest gives, so a relay never decompresses a chunk it only passes on;
+an old manifest's chunk decompressed and hashed (``unpack``).  A chunk that
+is in the store is a good one.
 
 The compiled chunker.  A gear hash in pure Python runs at 2-3 MB/s (a byte-by-byte loop), far
 from ``tar -czf``'s pace (issue 17 allows 1.5 times its time), so the gear
