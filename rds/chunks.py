@@ -9,7 +9,7 @@ rather than one file at a time keeps the index small whatever the tree holds:
 a tree of many small files (a Python environment) would otherwise need one
 index entry a file, and the index of a 200 MiB environment passed 1% of the
 package; cut as a stream, small files share a chunk and the index stays
-near 100 bytes for 64 KiB.  A file changed in place still changes only the
+near 170 bytes for 64 KiB.  A file changed in place still changes only the
 chunks around its bytes (and its header's mtime, next to them).  The stream
 is also cut where each file's content (16 KiB or more) starts and ends, and
 before and after each directory's header (``Packer.cut_around``, ``cut_at``:
@@ -62,7 +62,7 @@ from typing import Any
 from rds import fsutil
 from rds.errors import IntegrityError
 
-MIN, AVG, MAX = 16 << 10, 64 << 10, 256 << 10  # FastCDC's sizes: an index entry (~100 bytes) per 64 KiB
+MIN, AVG, MAX = 16 << 10, 64 << 10, 256 << 10  # FastCDC's sizes: an index entry (~170 bytes) per 64 KiB
 BIG = 16 << 20  # a file's content this large is cut into larger chunks (fewer files to store and to send)
 BIG_MIN, BIG_AVG, BIG_MAX = 128 << 10, 512 << 10, 2 << 20
 LEVEL = 6
