@@ -68,7 +68,6 @@ BIG_MIN, BIG_AVG, BIG_MAX = 128 << 10, 512 << 10, 2 << 20
 LEVEL = 6
 BATCH = 8 << 20  # the tar stream is cut this much at a time
 DIR = ".chunks"
-QUEUED = 64 << 20  # packed bytes a Receiver holds, verified or not, before it waits for its writers
 
 # SHA-256 of the bytes, their size, the packed (gzip member) size and, in manifests made since issue 16, the
 # SHA-256 of the packed bytes (``check``: verified without decompressing)
@@ -120,14 +119,19 @@ class ChunkStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
         self._fans: set[str] = set()
 
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name
 
+    def file(self, name: str) -> str:
+        """``path`` as a string, for the calls made once a chunk (pathlib costs more than the stat)."""
+        return f"{self._root}/{name[:2]}/{name}"
+
     def has(self, entry: Entry) -> bool:
         try:
-            return self.path(entry[0]).stat().st_size == entry[2]
+            return os.stat(self.file(entry[0])).st_size == entry[2]
         except FileNotFoundError:
             return False
 
@@ -149,16 +153,17 @@ class ChunkStore:
         package that names them.  A chunk that a power cut leaves short is
         lacking (``has`` compares sizes); one that it leaves garbled fails the
         package's end-to-end check and is removed (``purge``)."""
-        target = self.path(name)
+        target = self.file(name)
+        fan = os.path.dirname(target)
         if name[:2] not in self._fans:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(fan, exist_ok=True)
             self._fans.add(name[:2])
-        tmp = target.with_name(f"{fsutil.tmp_prefix()}{threading.get_ident()}")
+        tmp = f"{fan}/{fsutil.tmp_prefix()}{threading.get_ident()}"
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             except FileNotFoundError:  # its directory was pruned by a collection meanwhile
-                target.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(fan, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             try:
                 view = memoryview(packed)
@@ -370,21 +375,18 @@ class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
     (``check``) and stored as soon as it is whole, so a cut loses at most the one that was coming.
 
-    The chunks that one write completes go to a worker as one batch (verifying and creating files let go
-    of the GIL, so this goes on while the link reads the next bytes); a chunk whose manifest gives its
-    packed SHA-256 is hashed, never decompressed (issue 16)."""
+    The chunks that one write completes are verified and written there and then, in the thread that reads
+    the link: hashlib and os.write let go of the GIL, so paramiko's own thread decrypts the next bytes
+    meanwhile, and worker threads cost more than they gave (issue 16: on two cores shared with sshd,
+    a first transfer of 3,000 small chunks took 20-40% less CPU and time without them).  A chunk whose
+    manifest gives its packed SHA-256 is hashed, never decompressed."""
 
     def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
         self.what = f"package {package}: " if package else ""
-        from concurrent.futures import ThreadPoolExecutor  # only when chunks come (commands start fast)
-
         self.i = 0
         self.buf = bytearray()
         self.size = 0
-        self.pool = ThreadPoolExecutor(2)  # the link's reader is the third thread: two cores
-        self.pending: collections.deque[Any] = collections.deque()
-        self.queued = 0  # bytes handed to the workers and not yet written
         self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
 
     def write(self, data: bytes | memoryview) -> int:
@@ -414,11 +416,7 @@ class Receiver:
             if taken:
                 del self.buf[:taken]
         if batch:
-            size = sum(e[2] for e, _ in batch)
-            self.pending.append((self.pool.submit(self._take, batch), size))
-            self.queued += size
-            while self.queued > QUEUED:  # bounded memory: wait for the oldest batches
-                self._settle_one()
+            self._take(batch)
         if self.i == len(self.entries) and self.buf:
             raise IntegrityError(f"{self.where} sent more than the chunks asked for; not stored")
         return n
@@ -427,8 +425,8 @@ class Receiver:
         pass
 
     def _take(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Verify chunks and store them (in a worker); a damaged one is remembered, not stored, and the rest
-        of the stream is still read (the link stays in step)."""
+        """Verify chunks and store them; a damaged one is remembered, not stored, and the rest of the stream
+        is still read (the link stays in step)."""
         for e, packed in batch:
             try:
                 check(packed, e)
@@ -438,22 +436,8 @@ class Receiver:
                 continue
             self.store.put(e[0], packed)
 
-    def _settle_one(self) -> None:
-        future, size = self.pending.popleft()
-        self.queued -= size
-        future.result()  # a write that failed (a full disk) fails the download here
-
-    def settle(self) -> None:
-        """Wait until the chunks taken in so far are written."""
-        while self.pending:
-            self._settle_one()
-
     def close(self) -> None:
-        """Wait for the chunks still being written and flush them to disk; what came is kept either way."""
-        try:
-            self.settle()
-        finally:
-            self.pool.shutdown()
+        """Flush the chunks that came to disk (one syncfs); what came is kept either way."""
         self.store.flush()
 
     def check(self) -> None:
@@ -500,7 +484,7 @@ class Reader(io.RawIOBase):
             if i != self.i:
                 self._close_chunk()
                 try:
-                    self.f = os.open(self.store.path(self.entries[i][0]), os.O_RDONLY)
+                    self.f = os.open(self.store.file(self.entries[i][0]), os.O_RDONLY)
                 except FileNotFoundError:
                     raise IntegrityError(f"chunk {self.entries[i][0][:16]}... is missing from the chunk "
                                          "store") from None
