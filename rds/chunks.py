@@ -392,29 +392,24 @@ class Receiver:
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
         self.size += n
+        view = memoryview(data)
         batch: list[tuple[Entry, bytes]] = []
-        if not self.buf:  # the common case: whole chunks straight from the link's buffer, one copy each
-            view = memoryview(data)
-            at = 0
-            while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:
-                e = self.entries[self.i]
-                batch.append((e, bytes(view[at:at + e[2]])))
-                at += e[2]
+        at = 0
+        if self.buf and self.i < len(self.entries):  # the chunk an earlier write began
+            need = self.entries[self.i][2] - len(self.buf)
+            at = min(need, n)
+            self.buf += view[:at]
+            if at == need:
+                batch.append((self.entries[self.i], bytes(self.buf)))
+                self.buf = bytearray()
                 self.i += 1
-            if at < n:
-                self.buf += view[at:]
-        else:
-            self.buf += data
-            taken = 0
-            view = memoryview(self.buf)
-            while self.i < len(self.entries) and len(self.buf) - taken >= self.entries[self.i][2]:
-                e = self.entries[self.i]
-                batch.append((e, bytes(view[taken:taken + e[2]])))
-                taken += e[2]
-                self.i += 1
-            view.release()
-            if taken:
-                del self.buf[:taken]
+        while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:  # whole chunks: one copy each
+            e = self.entries[self.i]
+            batch.append((e, bytes(view[at:at + e[2]])))
+            at += e[2]
+            self.i += 1
+        if at < n:
+            self.buf += view[at:]
         if batch:
             self._take(batch)
         if self.i == len(self.entries) and self.buf:

@@ -295,3 +295,22 @@ def test_paramiko_comes_without_invoke_whoever_imports_it_first() -> None:
             "print(sys.modules.get('invoke') is None and not any(m.startswith('invoke.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, 100_003, 1 << 22])
+def test_chunks_are_taken_whatever_the_pieces_they_come_in(tmp_path: Path, piece: int) -> None:
+    up = Storehouse.of(Home.open(tmp_path / "up"))
+    down = Storehouse.of(Home.open(tmp_path / "down"))
+    rnd = random.Random(10)
+    m = package(tmp_path, up, "A", {f"f{i}": rnd.randbytes(rnd.randrange(100, 90_000)) for i in range(30)})
+    whole = b"".join(up.chunks.read(e[0]) for e in m.chunks)
+    down.chunks.root.mkdir(parents=True)
+    r = chunks.Receiver(down.chunks, list(m.chunks), "up")
+    for k in range(0, len(whole), piece):
+        r.write(memoryview(whole)[k:k + piece] if k % 2 else whole[k:k + piece])
+    r.close()
+    r.check()
+    assert r.done
+    assert stored_digests(down, m) == [e[3] for e in m.chunks]  # type: ignore[misc]
+    with pytest.raises(IntegrityError, match="sent more"):
+        r.write(b"x")
