@@ -29,26 +29,29 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a file whose content replaces ``target`` only if the block succeeds."""
+def atomic_writer(target: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a file whose content replaces ``target`` only if the block succeeds; ``durable``: flushed to
+    disk, file and directory (not for what a crash makes meaningless anyway, such as a lock's owner)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(), dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)  # the commit point
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
-def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_writer(target, mode) as f:
+def atomic_write(target: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    with atomic_writer(target, mode, durable) as f:
         f.write(data)
 
 
