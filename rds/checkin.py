@@ -64,9 +64,9 @@ def _echo(line: str) -> None:
 def main() -> NoReturn:
     """rdsft's entry point (setup.cfg): ``rdsft -a`` here, every other command line to the click command."""
     if sys.argv[1:] != ["-a"]:
-        from rds.cli.rdsft import main as with_click
+        import importlib
 
-        with_click()
+        importlib.import_module("rds.cli.rdsft").main()  # by name: rds.cli.rdsft imports this module
         raise AssertionError("unreachable")  # main() exits
     from rds import crashpoints
 
