@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rds.poller import PassReport
 
 NAME = "rdsft"
+CLICK = "rds.cli.rdsft"  # the click command every other command line goes to (and its man page describes)
 
 
 def check_in(home: Home, echo: Callable[[str], None]) -> int:
@@ -66,7 +67,7 @@ def main() -> NoReturn:
     if sys.argv[1:] != ["-a"]:
         import importlib
 
-        importlib.import_module("rds.cli.rdsft").main()  # by name: rds.cli.rdsft imports this module
+        importlib.import_module(CLICK).main()  # by name: rds.cli.rdsft imports this module
         raise AssertionError("unreachable")  # main() exits
     from rds import crashpoints
 

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def command_of(name: str) -> click.Command:
     # a forced command's entry point reads its usual command line without click, and hands the click
-    # command everything else (rds.forced): that command is the one its page describes
+    # command everything else (rds.forced, and rds.checkin for rdsft -a): that command is the one its
+    # page describes
     module = forced.COMMANDS.get(name) or SCRIPTS[name].partition(":")[0]
+    module = getattr(importlib.import_module(module), "CLICK", module)  # rdsft's entry (rds.checkin) likewise
     cmd = importlib.import_module(module).command
     assert isinstance(cmd, click.Command), f"{module}.command is not a click command"
     add_version_option(cmd)  # as rds.cli.run gives it to every command
