@@ -17,7 +17,8 @@
           .verified             the payload as last checked against the manifest
         .chunks/XX/SHA256     the chunks of chunked packages, each once, a gzip member (rds.chunks)
         .partial/             downloads in progress, resumed from their size; *.chunks: the chunks
-                              a download or a packing in progress uses
+                              a download or a packing in progress uses; *.claim: the chunks a
+                              download is bringing now (flock held), which others wait for
         .checksums/           the upper system's manifests and when they were asked (rds.storehouse)
         .damaged/             why a copy found damaged was removed, until a good one comes (rds.cache)
       GROUP/rds.db            temporary job storehouse, results, routes (SQLite)
