@@ -43,8 +43,17 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
         click.echo(f"{NAME}: {home.path} is the managing server (RDSSETFL has no ManagingHost): nothing to poll; "
                    "rdsma runs on relays and clients")
         return 0
+    every = (home.settings.cache_cleanup_interval, lambda: clean(home))
+    if foreground and not stop:
+        from rds import daemon
+        from rds import resident as server
+
+        # beside the loop, the home's resident server: rds-serve and rds-wake served pre-imported (rds.resident)
+        daemon.Resident(home, NAME, lambda: describe(poller.run_once(home)), home.settings.watch_orders, every,
+                        spread=random.random, companion=lambda: server.command(home.path)).run()
+        return 0
     return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
-                    home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)),
+                    home.settings.watch_orders, every,
                     spread=random.random)  # polls spread over the interval (rds.daemon.first_wait)
 
 
