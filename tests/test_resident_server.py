@@ -331,3 +331,27 @@ def test_rds_wake_through_the_resident_wakes_rdsma_at_once(tree: Tree) -> None:
         assert int(line.split("[", 1)[1].split("]", 1)[0]) != proc.pid  # said by the resident's child
     finally:
         stop(rdsma)
+
+
+def test_dcmjexe_hands_the_startup_request_to_the_managing_servers_rdsma(tree: Tree) -> None:
+    mgr = tree.add("mgr", push=True)
+    relay = tree.add("relay", "mgr", "WatchTimeofOrders\t60m\n", push=True)
+    tree.check_in_upward(["relay"])
+    residents = [start_rdsma(mgr), start_rdsma(relay)]
+    try:
+        mgr_log = mgr.path / "log" / "rds.log"
+        out = mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
+        job_no = int(out.stdout.strip())
+        assert job_no > 0
+        wait_for(lambda: relay.installed("/opt/installs").exists(), 30)  # pushed: relay polls only hourly
+        wait_for(lambda: "startup requests sent for 1 job(s) dcmjexe handed over" in mgr_log.read_text(), 10)
+        assert list((mgr.path / "run" / "wake.jobs").iterdir()) == []  # each taken once
+        line = [ln for ln in mgr_log.read_text().splitlines() if "startup request to relay" in ln][-1]
+        assert line.split()[2].startswith("rdsma[")  # sent by rdsma, not by dcmjexe
+    finally:
+        for p in residents:
+            stop(p)
+    # without the managing server's rdsma, dcmjexe sends it itself as before
+    out = mgr.run("dcmjexe", "-r", tree.package(version="0200"), "-h", "relay")
+    line = [ln for ln in mgr_log.read_text().splitlines() if "startup request to relay" in ln][-1]
+    assert line.split()[2].startswith("dcmjexe[")
