@@ -50,7 +50,8 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
 
         # beside the loop, the home's resident server: rds-serve and rds-wake served pre-imported (rds.resident)
         daemon.Resident(home, NAME, one_pass, interval, every, spread=None if mgr else random.random,
-                        companion=lambda: server.command(home.path)).run()
+                        companion=(lambda: server.command(home.path))
+                        if home.settings.resident_server and interval != 0 else None).run()  # 0: one pass
         return 0
     return resident(home, NAME, stop, foreground, one_pass, interval, every,
                     spread=random.random)  # polls spread over the interval (rds.daemon.first_wait)
