@@ -212,6 +212,7 @@ class Resident:
             self.companion_proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                                    stderr=None, start_new_session=True)
             self.companion_started = time.monotonic()
+            self.log.info(f"{self.name}: its resident server runs (pid {self.companion_proc.pid})")
         except OSError as e:
             self.log.warning(f"{self.name}: cannot start {argv[2:3]}: {e}")
             self.companion_due = time.monotonic() + self.companion_backoff

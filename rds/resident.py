@@ -22,9 +22,10 @@ and the server itself never runs a request.  The server reaps its children
 and tells each client how its child ended (an exit status, or the signal
 that killed it, which the client then dies of as well: the lower system
 sees the cut it would have seen); a child whose client goes away ends at
-once.  At most MAX_CHILDREN sessions are served at once; beyond that, and
-for a client of another rds version, the child refuses and the command runs
-in its own process, as it does when no server listens.
+once.  At most MAX_CHILDREN sessions are served at once; beyond that the
+server closes the connection unanswered, and for a client of another rds
+version or a malformed request the child refuses: either way the command
+runs in its own process, as it does when no server listens.
 
 The server ends when rdsma does (its standard input is a pipe from rdsma)
 or on SIGTERM; sessions under way finish in their children.  One server per
