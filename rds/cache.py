@@ -30,8 +30,9 @@ The storehouse remembers the upper system's answers
 A damaged copy heals.  The ``.verified`` stamp cannot see silent disk
 corruption, so a copy is also checked as it is served (a whole payload:
 rds.service hashes what it reads, rds.storehouse.Served) and by every lower
-system that downloads it (a chunked package: each chunk, as it comes).  A copy found damaged, by either, is removed (``found_damaged``;
-the storehouse notes why) and never served again: under JIT it is fetched
+system that downloads it (a chunked package: each chunk, as it comes).  A
+copy found damaged, by either, is removed (``found_damaged``; the storehouse
+notes why) and never served again: under JIT it is fetched
 again when next needed; under SNEAKERNET, and on the managing server, the
 jobs that need it end in ERROR saying it was damaged, until a good copy is
 staged or registered.  The lower system that got a damaged download discards
