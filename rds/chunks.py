@@ -158,14 +158,14 @@ class ChunkStore:
         target = self.file(name)
         fan = os.path.dirname(target)
         if name[:2] not in self._fans:
-            os.makedirs(fan, exist_ok=True)
+            _makedirs(fan)
             self._fans.add(name[:2])
         tmp = f"{fan}/{fsutil.tmp_prefix()}{threading.get_ident()}"
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             except FileNotFoundError:  # its directory was pruned by a collection meanwhile
-                os.makedirs(fan, exist_ok=True)
+                _makedirs(fan)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             try:
                 view = memoryview(packed)
@@ -258,6 +258,18 @@ class ChunkStore:
 
     def clear(self) -> None:
         fsutil.remove_tree(self.root) if self.root.exists() else None
+
+
+def _makedirs(fan: str) -> None:
+    """Make a fan-out directory and the store above it, though a collection may prune the store between
+    the two (``ChunkStore._prune``: os.makedirs would then fail to make the fan)."""
+    for _ in range(5):
+        try:
+            os.makedirs(fan, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    os.makedirs(fan, exist_ok=True)
 
 
 class Packer:
