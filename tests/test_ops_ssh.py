@@ -11,12 +11,11 @@ import json
 import os
 import random
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 import sshd
 from conftest import BIN, Host, Tree
-from testkit import Fleet
+from testkit import Fleet, fleet_fixture
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                                 reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
@@ -26,11 +25,7 @@ RECORD = ("#!/bin/sh\ncase \"$RDS_HOST\" in fail*) exit 3;; esac\n"
           "echo \"$RDS_JOB\" >> \"$RDS_INSTALL_DIR/../installs\"\n")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), FLEET, ["client1", "client2", "fail3", "relay1"])
-    yield fleet
-    fleet.server.stop()
+built = fleet_fixture(FLEET, ["client1", "client2", "fail3", "relay1"])
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 import sshd
 from conftest import Host, Tree, installs
 from sshd import Sshd
-from testkit import Fleet, link_up
+from testkit import Fleet, fleet_fixture, link_up
 from trustkit import Signer, request
 
 from rds import wire
@@ -35,11 +34,7 @@ sshd_factory = sshd.sshd_factory
 FLEET = [("relay1", "mgr"), ("relay2", "mgr"), ("client1", "relay1"), ("client2", "relay2")]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), FLEET, ["client1", "client2", "relay1", "relay2"])
-    yield fleet
-    fleet.server.stop()
+built = fleet_fixture(FLEET, ["client1", "client2", "relay1", "relay2"])
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import pytest
 from conftest import Host, Tree
 from sshd import Sshd, serve_command
 
@@ -134,3 +135,13 @@ class Fleet:
         tree = Tree(self.tree.root)
         tree.hosts = dict(self.tree.hosts)
         return tree
+
+
+def fleet_fixture(links: Iterable[tuple[str, str]], check_in: Iterable[str]) -> Callable[..., Iterator[Fleet]]:
+    """A module-scoped fixture: the Fleet built once, its sshd stopped after the module's last test."""
+    @pytest.fixture(scope="module")
+    def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+        fleet = Fleet(tmp_path_factory.mktemp("fleet"), links, check_in)
+        yield fleet
+        fleet.server.stop()
+    return built
