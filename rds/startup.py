@@ -48,6 +48,7 @@ from rds.clock import now_text
 from rds.errors import CommunicationError, RdsError, SettingsError
 from rds.home import Home
 from rds.log import logger
+from rds.packages import PackageId
 from rds.results import Result
 from rds.storehouse import Storehouse
 
@@ -243,8 +244,13 @@ class Requests:
         s = self.home.settings
         on_demand = not s.is_managing_server and s.caching_policy == cache.JIT
         store = Storehouse.of(self.home)
+        here: dict[PackageId, bool] = {}  # a job to 100,000 hosts asks the storehouse once, not 100,000 times
+        for held in self.waiting.values():
+            for j in held:
+                if not on_demand and j.package not in here:
+                    here[j.package] = store.has(j.package)
         for lower, held in self.waiting.items():
-            ready = [j for j in held if on_demand or store.has(j.package)]
+            ready = [j for j in held if on_demand or here[j.package]]
             database.announce(self.db, events.Started(lower, ready, reached.get(lower)))
 
 

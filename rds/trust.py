@@ -277,8 +277,9 @@ def own_statement(me: Identity, db: sqlite3.Connection, host: str, upper: str) -
     s = Statement(host, upper, n, me.public, me.sign(body))
     with Transaction(db):
         _put(db, [s])
-        if old is None or old.upper != upper:  # a new upper system has had none of them
-            db.execute("UPDATE statements SET sent=NULL")
+        if old is None or old.upper != upper:  # a new upper system has had none of them, nor what
+            db.execute("UPDATE statements SET sent=NULL")  # the hosts below said of themselves (rds.hosts)
+            db.execute("UPDATE routes SET told=NULL")
     return s
 
 

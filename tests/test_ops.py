@@ -415,3 +415,18 @@ def test_bad_not_before_and_waves_are_refused(tree: Tree) -> None:
                  ["--waves", "1,2", "--fail-limit", "x"], ["--fail-limit", "3"]):
         proc = mgr.run("dcmjexe", "-r", "C.AB.APP.0100", "-h", "c1", *args, check=False)
         assert proc.returncode in (1, 3) and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+
+
+def test_a_relay_that_moves_tells_its_new_upper_system_of_the_hosts_below_it(tree: Tree) -> None:
+    """What a relay told its old upper system of the hosts below it (``told``) is told the new one too."""
+    tree.add("mgr")
+    for name, upper in (("ra", "mgr"), ("rb", "mgr"), ("r2", "ra"), ("c1", "r2")):
+        tree.add(name, upper)
+    tree.check_in_upward(["c1", "r2", "ra", "rb"])
+    r2 = tree["r2"]
+    settings = r2.path / "rdsprm" / "RDSSETFL"
+    settings.write_text(settings.read_text().replace(str(tree["ra"].path), str(tree["rb"].path)))
+    r2.run("rdsft", "-a")  # its first check-in with rb
+    with sqlite3.connect(tree["rb"].path / "GROUP" / "rds.db") as db:
+        row = db.execute("SELECT version, checkin FROM routes WHERE host='c1'").fetchone()
+    assert row is not None and row[0] == "0.1.0" and row[1]  # c1's version and last check-in, as c1 said them
