@@ -31,12 +31,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rds import crashpoints, fsutil
 from rds.clock import now_text, shown
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
 from rds.home import Home
 from rds.log import logger
+
+# the wait before a dead companion is started again, doubled while it keeps dying within the maximum
+COMPANION_BACKOFF = 1.0
+COMPANION_BACKOFF_MAX = 60.0
 
 
 def pid_path(home: Home, name: str) -> Path:
@@ -162,7 +167,8 @@ class Resident:
 
     def __init__(self, home: Home, name: str, one_pass: Callable[[], str], interval: float | None,
                  every: tuple[float, Callable[[], str]] | None = None,
-                 spread: Callable[[], float] | None = None) -> None:
+                 spread: Callable[[], float] | None = None,
+                 companion: Callable[[], tuple[list[str], dict[str, str]]] | None = None) -> None:
         self.home = home
         self.name = name
         self.one_pass = one_pass
@@ -177,6 +183,14 @@ class Resident:
         self.woken = False
         self.passes = 0
         self.state: dict[str, object] = {}
+        # a process that lives as long as this one (rdsma's resident server, rds.resident): started with a
+        # pipe from here as its standard input, which ends when this process does, however it ends; started
+        # again if it dies (after COMPANION_BACKOFF doubling while it keeps dying young)
+        self.companion = companion
+        self.companion_proc: Any = None
+        self.companion_due: float | None = None
+        self.companion_backoff = COMPANION_BACKOFF
+        self.companion_started = 0.0
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.terms += 1
@@ -186,6 +200,50 @@ class Resident:
 
     def _on_usr1(self, signum: int, frame: object) -> None:
         self.woken = True
+
+    def _start_companion(self) -> None:
+        """Start the companion now, or note when to try again."""
+        assert self.companion is not None
+        import subprocess
+
+        argv, env = self.companion()
+        self.companion_due = None
+        try:
+            self.companion_proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                   stderr=None, start_new_session=True)
+            self.companion_started = time.monotonic()
+            self.log.info(f"{self.name}: its resident server runs (pid {self.companion_proc.pid})")
+        except OSError as e:
+            self.log.warning(f"{self.name}: cannot start {argv[2:3]}: {e}")
+            self.companion_due = time.monotonic() + self.companion_backoff
+
+    def _check_companion(self) -> None:
+        """Start again a companion that died (kill -9, a crash), spaced while it keeps dying young."""
+        proc = self.companion_proc
+        if self.companion is None or self.terms:
+            return
+        if proc is not None and proc.poll() is not None:
+            young = time.monotonic() - self.companion_started < COMPANION_BACKOFF_MAX
+            self.companion_backoff = min(self.companion_backoff * 2, COMPANION_BACKOFF_MAX) if young \
+                else COMPANION_BACKOFF
+            self.log.warning(f"{self.name}: its resident server (pid {proc.pid}) ended with status "
+                             f"{proc.returncode}; starting it again in {self.companion_backoff:g}s")
+            self.companion_proc = None
+            self.companion_due = time.monotonic() + self.companion_backoff
+        if self.companion_proc is None and self.companion_due is not None and time.monotonic() >= self.companion_due:
+            self._start_companion()
+
+    def _stop_companion(self) -> None:
+        proc, self.companion_proc = self.companion_proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # it ends when its input does; sessions under way finish in their own processes
+        try:
+            proc.wait(5.0)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired, without importing subprocess here
+            proc.kill()
+            proc.wait()
 
     @contextlib.contextmanager
     def _alive(self) -> Iterator[None]:
@@ -212,12 +270,16 @@ class Resident:
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD)}
         old_fd = signal.set_wakeup_fd(wfd)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_usr1)
+        if self.companion is not None:
+            signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes _wait (set_wakeup_fd) to look at it
         try:
             with self._alive():
+                if self.companion is not None:
+                    self._start_companion()
                 self.log.info(f"{self.name}: started (pid {os.getpid()}, interval "
                               f"{'MANUAL' if self.interval is None else f'{self.interval:g}s'})")
                 if self.interval is None:  # MANUAL: never by itself, only when woken
@@ -230,6 +292,7 @@ class Resident:
                     self._wait(rfd)
                 self.log.info(f"{self.name}: stopped after {self.passes} pass(es)")
         finally:
+            self._stop_companion()
             signal.set_wakeup_fd(old_fd)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -272,7 +335,8 @@ class Resident:
             self.spread = None  # once: the polls keep the moment drawn
         while not self.terms and not self.woken:
             self._side_task()
-            ends = [t for t in (deadline, self.every_due) if t is not None]
+            self._check_companion()
+            ends = [t for t in (deadline, self.every_due, self.companion_due) if t is not None]
             timeout = None if not ends else max(0.0, min(ends) - time.monotonic())
             if deadline is not None and time.monotonic() >= deadline:
                 return

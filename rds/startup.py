@@ -260,6 +260,41 @@ def begin(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
     return Requests(home, db, log, jobs_of)
 
 
+# Jobs dcmjexe handed to the managing server's rdsma (run/wake.jobs/JOB_NO): it sends their startup requests
+# in its pass, pre-imported and without a login of its own to wait for, and dcmjexe returns at once.
+HANDED = "wake.jobs"
+
+
+def hand_over(home: Home, job_nos: list[int]) -> bool:
+    """Leave the startup requests for ``job_nos`` to this home's rdsma if it runs; False if it does not
+    (the caller sends them itself).  A file a job, removed once its requests are sent (rdsma's pass)."""
+    if daemon.running_pid(home, "rdsma") is None:
+        return False
+    spool = home.run / HANDED
+    spool.mkdir(mode=0o700, exist_ok=True)
+    for n in job_nos:
+        (spool / str(n)).touch()
+    if daemon.wake(home, "rdsma"):
+        return True
+    for n in job_nos:
+        (spool / str(n)).unlink(missing_ok=True)
+    return False
+
+
+def send_handed(home: Home, db: sqlite3.Connection, log: Callable[[str], None]) -> int:
+    """The startup requests of the jobs handed over (``hand_over``); returns how many jobs they were."""
+    spool = home.run / HANDED
+    try:
+        names = [p.name for p in spool.iterdir() if p.name.isdigit() and len(p.name) < 12]
+    except FileNotFoundError:
+        return 0
+    if names:
+        start_lowers(home, db, log, sorted(int(n) for n in names))
+        for n in names:  # sent: a crash before this sends them again, which a lower system coalesces
+            (spool / n).unlink(missing_ok=True)
+    return len(names)
+
+
 def start_lowers(home: Home, db: sqlite3.Connection, log: Callable[[str], None],
                  jobs_of: list[int] | None = None) -> dict[str, bool]:
     """Send startup requests to the lower systems with jobs waiting now; returns who was reached."""

@@ -132,13 +132,19 @@ def test_one_error_for_a_user_who_may_not_use_the_home() -> None:
 # -- residents ----------------------------------------------------------------------------------------
 
 def test_residents_on_a_managing_server_have_nothing_to_do(tmp_path: Path) -> None:
-    """They exited 1, and units with Restart=on-failure looped."""
+    """They exited 1, and units with Restart=on-failure looped.  rdsma now runs there (issue 16): it serves
+    the relays' check-ins through its resident server and takes dcmjexe's startup requests; rdssnd still
+    has nothing to do."""
     home = make_home(tmp_path / "mgr", "HostName\tmgr\n")
-    for cmd in ("rdsma", "rdssnd"):
-        for args in ([], ["--foreground"]):
-            proc = run(cmd, *args, home=home)
-            assert proc.returncode == 0 and "is the managing server" in proc.stdout, proc.stderr
+    for args in ([], ["--foreground"]):
+        proc = run("rdssnd", *args, home=home)
+        assert proc.returncode == 0 and "is the managing server" in proc.stdout, proc.stderr
+    proc = run("rdsma", home=home)
+    assert proc.returncode == 0 and proc.stdout.startswith("rdsma: started (pid "), proc.stderr
+    wait_for(lambda: (home / "run" / "resident.sock").exists())
+    assert run("rdsma", "-q", home=home).returncode == 0
     assert not list((home / "run").glob("*.pid"))
+
 
 
 def test_status_of_a_resident(tree: Tree) -> None:

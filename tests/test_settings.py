@@ -87,6 +87,7 @@ GOOD = [
     ("StartupAddress", "/NETMRDS", "startup_address", "/NETMRDS"),
     ("ServeIdleTimeout", "300", "serve_idle_timeout", 300.0),
     ("ServeIdleTimeout", "2m", "serve_idle_timeout", 120.0),
+    ("ResidentServer", "NO", "resident_server", False),
     ("StartupInterval", "0", "startup_interval", 0.0),
     ("StartupInterval", "2m", "startup_interval", 120.0),
     ("KeyPinning", "strict", "key_pinning", "STRICT"),
@@ -117,6 +118,7 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 BAD = [
     ("StartupAddress", "ssh://relay1/NETMRDS"),
     ("ServeIdleTimeout", "0"),
+    ("ResidentServer", "maybe"),
     ("ServeIdleTimeout", "2d"),
     ("StartupInterval", "2h"),
     ("StartupInterval", "soon"),

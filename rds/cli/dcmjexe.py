@@ -102,7 +102,8 @@ def create(pid: PackageId, hosts: list[str], job_type: str, plan: Plan, *, home:
     job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type, plan=plan)
     if unknown:
         click.echo(f"dcmjexe: {unknown_hosts(unknown)}", err=True)
-    startup.start_lowers(home, db, logger(home).info, [job_no])
+    if not startup.hand_over(home, [job_no]):  # the managing server's rdsma sends them, else this process
+        startup.start_lowers(home, db, logger(home).info, [job_no])
     click.echo(str(job_no))
     return 0
 

@@ -38,14 +38,32 @@ def command(start: bool, stop: bool, foreground: bool, status: bool) -> int:
 def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> int:
     if status:
         return show_status(home, NAME)
-    if not stop and home.settings.is_managing_server:
-        # nothing to poll: said, and exit 0, so that a unit with Restart=on-failure does not loop
-        click.echo(f"{NAME}: {home.path} is the managing server (RDSSETFL has no ManagingHost): nothing to poll; "
-                   "rdsma runs on relays and clients")
+    mgr = home.settings.is_managing_server
+    # On the managing server there is nothing to poll: rdsma runs the resident server and sends the startup
+    # requests dcmjexe hands it (rds.startup.hand_over), only when woken; no cache cleanup there.
+    one_pass = (lambda: wake_handed(home)) if mgr else (lambda: describe(poller.run_once(home)))
+    interval = None if mgr else home.settings.watch_orders
+    every = None if mgr else (home.settings.cache_cleanup_interval, lambda: clean(home))
+    if foreground and not stop:
+        from rds import daemon
+        from rds import resident as server
+
+        # beside the loop, the home's resident server: rds-serve and rds-wake served pre-imported (rds.resident)
+        daemon.Resident(home, NAME, one_pass, interval, every, spread=None if mgr else random.random,
+                        companion=(lambda: server.command(home.path))
+                        if home.settings.resident_server and interval != 0 else None).run()  # 0: one pass
         return 0
-    return resident(home, NAME, stop, foreground, lambda: describe(poller.run_once(home)),
-                    home.settings.watch_orders, (home.settings.cache_cleanup_interval, lambda: clean(home)),
+    return resident(home, NAME, stop, foreground, one_pass, interval, every,
                     spread=random.random)  # polls spread over the interval (rds.daemon.first_wait)
+
+
+def wake_handed(home: Home) -> str:
+    """The managing server's pass: the startup requests of the jobs dcmjexe handed over."""
+    from rds import session, startup
+
+    with session.opened(home) as db:
+        n = startup.send_handed(home, db, log.logger(home).info)
+    return f"startup requests sent for {n} job(s) dcmjexe handed over" if n else ""
 
 
 def clean(home: Home) -> str:
