@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from rds import crashpoints, errors, text
+from rds import errors
 from rds.errors import NotPermitted, RdsError, SystemError_, UsageError
-from rds.home import Home, check_may_use, not_permitted, open_home  # noqa: F401 - said here for the commands
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rds.home import Home
+
+# What a command imports before it parses its options is all that ``--help`` pays for: click and this module.
+# The library is imported where a command uses it, inside the function that ``with_home`` decorates
+# (tests/test_cli_imports.py keeps it so).
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
@@ -27,6 +33,8 @@ EXIT_SYSTEM = SystemError_.exit_code
 
 def _error(line: str) -> None:
     """One error line on stderr; what other systems said in it is escaped and it is cut (rds.text)."""
+    from rds import text
+
     click.echo(text.cut(text.shown(line), text.LINE), err=True)
 
 
@@ -51,6 +59,8 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     os.umask(0o022)  # whatever umask it was started with: nothing it makes is writable by others (rds.home)
     add_version_option(command)
     try:
+        from rds import crashpoints
+
         crashpoints.check()  # a test hook (rds(7)): a malformed value is refused before anything runs
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -66,11 +76,19 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
         code = 130
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except (RdsError, KeyboardInterrupt, sqlite3.Error, OSError) as e:
+    except _said() as e:
         line, code = errors.said(name, e)
         click.echo(line, err=True)
     sys.stdout.flush()
     sys.exit(code)
+
+
+def _said() -> tuple[type[Exception] | type[KeyboardInterrupt], ...]:
+    """What ``run`` says in one line (rds.errors.said): looked up only when something ends a command, so that
+    sqlite3 is not imported by a command that never opens a database."""
+    import sqlite3
+
+    return RdsError, KeyboardInterrupt, sqlite3.Error, OSError
 
 
 def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Callable[[], str],
@@ -102,32 +120,58 @@ def show_status(home: Home, name: str) -> int:
 Command = Callable[..., int]
 
 
-def with_home(lock: str | None = None, database: bool = False,
-              superuser: bool = False) -> Callable[[Command], Command]:
+def with_home(lock: str | None = None, database: bool = False, superuser: bool = False,
+              pass_lock: bool = False) -> Callable[[Command], Command]:
     """Decorate a command (or the part of it that works on the home) like borg's ``with_repository``.
 
     The function gets ``home=`` (rds.home.Home) and, with ``database``,
     ``db=`` (the state database, closed when it returns), besides its own
-    arguments; ``lock`` names a lock of the home held meanwhile (PASS_LOCK);
-    ``superuser`` refuses a caller that may not run the command.  A command
+    arguments; ``lock`` names a lock of the home held meanwhile, ``pass_lock``
+    holds the pass lock (rds.home.PASS_LOCK, named here without importing rds.home
+    before the options are parsed); ``superuser`` refuses a caller that may not run the command.  A command
     checks its options first, then calls what this decorates, so that a
     usage error is said before the home is opened.
     """
     def decorate(f: Command) -> Command:
         @functools.wraps(f)
         def inner(*args: Any, **kw: Any) -> int:
-            from rds import session
+            from rds.home import PASS_LOCK
 
+            held = PASS_LOCK if pass_lock else lock
             home = open_home()
             if superuser:
                 require_superuser(home)
             if not database:
-                with home.lock(lock) if lock is not None else contextlib.nullcontext():
+                with home.lock(held) if held is not None else contextlib.nullcontext():
                     return f(*args, home=home, **kw)
-            with session.opened(home, lock) as db:
+            from rds import session
+
+            with session.opened(home, held) as db:
                 return f(*args, home=home, db=db, **kw)
         return inner
     return decorate
+
+
+def open_home() -> Home:
+    """The home a command works on (rds.home.open_home: RDS_HOME, else /NETMRDS for root, else the user's
+    own), imported here when a command runs (rdsft -a's click-free entry, rds.checkin, uses it too)."""
+    from rds.home import open_home as opened
+
+    return opened()
+
+
+def not_permitted(path: Path) -> str:
+    """The one error for a user who may not use a home or run a command on it (rds.home.not_permitted)."""
+    from rds.home import not_permitted as said
+
+    return said(path)
+
+
+def check_may_use(path: Path) -> None:
+    """Root may use any home; another user one they own or may write (rds.home.check_may_use)."""
+    from rds.home import check_may_use as may
+
+    may(path)
 
 
 def require_superuser(home: Home) -> None:
@@ -142,6 +186,27 @@ def require_superuser(home: Home) -> None:
 def multi(first: tuple[str, ...], rest: tuple[str, ...]) -> list[str]:
     """JP1 takes several values after one option, space-separated: ``-h a b c``."""
     return [*first, *rest]
+
+
+def job_destinations(hosts_help: str) -> Callable[[Command], Command]:
+    """The options of a command that acts on a job's destinations (dcmjbrm, dcmrtry): ``-n JOB``,
+    ``-h HOST [HOST...]`` and ``--json``.  The function gets ``job_no``, ``hosts`` (None: all) and ``as_json``;
+    hosts without ``-h`` are a usage error, never "all"."""
+    def decorate(f: Command) -> Command:
+        @functools.wraps(f)
+        def inner(job_no: int, hosts: tuple[str, ...], as_json: bool, more_hosts: tuple[str, ...]) -> int:
+            if more_hosts and not hosts:
+                raise UsageError(f"unexpected argument {more_hosts[0]!r} (hosts go after -h)")
+            return f(job_no, multi(hosts, more_hosts) if hosts else None, as_json)
+        options = [click.option("-n", "job_no", type=click.IntRange(1), required=True, metavar="JOB",
+                                help="The job."),
+                   click.option("-h", "hosts", multiple=True, metavar="HOST", help=hosts_help),
+                   click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+                   click.argument("more_hosts", nargs=-1, metavar="[HOST...]")]
+        for option in reversed(options):
+            inner = option(inner)
+        return inner
+    return decorate
 
 
 def spread(args: Sequence[str], options: Sequence[str]) -> list[str]:
@@ -177,6 +242,8 @@ class SpreadCommand(click.Command):
 
 
 def print_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=1, sort_keys=False))
 
 
@@ -184,13 +251,17 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     """A table for a terminal: every cell shown safely and cut (rds.text); ``--json`` gives the whole texts."""
     from tabulate import tabulate
 
+    from rds import text
+
     rows = [[text.cell(v) for v in r] for r in rows]
     return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
 
 
 def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """What ``table`` prints for rows of one-line strings, fast enough for 100,000 rows."""
-    rows = [r if _plain(r) else [text.cell(v) for v in r] for r in rows]
+    from rds import text
+
+    rows = [r if _plain(r, text.CELL) else [text.cell(v) for v in r] for r in rows]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(headers)
     # tabulate pads a header by 2 at least; the last column needs no padding
     widths = [max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)]
@@ -200,10 +271,10 @@ def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _plain(row: Sequence[str]) -> bool:
-    """Whether a row shows as it is (printable ASCII, no cell to cut): most rows, checked at C speed."""
+def _plain(row: Sequence[str], cell: int) -> bool:
+    """Whether a row shows as it is (printable ASCII, no cell longer than ``cell``): most rows, at C speed."""
     joined = "".join(row)
-    return joined.isascii() and joined.isprintable() and max(map(len, row), default=0) <= text.CELL
+    return joined.isascii() and joined.isprintable() and max(map(len, row), default=0) <= cell
 
 
 def entry(command: click.Command) -> Callable[[], NoReturn]:
