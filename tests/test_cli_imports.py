@@ -86,8 +86,11 @@ def test_a_command_imports_no_more_than_it_needs_to_start(name: str, module: str
 
 def test_the_setup_lists_every_command_module() -> None:
     """The probe above runs what setup.cfg lists: every module of rds/cli is one of them, or the click command
-    that a forced command's entry point (rds.forced) hands --help to."""
+    that a forced command's entry point (rds.forced) or rdsft's (rds.checkin) hands --help to."""
+    import importlib
+
     listed = {module for _, module, _ in commands()} | set(COMMANDS.values())
+    listed |= {getattr(importlib.import_module(m), "CLICK", m) for _, m, _ in commands()}  # rdsft: rds.checkin
     modules = {f"rds.cli.{p.stem}" for p in (ROOT / "rds" / "cli").glob("*.py") if p.stem != "__init__"}
     assert modules <= listed
 
