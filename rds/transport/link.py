@@ -61,6 +61,14 @@ class SSHLink:
         self._request(msg)
         return self._answer()
 
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send a request at once, even before rds-serve's hello came (a pipelined check-in): its
+        answer, read by ``receive``, is read after the hello, and believed only once the hello is checked."""
+        self._request(msg)
+
+    def receive(self) -> dict[str, Any]:
+        return self._answer()
+
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
         """Write ``length`` bytes of ``package`` from ``offset`` to ``out``, keeping the link full.
 
