@@ -147,8 +147,9 @@ def check_in(home: Home, db: sqlite3.Connection, client: UpperClient,
             log(f"{client.where} is {upper} now, not {guess}: checking in there with a new route statement")
         guess = None
     if guess is None:
-        own = trust.own_statement(home.identity, db, home.host, upper)
+        own = trust.own_statement(home.identity, db, home.host, upper)  # a new upper: all told again
         statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+        said = hosts.reported(db, home.host)
         found, manifests = client.checkin(statements, below, wake=wake, unsigned=unsigned, controls=held, hosts=said)
     else:
         found, manifests = client.checkin_answer()
