@@ -346,6 +346,8 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
 def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int:
     """Send every result not yet acknowledged upward; they stay on disk until then."""
     sent = 0
+    if not results.unsent(db, limit=1, host=home.host):
+        return 0  # an idle pass takes no lock (one that comes meanwhile goes with the next pass, or rdssnd)
     with home.lock("send"):
         while batch := results.unsent(db, limit=500, host=home.host):
             # this host's own results (and what it says about the hosts below it) are signed as they go up
