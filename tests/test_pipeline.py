@@ -166,3 +166,31 @@ def test_a_check_in_on_this_machine_is_sent_ahead_and_a_moved_upper_answered_rig
     rb.run("rdsft", "-a")
     assert result_of(mgr, job)["c1"]["status"] == "COMPLETE" and installs(c1) == 2
     assert "refused" not in log_of(rb)
+
+
+def test_an_idle_check_in_rewrites_no_route_at_the_upper(tree: Tree) -> None:
+    """Part 5: the upper records an idle check-in in one commit, and does not rewrite the routes below
+    that did not change; the lower's last check-in still moves on."""
+    tree.add("mgr")
+    tree.add("relay", "mgr")
+    for c in ("c1", "c2"):
+        tree.add(c, "relay")
+    tree.check_in_upward(["c1", "c2", "relay"])
+
+    def at_mgr() -> tuple[dict[str, tuple[str, float]], float, float]:
+        with sqlite3.connect(tree["mgr"].path / "GROUP" / "rds.db") as db:
+            rows = {h: (v, s) for h, v, s in db.execute("SELECT host, via, seen FROM routes")}
+            seen = db.execute("SELECT seen FROM lowers WHERE name='relay'").fetchone()[0]
+            checkin = db.execute("SELECT checkin FROM routes WHERE host='relay'").fetchone()[0]
+        return rows, seen, checkin
+
+    routes0, seen0, checkin0 = at_mgr()
+    assert set(routes0) == {"relay", "c1", "c2"} and all(v == "relay" for v, _ in routes0.values())
+    tree["relay"].run("rdsft", "-a")
+    routes1, seen1, checkin1 = at_mgr()
+    assert routes1 == routes0, "unchanged routes are not written again"
+    assert seen1 > seen0 and checkin1 > checkin0, "the relay's last check-in is kept"
+    tree.add("c3", "relay").run("rdsft", "-a")
+    tree["relay"].run("rdsft", "-a")
+    routes2, _, _ = at_mgr()
+    assert routes2["c3"][0] == "relay" and {h: routes2[h] for h in routes0} == routes0
