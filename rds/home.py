@@ -194,7 +194,9 @@ def _note(owner: Path, data: bytes) -> None:
     """Say who holds a lock: replaced at once, whole, but not flushed to disk (after a crash no one
     holds the lock, and the note only names a holder): no fsync for every pass and every lock."""
     tmp = owner.with_name(f"{fsutil.tmp_prefix()}{owner.name}")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, owner)
 
 
