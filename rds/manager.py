@@ -20,7 +20,6 @@ from rds.identity import fingerprint
 from rds.jobs import Job
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
-from rds.storehouse import Storehouse
 
 # dcmstat's exit codes, as JP1's
 ALL_COMPLETE, SOME_FAILED, RUNNING, RUNNING_WITH_FAILURES = 0, 30, 31, 32
@@ -92,6 +91,8 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
                now: float | None = None, type_: str = jobs.INSTALL, plan: Plan = Plan()) -> tuple[int, list[str]]:
     """Create a job (Install package, Transfer package to relay system, or DELETE on relays); returns its
     number and the hosts not known yet."""
+    from rds.storehouse import Storehouse  # imported where a job is made: dcmstat and the others need none of it
+
     require_managing_server(home)
     now = time.time() if now is None else now
     if not hosts and not plan.group:
@@ -130,6 +131,8 @@ def create_job(db: sqlite3.Connection, home: Home, package: PackageId, hosts: li
 def remake(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], attempt: Callable[[str], int],
              now: float, wave: int = 0) -> int:
     """(Re)make the job ``job_no`` for ``dests`` (dcmrtry, a host joining an ID group); in a transaction."""
+    from rds.storehouse import Storehouse
+
     order = db.execute("SELECT type, package, created, plan FROM orders WHERE job_no=?", (job_no,)).fetchone()
     pid = PackageId.parse(order["package"])
     plan = Plan.from_text(order["plan"])

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Tree, wait_for
+from conftest import BIN, Host, Tree, wait_for
 from test_man import console_scripts
 
 from rds import archive, clock, log, progress
@@ -298,13 +298,19 @@ def test_summary_counts_each_job_and_status(tree: Tree) -> None:
     assert table[1].split() == ["1", pid, "INSTALL", "4", "3", "0", "0", "0", "0", "1", "0", "0", "0"]
 
 
-def test_an_interim_exec_error_is_running_with_failures(tree: Tree) -> None:
-    """An EXEC-ERROR that can still change made dcmstat exit 30, and the wait loop of dcmstat(1) stopped."""
+def one_job(tree: Tree) -> tuple[Host, Host, str]:
+    """A managing server, a client c1 under it that has checked in, and job 1 of a package (its ID) for c1."""
     mgr = tree.add("mgr")
     c1 = tree.add("c1", "mgr")
     c1.run("rdsft", "-a")
     pid = tree.package()
     mgr.run("dcmjexe", "-r", pid, "-h", "c1")
+    return mgr, c1, pid
+
+
+def test_an_interim_exec_error_is_running_with_failures(tree: Tree) -> None:
+    """An EXEC-ERROR that can still change made dcmstat exit 30, and the wait loop of dcmstat(1) stopped."""
+    mgr, c1, _ = one_job(tree)
     with db_of(mgr.path) as db:  # the startup request failed: the managing server's own interim result
         db.execute("INSERT INTO results (job_no, dest, status, message, finished) VALUES (1, 'c1', 'EXEC-ERROR', "
                    "'startup request to c1 failed', ?)", (clock.now_text(),))
@@ -317,11 +323,7 @@ def test_an_interim_exec_error_is_running_with_failures(tree: Tree) -> None:
 
 
 def test_watch_prints_changes_until_the_job_ends(tree: Tree) -> None:
-    mgr = tree.add("mgr")
-    c1 = tree.add("c1", "mgr")
-    c1.run("rdsft", "-a")
-    pid = tree.package()
-    mgr.run("dcmjexe", "-r", pid, "-h", "c1")
+    mgr, c1, pid = one_job(tree)
     with subprocess.Popen([str(BIN / "dcmstat"), "-w", "-n", "1", "--interval", "0.1"], env=mgr.env(),
                           stdout=subprocess.PIPE, text=True) as watch:
         assert watch.stdout is not None

@@ -11,41 +11,26 @@ import json
 import os
 import random
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import pytest
 import sshd
 from conftest import BIN, Host, Tree
-from sshd import Sshd
-
-from rds.home import Home
+from testkit import Fleet, fleet_fixture
 
 pytestmark = pytest.mark.skipif(not sshd.have_sshd() and os.environ.get("CI") != "true",
                                 reason="OpenSSH's sshd is not installed (bin/rds-test installs it)")
 
-sshd_factory = sshd.sshd_factory
 FLEET = [("relay1", "mgr"), ("client1", "relay1"), ("client2", "relay1"), ("fail3", "relay1")]
 RECORD = ("#!/bin/sh\ncase \"$RDS_HOST\" in fail*) exit 3;; esac\n"
           "echo \"$RDS_JOB\" >> \"$RDS_INSTALL_DIR/../installs\"\n")
 
 
-def settings(server: Sshd, host: Path, upper: Path) -> str:
-    return (f"ManagingHost\t{server.url(upper)}\nIdentityFile\t{host / 'rdsprm' / 'id_ed25519'}\n"
-            f"KnownHostsFile\t{server.known_hosts}\nConnectTimeout\t5s\n")
+built = fleet_fixture(FLEET, ["client1", "client2", "fail3", "relay1"])
 
 
 @pytest.fixture
-def fleet(tree: Tree, sshd_factory: Any) -> Tree:
-    server = sshd_factory().start()
-    Home.open(tree.add("mgr").path)
-    for name, upper in FLEET:
-        host = tree.add(name, settings=settings(server, tree.root / name, tree.root / upper))
-        Home.open(host.path)
-        line = host.run("rdslink", "-k").stdout.strip()
-        tree[upper].run("rdslink", "-a", line, "-f", str(server.authorized_keys))
-    tree.check_in_upward(["client1", "client2", "fail3", "relay1"])
-    return tree
+def fleet(built: Fleet) -> Tree:
+    return built.laid_out()
 
 
 def runs(host: Host, job: int) -> int:

@@ -19,11 +19,11 @@ import pytest
 import sshd
 from conftest import Host, Tree, installs
 from sshd import Sshd
+from testkit import Fleet, fleet_fixture, link_up
 from trustkit import Signer, request
 
 from rds import wire
 from rds.client import UpperClient
-from rds.home import Home
 from rds.identity import fingerprint
 from rds.transport.link import SSHLink
 
@@ -34,29 +34,12 @@ sshd_factory = sshd.sshd_factory
 FLEET = [("relay1", "mgr"), ("relay2", "mgr"), ("client1", "relay1"), ("client2", "relay2")]
 
 
-def settings(server: Sshd, host: Path, upper: Path) -> str:
-    return (f"ManagingHost\t{server.url(upper)}\nIdentityFile\t{host / 'rdsprm' / 'id_ed25519'}\n"
-            f"KnownHostsFile\t{server.known_hosts}\nConnectTimeout\t5s\n")
-
-
-def link_up(tree: Tree, server: Sshd, name: str, upper: str) -> None:
-    """Enrol ``name`` under ``upper`` as an administrator would: rdslink -k there, rdslink -a here."""
-    line = tree[name].run("rdslink", "-k").stdout.strip()
-    assert line.startswith(f"rdslink {name} ")
-    assert tree[upper].run("rdslink", "-a", line, "-f", str(server.authorized_keys)).stdout.strip() == \
-        f"{name}: added in {server.authorized_keys}"
+built = fleet_fixture(FLEET, ["client1", "client2", "relay1", "relay2"])
 
 
 @pytest.fixture
-def fleet(tree: Tree, sshd_factory: Any) -> tuple[Tree, Sshd]:
-    server = sshd_factory().start()
-    Home.open(tree.add("mgr").path)
-    for name, upper in FLEET:
-        host = tree.add(name, settings=settings(server, tree.root / name, tree.root / upper))
-        Home.open(host.path)
-        link_up(tree, server, name, upper)
-    tree.check_in_upward(["client1", "client2", "relay1", "relay2"])
-    return tree, server
+def fleet(built: Fleet) -> tuple[Tree, Sshd]:
+    return built.laid_out(), built.server
 
 
 def connect_as(host: Host) -> UpperClient:

@@ -1,12 +1,14 @@
 """What several test files share: a managing server's home with a package, a relay and its clients over
-real sshd, and hashing a file apart from rds."""
+real sshd, hashing a file apart from rds, and a set-up built once and laid out again for each test."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import pytest
 from conftest import Host, Tree
 from sshd import Sshd, serve_command
 
@@ -67,3 +69,79 @@ def relay_over_ssh(tree: Tree, server: Sshd, clients: Iterable[str]) -> tuple[Ho
     server.start()
     relay = laid_out(tree.add("relay1", settings=ssh_settings(server, k_relay, upper=mgr)))
     return mgr, relay, [tree.add(c, settings=ssh_settings(server, k, upper=relay)) for c, k in keys.items()]
+
+
+class Template:
+    """A set-up that costs seconds to build (homes linked over a real sshd) built once for a module, and laid out
+    again for each test from a copy taken when it was built: the same bytes, modes and times at the same paths
+    (the homes' settings and the sshd's authorized_keys name them), so each test starts from what a fresh
+    build would give it, whatever the test before changed."""
+
+    def __init__(self, places: Iterable[Path], keep: Path) -> None:
+        self.kept = [(place, keep / str(i)) for i, place in enumerate(places)]
+        for place, copy in self.kept:
+            _copy(place, copy)
+
+    def lay_out(self) -> None:
+        for place, copy in self.kept:
+            if place.is_dir() and not place.is_symlink():
+                shutil.rmtree(place)
+            else:
+                place.unlink(missing_ok=True)
+            _copy(copy, place)
+
+
+def _copy(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target)
+
+
+def link_up(tree: Tree, server: Sshd, name: str, upper: str) -> None:
+    """Enrol ``name`` under ``upper`` as an administrator would: rdslink -k there, rdslink -a here."""
+    line = tree[name].run("rdslink", "-k").stdout.strip()
+    assert line.startswith(f"rdslink {name} ")
+    assert tree[upper].run("rdslink", "-a", line, "-f", str(server.authorized_keys)).stdout.strip() == \
+        f"{name}: added in {server.authorized_keys}"
+
+
+class Fleet:
+    """``mgr`` and the homes of ``links`` (name, upper), each linked to its upper through one real sshd as an
+    administrator links them, checked in (``check_in``, in order); built once for a module (a few seconds of
+    rdslink and SSH passes), and laid out again for each test with ``laid_out``."""
+
+    def __init__(self, root: Path, links: Iterable[tuple[str, str]], check_in: Iterable[str]) -> None:
+        self.server = Sshd(root / "sshd").start()
+        try:
+            self.tree = Tree(root / "hosts")
+            Home.open(self.tree.add("mgr").path)
+            for name, upper in links:
+                host = self.tree.add(name, settings=(
+                    f"ManagingHost\t{self.server.url(self.tree.root / upper)}\n"
+                    f"IdentityFile\t{self.tree.root / name / 'rdsprm' / 'id_ed25519'}\n"
+                    f"KnownHostsFile\t{self.server.known_hosts}\nConnectTimeout\t5s\n"))
+                Home.open(host.path)
+                link_up(self.tree, self.server, name, upper)
+            self.tree.check_in_upward(list(check_in))
+            self.template = Template([self.tree.root, self.server.authorized_keys], root / "kept")
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def laid_out(self) -> Tree:
+        """The homes and authorized_keys as built, whatever the test before did; a Tree of their hosts."""
+        self.template.lay_out()
+        tree = Tree(self.tree.root)
+        tree.hosts = dict(self.tree.hosts)
+        return tree
+
+
+def fleet_fixture(links: Iterable[tuple[str, str]], check_in: Iterable[str]) -> Callable[..., Iterator[Fleet]]:
+    """A module-scoped fixture: the Fleet built once, its sshd stopped after the module's last test."""
+    @pytest.fixture(scope="module")
+    def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+        fleet = Fleet(tmp_path_factory.mktemp("fleet"), links, check_in)
+        yield fleet
+        fleet.server.stop()
+    return built

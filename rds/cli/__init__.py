@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from rds import crashpoints, errors, text
+from rds import errors
 from rds.errors import NotPermitted, RdsError, SettingsError, SystemError_, UsageError
-from rds.home import Home, default_home
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rds.home import Home
+
+# What a command imports before it parses its options is all that ``--help`` pays for: click and this module.
+# The library is imported where a command uses it, inside the function that ``with_home`` decorates
+# (tests/test_cli_imports.py keeps it so).
 
 EXIT_USAGE = UsageError.exit_code
 EXIT_SYSTEM = SystemError_.exit_code
@@ -28,6 +33,8 @@ EXIT_SYSTEM = SystemError_.exit_code
 
 def _error(line: str) -> None:
     """One error line on stderr; what other systems said in it is escaped and it is cut (rds.text)."""
+    from rds import text
+
     click.echo(text.cut(text.shown(line), text.LINE), err=True)
 
 
@@ -52,6 +59,8 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
     os.umask(0o022)  # whatever umask it was started with: nothing it makes is writable by others (rds.home)
     add_version_option(command)
     try:
+        from rds import crashpoints
+
         crashpoints.check()  # a test hook (rds(7)): a malformed value is refused before anything runs
         rv = command.main(args=args, prog_name=name, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -67,11 +76,19 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> NoReturn:
         code = 130
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except (RdsError, KeyboardInterrupt, sqlite3.Error, OSError) as e:
+    except _said() as e:
         line, code = errors.said(name, e)
         click.echo(line, err=True)
     sys.stdout.flush()
     sys.exit(code)
+
+
+def _said() -> tuple[type[Exception] | type[KeyboardInterrupt], ...]:
+    """What ``run`` says in one line (rds.errors.said): looked up only when something ends a command, so that
+    sqlite3 is not imported by a command that never opens a database."""
+    import sqlite3
+
+    return RdsError, KeyboardInterrupt, sqlite3.Error, OSError
 
 
 def resident(home: Home, name: str, stop: bool, foreground: bool, one_pass: Callable[[], str],
@@ -103,29 +120,33 @@ def show_status(home: Home, name: str) -> int:
 Command = Callable[..., int]
 
 
-def with_home(lock: str | None = None, database: bool = False,
-              superuser: bool = False) -> Callable[[Command], Command]:
+def with_home(lock: str | None = None, database: bool = False, superuser: bool = False,
+              pass_lock: bool = False) -> Callable[[Command], Command]:
     """Decorate a command (or the part of it that works on the home) like borg's ``with_repository``.
 
     The function gets ``home=`` (rds.home.Home) and, with ``database``,
     ``db=`` (the state database, closed when it returns), besides its own
-    arguments; ``lock`` names a lock of the home held meanwhile (PASS_LOCK);
-    ``superuser`` refuses a caller that may not run the command.  A command
+    arguments; ``lock`` names a lock of the home held meanwhile, ``pass_lock``
+    holds the pass lock (rds.home.PASS_LOCK, named here without importing rds.home
+    before the options are parsed); ``superuser`` refuses a caller that may not run the command.  A command
     checks its options first, then calls what this decorates, so that a
     usage error is said before the home is opened.
     """
     def decorate(f: Command) -> Command:
         @functools.wraps(f)
         def inner(*args: Any, **kw: Any) -> int:
-            from rds import session
+            from rds.home import PASS_LOCK
 
+            held = PASS_LOCK if pass_lock else lock
             home = open_home()
             if superuser:
                 require_superuser(home)
             if not database:
-                with home.lock(lock) if lock is not None else contextlib.nullcontext():
+                with home.lock(held) if held is not None else contextlib.nullcontext():
                     return f(*args, home=home, **kw)
-            with session.opened(home, lock) as db:
+            from rds import session
+
+            with session.opened(home, held) as db:
                 return f(*args, home=home, db=db, **kw)
         return inner
     return decorate
@@ -137,6 +158,10 @@ def open_home() -> Home:
     It must be one already (``rdsprm/RDSSETFL``: nothing else turns a directory into a home), the
     caller must be allowed to use it, and its settings are read and checked here, for every command.
     """
+    from pathlib import Path
+
+    from rds.home import Home, default_home
+
     env = os.environ.get("RDS_HOME")
     if env is not None and not env.strip():
         raise SettingsError("RDS_HOME is set but empty: set it to a home (RDS_HOME=/srv/rds/relay1), or unset "
@@ -193,6 +218,27 @@ def multi(first: tuple[str, ...], rest: tuple[str, ...]) -> list[str]:
     return [*first, *rest]
 
 
+def job_destinations(hosts_help: str) -> Callable[[Command], Command]:
+    """The options of a command that acts on a job's destinations (dcmjbrm, dcmrtry): ``-n JOB``,
+    ``-h HOST [HOST...]`` and ``--json``.  The function gets ``job_no``, ``hosts`` (None: all) and ``as_json``;
+    hosts without ``-h`` are a usage error, never "all"."""
+    def decorate(f: Command) -> Command:
+        @functools.wraps(f)
+        def inner(job_no: int, hosts: tuple[str, ...], as_json: bool, more_hosts: tuple[str, ...]) -> int:
+            if more_hosts and not hosts:
+                raise UsageError(f"unexpected argument {more_hosts[0]!r} (hosts go after -h)")
+            return f(job_no, multi(hosts, more_hosts) if hosts else None, as_json)
+        options = [click.option("-n", "job_no", type=click.IntRange(1), required=True, metavar="JOB",
+                                help="The job."),
+                   click.option("-h", "hosts", multiple=True, metavar="HOST", help=hosts_help),
+                   click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+                   click.argument("more_hosts", nargs=-1, metavar="[HOST...]")]
+        for option in reversed(options):
+            inner = option(inner)
+        return inner
+    return decorate
+
+
 def spread(args: Sequence[str], options: Sequence[str]) -> list[str]:
     """Repeat an option before each value that follows it: ``-a h1 h2 -e X`` -> ``-a h1 -a h2 -e X``.
 
@@ -226,6 +272,8 @@ class SpreadCommand(click.Command):
 
 
 def print_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=1, sort_keys=False))
 
 
@@ -233,13 +281,17 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     """A table for a terminal: every cell shown safely and cut (rds.text); ``--json`` gives the whole texts."""
     from tabulate import tabulate
 
+    from rds import text
+
     rows = [[text.cell(v) for v in r] for r in rows]
     return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
 
 
 def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     """What ``table`` prints for rows of one-line strings, fast enough for 100,000 rows."""
-    rows = [r if _plain(r) else [text.cell(v) for v in r] for r in rows]
+    from rds import text
+
+    rows = [r if _plain(r, text.CELL) else [text.cell(v) for v in r] for r in rows]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(headers)
     # tabulate pads a header by 2 at least; the last column needs no padding
     widths = [max(len(h) + 2, max(map(len, c), default=0)) for h, c in zip(headers, columns, strict=True)]
@@ -249,10 +301,10 @@ def fast_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _plain(row: Sequence[str]) -> bool:
-    """Whether a row shows as it is (printable ASCII, no cell to cut): most rows, checked at C speed."""
+def _plain(row: Sequence[str], cell: int) -> bool:
+    """Whether a row shows as it is (printable ASCII, no cell longer than ``cell``): most rows, at C speed."""
     joined = "".join(row)
-    return joined.isascii() and joined.isprintable() and max(map(len, row), default=0) <= text.CELL
+    return joined.isascii() and joined.isprintable() and max(map(len, row), default=0) <= cell
 
 
 def entry(command: click.Command) -> Callable[[], NoReturn]:

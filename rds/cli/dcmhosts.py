@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import hosts, manager
 from rds.cli import entry, fast_table, print_json, with_home
-from rds.clock import local_text
-from rds.database import Database
-from rds.home import Home
-from rds.log import logger
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="dcmhosts", context_settings={"help_option_names": ["--help"]})
@@ -26,6 +27,10 @@ def command(days: float | None, remove: str | None, as_json: bool) -> int:
 
 @with_home(database=True, superuser=True)
 def show(days: float | None, remove: str | None, as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import hosts, manager
+    from rds.clock import local_text
+    from rds.log import logger
+
     if remove is not None:
         manager.require_managing_server(home)
         gone = hosts.remove(db, remove)

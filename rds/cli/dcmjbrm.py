@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import manager
-from rds.cli import entry, multi, print_json, with_home
-from rds.database import Database
-from rds.home import Home
-from rds.log import logger
+from rds.cli import entry, job_destinations, print_json, with_home
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="dcmjbrm", context_settings={"help_option_names": ["--help"]})
-@click.option("-n", "job_no", type=click.IntRange(1), required=True, metavar="JOB", help="The job.")
-@click.option("-h", "hosts", multiple=True, metavar="HOST",
-              help="Only these destinations; more may follow, space-separated.  Default: all.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
-def command(job_no: int, hosts: tuple[str, ...], as_json: bool, more_hosts: tuple[str, ...]) -> int:
+@job_destinations("Only these destinations; more may follow, space-separated.  Default: all.")
+def command(job_no: int, hosts: list[str] | None, as_json: bool) -> int:
     """Withdraw job JOB (or some of its destinations) all the way down: each destination not yet
     installed shows DELETE; one already installed keeps its outcome.
 
@@ -26,11 +24,14 @@ def command(job_no: int, hosts: tuple[str, ...], as_json: bool, more_hosts: tupl
     ends when the system holding it hears of the withdrawal at its next
     check-in: DELETE if it had not begun, else its own outcome.
     """
-    return withdraw(job_no, multi(hosts, more_hosts) if hosts else None, as_json)
+    return withdraw(job_no, hosts, as_json)
 
 
 @with_home(database=True)
 def withdraw(job_no: int, hosts: list[str] | None, as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import manager
+    from rds.log import logger
+
     w = manager.withdraw(db, home, job_no, hosts)
     logger(home).info(f"job {job_no}: withdrawn by dcmjbrm: {w.withdrawn} DELETE here, {w.sent_down} sent down, "
                       f"{w.kept} already ended")

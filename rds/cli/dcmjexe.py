@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from rds import groups, manager, startup
 from rds.cli import entry, multi, with_home
-from rds.clock import now_text
-from rds.database import Database
 from rds.errors import InputError, UsageError
-from rds.home import Home
-from rds.log import logger
-from rds.packages import PackageId
-from rds.settings import parse_duration
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
+    from rds.manager import Plan
+    from rds.packages import PackageId
 
 
 @click.command(name="dcmjexe", context_settings={"help_option_names": ["--help"]})
@@ -53,6 +51,8 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], host_file: Text
     A host that has not reported in yet is accepted: its job is held until the
     host (through its relays) checks in, and dcmstat says so.
     """
+    from rds.packages import PackageId
+
     if not hosts and not group and host_file is None:
         raise UsageError("give the destinations with -h HOST [HOST...], -f FILE or -g GROUP")
     if more_hosts and not hosts:
@@ -64,7 +64,10 @@ def command(package: str, job_type: str, hosts: tuple[str, ...], host_file: Text
                                                                              not_before))
 
 
-def plan(group: str, waves: str, fail_limit: str, wave_wait: str, not_before: str) -> manager.Plan:
+def plan(group: str, waves: str, fail_limit: str, wave_wait: str, not_before: str) -> Plan:
+    from rds import groups, manager
+    from rds.settings import parse_duration
+
     if group:
         groups.check_name(group)
     if fail_limit and not waves:
@@ -80,6 +83,10 @@ def plan(group: str, waves: str, fail_limit: str, wave_wait: str, not_before: st
 
 def when(text: str) -> str:
     """An ISO 8601 time as stored (UTC); without an offset it is this host's local time."""
+    import datetime
+
+    from rds.clock import now_text
+
     try:
         t = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -88,7 +95,10 @@ def when(text: str) -> str:
 
 
 @with_home(database=True)
-def create(pid: PackageId, hosts: list[str], job_type: str, plan: manager.Plan, *, home: Home, db: Database) -> int:
+def create(pid: PackageId, hosts: list[str], job_type: str, plan: Plan, *, home: Home, db: Database) -> int:
+    from rds import manager, startup
+    from rds.log import logger
+
     job_no, unknown = manager.create_job(db, home, pid, hosts, type_=job_type, plan=plan)
     if unknown:
         click.echo(f"dcmjexe: {unknown_hosts(unknown)}", err=True)

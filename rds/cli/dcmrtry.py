@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import manager, startup
-from rds.cli import entry, multi, print_json, with_home
-from rds.database import Database
-from rds.home import Home
-from rds.log import logger
+from rds.cli import entry, job_destinations, print_json, with_home
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="dcmrtry", context_settings={"help_option_names": ["--help"]})
-@click.option("-n", "job_no", type=click.IntRange(1), required=True, metavar="JOB", help="The job.")
-@click.option("-h", "hosts", multiple=True, metavar="HOST",
-              help="Only these destinations; more may follow, space-separated.  Default: every failed one.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.argument("more_hosts", nargs=-1, metavar="[HOST...]")
-def command(job_no: int, hosts: tuple[str, ...], as_json: bool, more_hosts: tuple[str, ...]) -> int:
+@job_destinations("Only these destinations; more may follow, space-separated.  Default: every failed one.")
+def command(job_no: int, hosts: list[str] | None, as_json: bool) -> int:
     """Make a new attempt for the destinations of JOB that ended ERROR, EXEC-ERROR or LINE-DOWN.
 
     The earlier outcome is kept in the job's history (dcmstat -n JOB --history)
     and dcmstat shows the attempt.
     """
-    return retry(job_no, multi(hosts, more_hosts) if hosts else None, as_json)
+    return retry(job_no, hosts, as_json)
 
 
 @with_home(database=True)
 def retry(job_no: int, hosts: list[str] | None, as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import manager, startup
+    from rds.log import logger
+
     again = manager.retry(db, home, job_no, hosts)
     log = logger(home).info
     if again:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
-from rds import codes, manager, results
+from rds import codes
 from rds.cli import entry, fast_table, print_json, table, with_home
-from rds.clock import shown
-from rds.database import Database
 from rds.errors import UsageError
-from rds.home import Home
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
+    from rds.manager import JobSummary
 
 STATUSES = list(codes.STATUS_WORDS)
 
@@ -47,6 +50,9 @@ def command(job_no: int | None, summary: bool, watch: bool, interval: float, his
 @with_home(database=True)
 def show(job_no: int | None, summary: bool, watch: bool, interval: float, as_json: bool, history: bool = False, *,
          home: Home, db: Database) -> int:
+    from rds import manager, results
+    from rds.clock import shown
+
     manager.require_managing_server(home)
     if history:
         assert job_no is not None
@@ -84,20 +90,20 @@ def show(job_no: int | None, summary: bool, watch: bool, interval: float, as_jso
     return manager.exit_code(rows)
 
 
-def summary_table(found: list[manager.JobSummary]) -> str:
+def summary_table(found: list[JobSummary]) -> str:
     rows = [[str(s.job_no), s.package, s.type, str(s.total), *(str(s.counts.get(st, 0)) for st in STATUSES)]
             for s in found]
     return fast_table(rows, ["JOB", "PACKAGE", "TYPE", "DESTINATIONS", *STATUSES])
 
 
-def counts_line(s: manager.JobSummary) -> str:
+def counts_line(s: JobSummary) -> str:
     parts = [f"{st} {n}" for st, n in s.counts.items() if n]
     extra = (f"; wave {s.wave[0]} of {s.wave[1]}" if s.wave[1] else "") + \
         (f"; suspended: {s.suspended}" if s.suspended else "")
     return f"job {s.job_no} {s.package}: {s.ended}/{s.total} ended; " + ", ".join(parts) + extra
 
 
-def bar(s: manager.JobSummary, width: int = 30) -> str:
+def bar(s: JobSummary, width: int = 30) -> str:
     done = width * s.ended // s.total if s.total else width
     return "[" + "#" * done + "-" * (width - done) + f"] {100 * s.ended // max(s.total, 1):3d}%"
 
@@ -105,6 +111,8 @@ def bar(s: manager.JobSummary, width: int = 30) -> str:
 def watch_job(db: Database, job_no: int, interval: float) -> int:
     """Look every ``interval`` until the job ends.  On a terminal the line is redrawn with a bar;
     otherwise a line is printed each time the counts change (cron, a pipe)."""
+    from rds import manager
+
     terminal = sys.stdout.isatty()
     last = ""
     while True:

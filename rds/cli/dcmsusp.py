@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import manager, startup
 from rds.cli import entry, print_json, with_home
-from rds.database import Database
-from rds.home import Home
-from rds.log import logger
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="dcmsusp", context_settings={"help_option_names": ["--help"]})
@@ -24,6 +26,9 @@ def command(job_no: int, resume: bool, why: str, as_json: bool) -> int:
 
 @with_home(database=True)
 def act(job_no: int, resume: bool, why: str, as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import manager, startup
+    from rds.log import logger
+
     log = logger(home).info
     if resume:
         manager.resume(db, home, job_no)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import cleanup, log, storehouse
 from rds.cli import entry, print_json, table, with_home
-from rds.cli.rdsma import RESIDENTS
-from rds.clock import local_text
 from rds.errors import UsageError
-from rds.home import PASS_LOCK, Home
+
+if TYPE_CHECKING:
+    from rds.home import Home
 
 
 @click.command(name="rdsclr", context_settings={"help_option_names": ["--help"]})
@@ -17,7 +18,7 @@ from rds.home import PASS_LOCK, Home
 @click.option("--wait", is_flag=True,
               help="Delete the removed packages' files before returning (default: in the background).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-@with_home(lock=PASS_LOCK, superuser=True)  # not while a pass installs or fetches
+@with_home(pass_lock=True, superuser=True)  # not while a pass installs or fetches
 def command(dry_run: bool, wait: bool, as_json: bool, *, home: Home) -> int:
     """Delete the packages past their storage period from the temporary package
     storehouse, then, if CacheSizeLimit is exceeded, the least recently accessed
@@ -28,6 +29,10 @@ def command(dry_run: bool, wait: bool, as_json: bool, *, home: Home) -> int:
     package is gone from the storehouse when rdsclr returns; its files are
     deleted by a background process unless --wait is given.
     """
+    from rds import cleanup, log, storehouse
+    from rds.cli.rdsma import RESIDENTS
+    from rds.clock import local_text
+
     if home.settings.is_managing_server:
         raise UsageError("this is the managing server: its storehouse holds the registered packages; "
                          "rdsclr runs on relays and clients")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from rds import delivery, text
 from rds.cli import SpreadCommand, entry, fast_table, print_json, with_home
-from rds.clock import local_text
 from rds.errors import InputError, UsageError
-from rds.home import Home
+
+if TYPE_CHECKING:
+    from rds import delivery
+    from rds.home import Home
 
 NAME = "rdsdlv"
 SHORT = ["DESTINATION", "TYPE", "CABINET", "PACKAGE", "VERSION", "GEN", "JOB", "STATUS"]
@@ -42,6 +44,8 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
     combine with AND, the values of one filter with OR.  The distribution
     status server facility (rdsdlvse) must be running.
     """
+    from rds import delivery
+
     if short + long + delete > 1:
         raise UsageError("give one of -c, -l and -d")
     if everything and not delete:
@@ -61,6 +65,9 @@ def command(short: bool, long: bool, delete: bool, everything: bool, dests: tupl
 
 @with_home(superuser=True)
 def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool, *, home: Home) -> int:
+    from rds import delivery
+    from rds.clock import local_text
+
     delivery.require_running(home)
     f = delivery.open_file(home)
     try:
@@ -77,7 +84,7 @@ def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool
     finally:
         f.close()
     if as_json:
-        print_json([vocabulary(dict(zip(delivery.COLUMNS, r, strict=True))) for r in rows])
+        print_json([vocabulary(dict(zip(delivery.COLUMNS, r, strict=True)), local_text) for r in rows])
     elif not rows:
         click.echo("no entries" if flt.empty else "no entry matches")
     else:
@@ -86,9 +93,9 @@ def show_or_delete(flt: delivery.Filter, delete: bool, long: bool, as_json: bool
     return 0
 
 
-def vocabulary(entry: dict[str, Any]) -> dict[str, Any]:
+def vocabulary(entry: dict[str, Any], local_text: Callable[[float], str]) -> dict[str, Any]:
     """An entry in rds(7)'s JSON words: ``package`` the full package ID (its ID part ``package_id``),
-    ``type`` the job type, ``updated`` an ISO 8601 time with its offset."""
+    ``type`` the job type, ``updated`` an ISO 8601 time with its offset (``local_text``: rds.clock's)."""
     out: dict[str, Any] = {}
     for key, value in entry.items():
         if key == "package":
@@ -110,6 +117,8 @@ def short_table(f: delivery.File, flt: delivery.Filter) -> list[str]:
     Formatting 100,000 rows in Python costs more than the whole second a
     display may take on a busy host; SQLite's printf does it as it reads.
     """
+    from rds import text
+
     found = f.select(flt, ["max(length(dest))", "max(length(package))", "max(job_no)"])[0]
     if found[0] is None:
         return []

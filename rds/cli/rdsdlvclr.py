@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import delivery
 from rds.cli import entry, with_home
-from rds.home import Home
+
+if TYPE_CHECKING:
+    from rds.home import Home
 
 
 @click.command(name="rdsdlvclr", context_settings={"help_option_names": ["--help"]})
@@ -16,6 +19,8 @@ def command(*, home: Home) -> int:
 
     The distribution status server facility must be stopped (rdsdlvse -p).
     """
+    from rds import delivery
+
     click.echo(f"initialised {delivery.clear(home)}")
     return 0
 

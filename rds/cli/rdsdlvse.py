@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import delivery
 from rds.cli import entry, resident, show_status, with_home
 from rds.errors import UsageError
-from rds.home import Home
 
-NAME = delivery.FACILITY
+if TYPE_CHECKING:
+    from rds.home import Home
+
+NAME = "rdsdlvse"  # the facility's resident is named after its command (rds.delivery.FACILITY)
 TRIM_INTERVAL = 60.0  # seconds between two trims of the file to OrderOfDeliveryStatus
 
 
@@ -34,6 +37,8 @@ def command(stop: bool, foreground: bool, status: bool) -> int:
 
 @with_home(superuser=True)
 def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> int:
+    from rds import delivery
+
     if status:
         return show_status(home, NAME)
     if not stop:
@@ -42,6 +47,8 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
 
 
 def _trim(home: Home) -> str:
+    from rds import delivery
+
     f = delivery.open_file(home)
     try:
         n = f.trim()

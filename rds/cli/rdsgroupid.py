@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import click
 
-from rds import jobs
 from rds.cli import entry, multi, print_json, table, with_home
-from rds.clock import local_text
-from rds.database import Database
 from rds.errors import InputError
-from rds.home import Home
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 def parse_key(text: str) -> tuple[int, str | None]:
@@ -34,6 +35,9 @@ def command(delete: tuple[str, ...], as_json: bool, more: tuple[str, ...], *, ho
     States: WAIT (held here), HANDED (taken by the lower system that leads to
     the destination), INSTALLING, DONE, INVALID (its package left the storehouse).
     """
+    from rds import jobs
+    from rds.clock import local_text
+
     if delete:
         keys = [parse_key(k) for k in multi(delete, more)]
         n = jobs.delete(db, keys)

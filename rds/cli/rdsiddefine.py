@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import groups, startup
 from rds.cli import entry, multi, print_json, table, with_home
-from rds.database import Database
 from rds.errors import UsageError
-from rds.home import Home
-from rds.log import logger
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="rdsiddefine", context_settings={"help_option_names": ["--help"]})
@@ -37,6 +39,9 @@ def command(add: str | None, leave: str | None, drop: str | None, list_: bool, h
 @with_home(database=True, superuser=True)
 def define(add: str | None, leave: str | None, drop: str | None, members: list[str], as_json: bool, *,
            home: Home, db: Database) -> int:
+    from rds import groups, startup
+    from rds.log import logger
+
     log = logger(home).info
     if add:
         n, made = groups.join(db, home, add, members)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from rds import enrolment, jobs, trust
 from rds.cli import entry, print_json, table, with_home
-from rds.clock import now_text
-from rds.database import Database
 from rds.errors import InputError, ProtocolError, UsageError
-from rds.home import Home
-from rds.identity import fingerprint
-from rds.log import logger
-from rds.settings import valid_hostname
+
+if TYPE_CHECKING:
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="rdslink", context_settings={"help_option_names": ["--help"]})
@@ -57,6 +54,8 @@ def command(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revok
     LINE is what 'rdslink -k' printed on the other system.  Editing is
     idempotent and replaces the file atomically.
     """
+    from rds.settings import valid_hostname
+
     modes = [mode_k, add is not None, wake is not None, mode_l, revoke is not None, bool(enrol), accept is not None]
     if sum(modes) != 1:
         raise UsageError("give exactly one of -k, -a, -w, -l, -d, -e and --accept")
@@ -75,6 +74,10 @@ def command(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revok
 def act(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revoke: str | None,
         enrol: tuple[str, str] | None, accept: str | None, keys_file: Path | None, source: str | None,
         program: str | None, as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import enrolment, trust
+    from rds.identity import fingerprint
+    from rds.log import logger
+
     log = logger(home).info
     if mode_k:
         offer, made = enrolment.keys(home)
@@ -131,6 +134,10 @@ def act(mode_k: bool, add: str | None, wake: str | None, mode_l: bool, revoke: s
 
 
 def listing(home: Home, db: Database, keys_file: Path | None, as_json: bool) -> int:
+    from rds import enrolment, jobs, trust
+    from rds.clock import now_text
+    from rds.identity import fingerprint
+
     ssh = enrolment.lowers(keys_file, home)
     seen = jobs.checked_in(db)
     pins = trust.keys(db)

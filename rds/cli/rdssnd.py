@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rds import poller
 from rds.cli import entry, resident, show_status, with_home
 from rds.errors import UsageError
-from rds.home import Home
+
+if TYPE_CHECKING:
+    from rds.home import Home
 
 NAME = "rdssnd"
 
@@ -33,6 +36,8 @@ def command(start: bool, stop: bool, once: bool, foreground: bool, status: bool)
 
 @with_home()
 def send(stop: bool, once: bool, foreground: bool, status: bool, *, home: Home) -> int:
+    from rds import poller
+
     if status:
         return show_status(home, NAME)
     if stop:

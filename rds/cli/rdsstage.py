@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from rds import staging, trust
 from rds.cli import entry, multi, print_json, table, with_home
-from rds.database import Database
 from rds.errors import InputError, IntegrityError, UsageError
-from rds.home import Home
-from rds.packages import PackageId
-from rds.storehouse import Storehouse
+
+if TYPE_CHECKING:
+    from rds import staging
+    from rds.database import Database
+    from rds.home import Home
+    from rds.packages import PackageId
 
 
 @click.command(name="rdsstage", context_settings={"help_option_names": ["--help"]})
@@ -48,6 +50,8 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
     Exit status: 0 done; 1 usage; 2 settings; 3 bad medium or unknown package;
     5 lock timeout; 6 some packages rejected (the others were staged).
     """
+    from rds.packages import PackageId
+
     if list_chunks:
         if export_to is not None or stage_from is not None:
             raise UsageError("--chunks goes alone")
@@ -69,6 +73,9 @@ def command(export_to: Path | None, stage_from: Path | None, packages: tuple[str
 @with_home(database=True)
 def carry(export_to: Path | None, stage_from: Path | None, only: list[PackageId], as_json: bool, *,
           home: Home, db: Database) -> int:
+    from rds import staging, trust
+    from rds.storehouse import Storehouse
+
     if export_to is not None:
         sign = (lambda m: trust.sign_manifest(home.identity, m)) if home.settings.is_managing_server else None
         outcomes = staging.export(Storehouse.of(home), export_to, only, sign=sign)
@@ -93,6 +100,8 @@ def show(outcomes: list[staging.Outcome], as_json: bool) -> int:
 
 @with_home()
 def chunk_names(*, home: Home) -> int:
+    from rds.storehouse import Storehouse
+
     for name, _ in Storehouse.of(home).chunks.names():
         if len(name) == 64:
             click.echo(name)
@@ -102,6 +111,9 @@ def chunk_names(*, home: Home) -> int:
 @with_home(database=True)
 def carry_missing(export_to: Path | None, only: list[PackageId], have_file: Path | None, since: PackageId | None,
                   as_json: bool, *, home: Home, db: Database) -> int:
+    from rds import staging, trust
+    from rds.storehouse import Storehouse
+
     assert export_to is not None
     store = Storehouse.of(home)
     if since is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from rds.cli import entry, print_json, with_home
 from rds.errors import UsageError
-from rds.home import Home
-from rds.log import logger
+
+if TYPE_CHECKING:
+    from rds.home import Home
 
 
 @click.command(name="rdssys", context_settings={"help_option_names": ["--help"]})
@@ -23,6 +26,7 @@ def command(unregister: bool, as_json: bool) -> int:
 
 @with_home(superuser=True)
 def forget(as_json: bool, *, home: Home) -> int:
+    from rds.log import logger
     from rds.transport import connect
 
     if home.settings.is_managing_server:
