@@ -24,6 +24,7 @@ listeners hear it after the commit that made it true; a rollback drops it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -196,6 +197,12 @@ class Transaction:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         if isinstance(self.db, Database):
             self.db._ended(exc_type is None)
+
+
+def joined(db: sqlite3.Connection) -> Any:
+    """The transaction under way (its caller commits it), else a new ``Transaction``: steps that may commit
+    alone or as one commit with others (an idle check-in's writes at the upper system, rds.service)."""
+    return contextlib.nullcontext(db) if db.in_transaction else Transaction(db)
 
 
 def announce(db: sqlite3.Connection, event: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from rds import __version__, jobs, trust
 from rds.clock import local_text
-from rds.database import Transaction
+from rds.database import Transaction, joined
 from rds.errors import InputError, ProtocolError
 from rds.identity import fingerprint
 
@@ -73,7 +73,9 @@ def observe(db: sqlite3.Connection, proven: Iterable[str], value: Any, now: floa
                                          and math.isfinite(v[1]) and v[1] > 0)):
             raise ProtocolError(f"'hosts' of {host[:64]}: not [version, last check-in]")
         rows.append((v[0] or None, None if v[1] is None else min(float(v[1]), now), host))
-    with Transaction(db):
+    if not rows:
+        return 0
+    with joined(db):
         db.executemany("UPDATE routes SET version=?, checkin=max(coalesce(checkin, 0), coalesce(?, 0)) WHERE host=?",
                        rows)
     return len(rows)

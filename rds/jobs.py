@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rds import events
-from rds.database import Transaction, announce
+from rds.database import Transaction, announce, joined
 from rds.errors import JobRecordError
 from rds.packages import Manifest, PackageId
 from rds.settings import valid_hostname
@@ -409,7 +409,7 @@ def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own
     that led to them before."""
     now = time.time() if now is None else now
     hosts = {lower, *below} - {own_host}
-    with Transaction(db):
+    with joined(db):
         db.execute("INSERT INTO lowers (name, wake, seen) VALUES (?, ?, ?)"
                    " ON CONFLICT(name) DO UPDATE SET wake=excluded.wake, seen=excluded.seen", (lower, wake, now))
         names = sorted(hosts)
@@ -421,9 +421,11 @@ def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own
         held = {r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (lower,))}
         for gone in held - hosts:
             db.execute("DELETE FROM routes WHERE host=? AND via=?", (gone, lower))
+        # a route that did not change is not written again (a relay's check-in names every host below it):
+        # a route's ``seen`` is when it was last recorded as it is; the lower's own check-in time is in lowers
         db.executemany("INSERT INTO routes (host, via, seen) VALUES (?, ?, ?)"
                        " ON CONFLICT(host) DO UPDATE SET via=excluded.via, seen=excluded.seen",
-                       [(h, lower, now) for h in sorted(hosts)])
+                       [(h, lower, now) for h in sorted(hosts) if h not in held])
     return moved
 
 

@@ -15,6 +15,7 @@ it says which waiting jobs have their package (``events.Kept``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import time
@@ -39,7 +40,7 @@ from rds import (
 )
 from rds.client import UpperClient
 from rds.clock import now_text
-from rds.errors import CommunicationError, IntegrityError, LockTimeout, RdsError, Refused, UnableToCache
+from rds.errors import CommunicationError, IntegrityError, LockTimeout, ProtocolError, RdsError, Refused, UnableToCache
 from rds.home import PASS_LOCK, Home
 from rds.jobs import Job
 from rds.log import logger
@@ -71,7 +72,7 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
         store = Storehouse.of(home)
         client = connect(home, sleep=sleep, log=log.warning)
         try:
-            found, manifests = check_in(home, db, client)
+            found, manifests = check_in(home, db, client, log.info)
             crashpoints.reach("checked-in")
             if client.resend and (n := results.resend(db, client.resend)):
                 log.info(f"{client.where} asks again for {n} result(s) it holds unsigned from before protocol 2: "
@@ -120,23 +121,45 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
     return report
 
 
-def check_in(home: Home, db: sqlite3.Connection, client: UpperClient) -> tuple[list[Job], dict[str, Manifest]]:
+def check_in(home: Home, db: sqlite3.Connection, client: UpperClient,
+             log: Callable[[str], None] | None = None) -> tuple[list[Job], dict[str, Manifest]]:
     """Check in with this host's route statement, the statements of the hosts below that the upper system
-    has not had, and all their names; once more at once with those it could not prove (it lost them)."""
-    upper = client.link.hello()
-    own = trust.own_statement(home.identity, db, home.host, upper)
-    statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
-    unsigned = jobs.unsigned(db)
+    has not had, and all their names; once more at once with those it could not prove (it lost them).
+
+    When this host's last statement names an upper system, the check-in is sent before the upper's hello
+    comes (one round trip less, issue 16): the hello and the answer then come together.  If the hello
+    names another upper system (moved, or rebuilt under a new name), that answer (a refusal) is dropped
+    and the check-in is made again, with a statement naming the new one.  Nothing in an answer is
+    believed before the hello that precedes it is checked (rds.transport.link).
+    """
+    guess = trust.last_upper(home.identity, db, home.host)
+    wake, unsigned = startup_address(home), jobs.unsigned(db)
     held, said = control.held(db), hosts.reported(db, home.host)
-    found, manifests = client.checkin(statements, below, wake=startup_address(home), unsigned=unsigned,
-                                      controls=held, hosts=said)
+    if guess is not None:
+        own = trust.own_statement(home.identity, db, home.host, guess)  # the stored one: nothing written
+        statements, below = trust.statements_up(db, own, jobs.subtree(db), guess)
+        client.send_checkin(statements, below, wake=wake, unsigned=unsigned, controls=held, hosts=said)
+    upper = client.link.hello()
+    if guess is not None and upper != guess:
+        with contextlib.suppress(Refused, ProtocolError):  # a cut link is raised: the pass ends
+            client.checkin_answer()
+        if log is not None:
+            log(f"{client.where} is {upper} now, not {guess}: checking in there with a new route statement")
+        guess = None
+    if guess is None:
+        own = trust.own_statement(home.identity, db, home.host, upper)  # a new upper: all told again
+        statements, below = trust.statements_up(db, own, jobs.subtree(db), upper)
+        said = hosts.reported(db, home.host)
+        found, manifests = client.checkin(statements, below, wake=wake, unsigned=unsigned, controls=held, hosts=said)
+    else:
+        found, manifests = client.checkin_answer()
     trust.sent(db, upper, statements, client.unproven)
     hosts.told(db, said)
     carried = {d["host"] for d in statements}
     if any(h not in carried for h in client.unproven):
         again, below = trust.statements_up(db, own, jobs.subtree(db), upper)
         if any(d["host"] not in carried for d in again):  # statements it lost that this host has
-            found, manifests = client.checkin(again, below, wake=startup_address(home), controls=held, hosts=said)
+            found, manifests = client.checkin(again, below, wake=wake, controls=held, hosts=said)
             trust.sent(db, upper, again, client.unproven)
     return found, manifests
 
@@ -323,6 +346,8 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
 def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int:
     """Send every result not yet acknowledged upward; they stay on disk until then."""
     sent = 0
+    if not results.unsent(db, limit=1, host=home.host):
+        return 0  # an idle pass takes no lock (one that comes meanwhile goes with the next pass, or rdssnd)
     with home.lock("send"):
         while batch := results.unsent(db, limit=500, host=home.host):
             # this host's own results (and what it says about the hosts below it) are signed as they go up

@@ -137,10 +137,11 @@ class UpperService:
         log = logger(self.home)
         proven, unproven = trust.prove(self.db, self.home.settings, self.home.host, self.lower, statements, below,
                                        log.warning)
-        moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
+        with database.Transaction(self.db):  # what the check-in tells of the routes and hosts: one commit
+            moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
+            hosts.observe(self.db, proven, reported)
         for host, was in sorted(moved.items()):
             log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
-        hosts.observe(self.db, proven, reported)
         theirs = control.parse_held(held)
         for job_no, dest, state in jobs.unknown_state(self.db):
             if dest == self.lower or jobs.route(self.db, dest) == self.lower:

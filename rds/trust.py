@@ -266,6 +266,13 @@ def _pins(db: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, str]:
     return dict(_chunks(db, "SELECT host, key FROM keys WHERE host IN (?*)", hosts))
 
 
+def last_upper(me: Identity, db: sqlite3.Connection, host: str) -> str | None:
+    """The upper system this host's stored statement names (its last check-in's), if it is still this
+    host's key: a check-in to it can be sent before its hello says its name (rds.poller)."""
+    old = _stored(db, [host]).get(host)
+    return old.upper if old is not None and old.key == me.public else None
+
+
 def own_statement(me: Identity, db: sqlite3.Connection, host: str, upper: str) -> Statement:
     """This host's statement for a check-in to ``upper``: the last one while nothing changed, else a
     new one with a greater counter (milliseconds, so that a home that lost its database still counts up)."""

@@ -48,8 +48,10 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 IDLE_MIN = 120.0  # seconds without a byte before a link is taken as cut; see idle_timeout()
 REKEY_BYTES: int | None = None  # tests lower paramiko's 512 MiB to force renegotiations
 # connections opened, requests sent (transport.link), keys renegotiated, the most read requests in flight,
-# keep-alive frames heard: for the benches and the tests
-STATS = {"connections": 0, "requests": 0, "rekeys": 0, "in_flight": 0, "keepalives": 0}
+# keep-alive frames heard, and turns: the times a link waited for the upper system after it had sent
+# something (its login included), so that rds-serve's hello and the answer to a check-in sent before
+# it came count as one; for the benches and the tests
+STATS = {"connections": 0, "requests": 0, "rekeys": 0, "in_flight": 0, "keepalives": 0, "turns": 0}
 
 
 @dataclass(frozen=True)

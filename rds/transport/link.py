@@ -46,6 +46,7 @@ class SSHLink:
         self._greeted = False
         self._got = 0
         self._dead = False  # cut: no answer will come any more
+        self._turn = True  # sent something since the last frame read (the login, to begin with): STATS turns
         # keep-alive frames while the upper system prepares an answer: four within the idle timeout
         self.alive = min(wire.ALIVE_MAX, max(wire.ALIVE_MIN, (chan.gettimeout() or IDLE_MIN) / 4))
 
@@ -59,6 +60,14 @@ class SSHLink:
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         self._request(msg)
+        return self._answer()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send a request at once, even before rds-serve's hello came (a pipelined check-in): its
+        answer, read by ``receive``, is read after the hello, and believed only once the hello is checked."""
+        self._request(msg)
+
+    def receive(self) -> dict[str, Any]:
         return self._answer()
 
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
@@ -176,6 +185,7 @@ class SSHLink:
 
     def _request(self, msg: dict[str, Any]) -> None:
         STATS["requests"] += 1
+        self._turn = True
         msg = {**msg, "alive": self.alive}
         try:
             self.chan.sendall(encode(msg))
@@ -209,6 +219,9 @@ class SSHLink:
         return reply
 
     def _frame(self) -> dict[str, Any]:
+        if self._turn:
+            STATS["turns"] += 1
+            self._turn = False
         head = self._exact(HEADER.size, "an answer")
         (n,) = HEADER.unpack(head)
         while n == KEEPALIVE:  # the upper system is still at work (fetching for us, say)

@@ -35,10 +35,17 @@ class LocalLink:
     def __init__(self, service: UpperService, where: str) -> None:
         self.service = service
         self.where = where
+        self._sent: list[dict[str, Any]] = []
 
     def hello(self) -> str:
         """The upper system's name (the same rds on both sides: no protocol to compare)."""
         return self.service.home.host
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._sent.append(msg)  # answered when its answer is read, as rds-serve answers in turn
+
+    def receive(self) -> dict[str, Any]:
+        return self.call(self._sent.pop(0))
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         try:
