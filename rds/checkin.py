@@ -12,15 +12,14 @@ both ways print, fail and exit alike.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from rds.errors import IntegrityError, JobsFailed, RdsError, said
-from rds.home import Home, open_home
 
 if TYPE_CHECKING:
+    from rds.home import Home
     from rds.poller import PassReport
 
 NAME = "rdsft"
@@ -69,7 +68,10 @@ def main() -> NoReturn:
 
         importlib.import_module(CLICK).main()  # by name: rds.cli.rdsft imports this module
         raise AssertionError("unreachable")  # main() exits
+    import sqlite3
+
     from rds import crashpoints
+    from rds.home import open_home
 
     os.umask(0o022)  # as rds.cli.run: nothing it makes is writable by others
     try:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from rds import checkin, cleanup, trust
 from rds.cli import entry, with_home
-from rds.database import Database
 from rds.errors import InputError, LockTimeout, UsageError
-from rds.home import PASS_LOCK, Home, lock_timeout
-from rds.packages import PackageId
-from rds.storehouse import Storehouse
+
+if TYPE_CHECKING:  # the library is imported where a mode uses it (--help and mistakes need none of it)
+    from rds.database import Database
+    from rds.home import Home
 
 
 @click.command(name="rdsft", context_settings={"help_option_names": ["--help"]})
@@ -61,6 +61,10 @@ def register(cabinet: str | None, package: str | None, version: str | None, gene
     if missing:
         raise UsageError(f"-c needs {', '.join(missing)}")
     assert cabinet and package and version and install_dir and source
+    from rds import trust
+    from rds.packages import PackageId
+    from rds.storehouse import Storehouse
+
     pid = PackageId.make(cabinet, package, version, generation)
     text = None
     if script is not None:
@@ -75,8 +79,11 @@ def register(cabinet: str | None, package: str | None, version: str | None, gene
     return 0
 
 
-@with_home(lock=PASS_LOCK, database=True)  # not while a pass downloads into the storehouse
+@with_home(pass_lock=True, database=True)  # not while a pass downloads into the storehouse
 def empty_storehouse(*, home: Home, db: Database) -> int:
+    from rds import cleanup
+    from rds.home import lock_timeout
+
     if home.settings.is_managing_server:
         raise UsageError("this is the managing server: -init would delete the registered packages")
     report = cleanup.remove_all(home, db, wait=lock_timeout())
@@ -89,6 +96,8 @@ def empty_storehouse(*, home: Home, db: Database) -> int:
 
 @with_home()  # the pass takes the pass lock and opens the database itself, as rdsma's do
 def check_in(*, home: Home) -> int:
+    from rds import checkin
+
     return checkin.check_in(home, click.echo)  # the same as rdsft -a without click (rds.checkin.main)
 
 

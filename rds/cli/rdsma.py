@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import click
 
-from rds import cleanup, log, poller
 from rds.cli import entry, resident, show_status, with_home
 from rds.errors import UsageError
-from rds.home import Home
+
+if TYPE_CHECKING:  # the library is imported where the loop needs it (--help, -q, --status need little of it)
+    from rds import poller
+    from rds.home import Home
 
 NAME = "rdsma"
 RESIDENTS = ("rdsma", "rdssnd", "rdsdlvse")  # their .out files stay while they may write them
@@ -41,6 +44,8 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
     mgr = home.settings.is_managing_server
     # On the managing server there is nothing to poll: rdsma runs the resident server and sends the startup
     # requests dcmjexe hands it (rds.startup.hand_over), only when woken; no cache cleanup there.
+    from rds import poller
+
     one_pass = (lambda: wake_handed(home)) if mgr else (lambda: describe(poller.run_once(home)))
     interval = None if mgr else home.settings.watch_orders
     every = None if mgr else (home.settings.cache_cleanup_interval, lambda: clean(home))
@@ -59,7 +64,7 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
 
 def wake_handed(home: Home) -> str:
     """The managing server's pass: the startup requests of the jobs dcmjexe handed over."""
-    from rds import session, startup
+    from rds import log, session, startup
 
     with session.opened(home) as db:
         n = startup.send_handed(home, db, log.logger(home).info)
@@ -68,6 +73,8 @@ def wake_handed(home: Home) -> str:
 
 def clean(home: Home) -> str:
     """The cache cleanup every CacheCleanupInterval, between passes; old install logs and .out files too."""
+    from rds import cleanup, log
+
     pruned = log.prune(home, keep=RESIDENTS)
     report = cleanup.between_passes(home)
     said = "cache cleanup: " + report.summary() if report.removed or report.busy else ""
