@@ -24,8 +24,8 @@ from rds.forced import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# the commands of other owners that import more at start; each still keeps the heavy libraries out
-WIDER = {"rdsft", "rdsma", "rds-serve", "rds-wake"}
+# the forced commands import more at start (their in-process fallback); each still keeps the heavy libraries out
+WIDER = {"rds-serve", "rds-wake"}
 # never imported by a command before it works: the SSH stack, the table printer, the chunker
 HEAVY = {"paramiko", "cryptography", "nacl", "bcrypt", "tabulate", "pyfastcdc"}
 # nor the standard library's heavier parts that only the work needs
