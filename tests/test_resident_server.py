@@ -101,7 +101,7 @@ def test_rds_serve_is_served_by_the_resident_and_the_same_without(tree: Tree) ->
         assert first[0]["ok"] is True and first[0]["upper"] == "relay"
         [served] = served_by(relay, "c1")
         assert served != pid  # not the thin client: the resident's child served it
-        assert Path(f"/proc/{served}").exists() is False
+        wait_for(lambda: ended(served), 10)  # the child served this session and no other, then ended
     finally:
         stop(rdsma)
     assert not sock.exists()  # the server took its socket with it
@@ -125,6 +125,14 @@ def open_session(host: Host, lower: str = "c1") -> subprocess.Popen[bytes]:
     (n,) = struct.unpack(">I", proc.stdout.read(4))
     assert json.loads(proc.stdout.read(n))["ok"] is True
     return proc
+
+
+def ended(pid: int) -> bool:
+    """The process is gone, or dead and not yet reaped (it may go between any two looks at /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 def close(proc: subprocess.Popen[bytes]) -> None:
@@ -168,13 +176,14 @@ def test_kill_9_of_the_thin_client_ends_its_session(relay: Host) -> None:
         server = server_pid(relay)
         assert server is not None
         session = open_session(relay)
-        [child] = children_of(server)
-        session.kill()
-        session.wait(10)
-        wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
-                 .rsplit(")", 1)[1].split()[0], 10)
-        wait_for(lambda: children_of(server) == [], 10)  # reaped
-        close(session)
+        try:
+            [child] = children_of(server)
+            session.kill()
+            session.wait(10)
+            wait_for(lambda: ended(child), 10)
+            wait_for(lambda: children_of(server) == [], 10)  # reaped
+        finally:
+            close(session)
     finally:
         stop(rdsma)
 
