@@ -3,15 +3,14 @@ for the command line sshd gives them, and behave as their click commands for eve
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import Tree
+from testkit import frames
 
 from rds.forced import options
 
@@ -41,16 +40,6 @@ def imported(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 def without_probe(proc: subprocess.CompletedProcess[bytes]) -> tuple[int, bytes, list[str]]:
     return proc.returncode, proc.stdout, proc.stderr.decode().splitlines()[:-1]
-
-
-def frames(data: bytes) -> list[object]:
-    """The length-prefixed JSON frames of rds-serve's output, read here independently of rds."""
-    out = []
-    while data:
-        (n,) = struct.unpack(">I", data[:4])
-        out.append(json.loads(data[4:4 + n]))
-        data = data[4 + n:]
-    return out
 
 
 def test_the_options_it_reads_itself() -> None:

@@ -15,20 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Host, Tree, wait_for
+from testkit import frames
 
 from rds import forced
 
 SOCK = "resident.sock"
-
-
-def frames(data: bytes) -> list[object]:
-    """rds-serve's length-prefixed JSON frames, read independently of rds."""
-    out = []
-    while data:
-        (n,) = struct.unpack(">I", data[:4])
-        out.append(json.loads(data[4:4 + n]))
-        data = data[4 + n:]
-    return out
 
 
 def start_rdsma(host: Host) -> subprocess.Popen[bytes]:

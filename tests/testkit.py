@@ -4,7 +4,9 @@ real sshd, hashing a file apart from rds, and a set-up built once and laid out a
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -42,6 +44,16 @@ def sha256_of(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def frames(data: bytes) -> list[object]:
+    """The length-prefixed JSON frames of rds-serve's output, read here independently of rds."""
+    out = []
+    while data:
+        (n,) = struct.unpack(">I", data[:4])
+        out.append(json.loads(data[4:4 + n]))
+        data = data[4 + n:]
+    return out
 
 
 def ssh_settings(server: Sshd, key: Path, upper: Host | None = None, port: int | None = None,
