@@ -186,14 +186,16 @@ def history(db: sqlite3.Connection, job_no: int) -> list[sqlite3.Row]:
 
 def accept(db: sqlite3.Connection, lower: str, results: Iterable[Result], own_host: str,
            kept: list[Result] | None = None) -> int:
-    """Take results reported by ``lower``; it may report only for its own subtree.
+    """Take results reported by ``lower`` (believed by rds.trust.result_faults): a host's own signed
+    outcome whichever lower system carries it (its host may have moved since), what a relay says of a
+    host only for ``lower``'s own subtree.
 
     Returns how many were new here; ``kept``, if given, receives them.
     """
     results = list(results)
     with Transaction(db):
         for r in results:
-            if r.dest == own_host or (r.dest != lower and jobs.route(db, r.dest) != lower):
+            if r.dest == own_host or (r.by != r.dest and r.dest != lower and jobs.route(db, r.dest) != lower):
                 raise ProtocolError(f"{lower} reported a result for {r.dest}, which is not below it")
         new = [r for r in results if _keep(db, r)]
     if kept is not None:
@@ -230,11 +232,15 @@ def resend(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> int:
 
 
 def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None = None) -> None:
+    """The upper system took ``sent``; a host's outcome of a job never held here, passed up for it
+    (rds.trust.result_faults), is not kept any longer."""
     now = time.time() if now is None else now
     with Transaction(db):
         for r in sent:
             db.execute("UPDATE results SET sent=? WHERE job_no=? AND dest=? AND status=?",
                        (now, r.job_no, r.dest, r.status))
+            db.execute("DELETE FROM results WHERE job_no=? AND dest=? AND sent IS NOT NULL AND NOT EXISTS"
+                       " (SELECT 1 FROM jobs WHERE job_no=? AND dest=?)", (r.job_no, r.dest, r.job_no, r.dest))
 
 
 def get(db: sqlite3.Connection, job_no: int, dest: str) -> Result | None:

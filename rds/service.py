@@ -246,7 +246,8 @@ class UpperService:
         kept: list[Result] = []
         log = logger(self.home)
         believed = []
-        faults = trust.result_faults(self.db, self.lower, parsed, self.home.host, lambda h: jobs.route(self.db, h))
+        faults = trust.result_faults(self.db, self.lower, parsed, self.home.host, lambda h: jobs.route(self.db, h),
+                                     passes_up=not self.home.settings.is_managing_server)
         for r, fault in zip(parsed, faults, strict=True):  # each on its own: a forged one holds back no other
             if fault is None:
                 believed.append(r)

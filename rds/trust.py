@@ -19,8 +19,10 @@ No system in the tree is trusted beyond what it can prove (SPEC.md, Trust).
   time and the digest of its manifest); the hosts below check both with the
   managing server's key (``ManagerKey``, else pinned at the first check-in,
   ``believed``).
-- A result is signed by the host it is about; a relay signs only EXEC-ERROR
-  and LINE-DOWN about a host proven below it.
+- A result is signed by the host it is about, and believed whichever lower
+  system carries it (one that the host left can delay it, not forge it); a
+  relay signs only EXEC-ERROR and LINE-DOWN about a host proven below it, and
+  is believed only while the host is proven below it.
 
 Only this module writes ``keys``, ``key_changes``, ``statements`` and ``believed``.
 """
@@ -518,17 +520,24 @@ def sign_result(me: Identity, host: str, r: Result) -> Result:
 
 
 def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result], own_host: str,
-                  route_of: Callable[[str], str | None]) -> list[str | None]:
+                  route_of: Callable[[str], str | None], passes_up: bool = False) -> list[str | None]:
     """Why each of ``results``, reported by ``lower``, is not believed here (None: it is).
 
-    The checks against what is known here come first; the signatures of
-    those that pass are then checked together (rds.identity.verify_many).
+    An outcome signed by its destination proves itself whoever carries it:
+    a relay that its host left since can delay it, not forge it.  What a
+    relay says on its own authority is believed only for a host proven below
+    it now.  A relay (``passes_up``) also takes a host's own outcome of a job
+    it never held (the host moved here after a relay it left handed it the
+    job), a bounded number per host, to pass it up.  The checks against what
+    is known here come first; the signatures of those that pass are then
+    checked together (rds.identity.verify_many).
     """
     faults: list[str | None] = []
     checks: list[tuple[str, dict[str, Any], str]] = []
     waiting: list[int] = []
+    foreign: dict[str, int] = {}  # per host, the outcomes of jobs not held here that wait to go up
     for r in results:
-        fault = _known_fault(db, lower, r, own_host, route_of)
+        fault = _known_fault(db, lower, r, own_host, route_of, foreign if passes_up else None)
         key = pinned(db, r.by) if fault is None else None
         if fault is None and key is None:
             fault = f"{lower} reported a result for job {r.job_no}:{r.dest} signed by {r.by}, whose key is not known"
@@ -543,24 +552,44 @@ def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result],
     return faults
 
 
+FOREIGN_MAX = 1000  # a relay keeps at most this many outcomes per host of jobs it never held, to pass up
+
+
 def _known_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
-                 route_of: Callable[[str], str | None]) -> str | None:
-    if r.dest == own_host or (r.dest != lower and route_of(r.dest) != lower):
+                 route_of: Callable[[str], str | None], foreign: dict[str, int] | None) -> str | None:
+    if r.dest == own_host:
         return f"{lower} reported a result for {r.dest}, which is not below it"
-    if db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone() is None:
-        return f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here"
     if not r.sig or not r.by:
         return f"{lower} reported an unsigned result for job {r.job_no}:{r.dest}"
-    if r.by != r.dest:
-        # a relay may say DELETE (ID-INVALID) of a job it dropped before handing it on, when the
-        # managing server withdrew it (rds.control); the destination's own outcome still replaces it
-        withdrawn = r.status in codes.WITHDRAWN and db.execute(
-            "SELECT 1 FROM withdrawn WHERE job_no=? AND dest=? AND status=?", (r.job_no, r.dest, r.status)
-        ).fetchone() is not None
-        if r.status not in RELAYED and not withdrawn:
-            return f"{lower} reported {r.status} for job {r.job_no}:{r.dest} signed by {r.by}, not by {r.dest}"
-        if r.by != lower and route_of(r.by) != lower:
-            return f"{lower} reported a result signed by {r.by}, which is not below it"
-        if not below(db, r.dest, r.by):
-            return f"{r.by} reported {r.status} for {r.dest}, which is not proven below it"
+    here = db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone() is not None
+    under = r.dest == lower or route_of(r.dest) == lower
+    if r.by == r.dest:  # the destination's own word (its signature is checked next)
+        if here:
+            return None
+        if foreign is not None and under:
+            if r.dest not in foreign:
+                foreign[r.dest] = db.execute(
+                    "SELECT COUNT(*) FROM results r WHERE dest=? AND NOT EXISTS"
+                    " (SELECT 1 FROM jobs j WHERE j.job_no=r.job_no AND j.dest=r.dest)", (r.dest,)).fetchone()[0]
+            if foreign[r.dest] < FOREIGN_MAX:
+                foreign[r.dest] += 1
+                return None
+            return (f"{lower} reported a result for job {r.job_no}:{r.dest}, which is not held here, and "
+                    f"{FOREIGN_MAX} such results of {r.dest} wait to go up already")
+        return f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here"
+    if not under:
+        return f"{lower} reported a result for {r.dest}, which is not below it"
+    if not here:
+        return f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here"
+    # a relay may say DELETE (ID-INVALID) of a job it dropped before handing it on, when the
+    # managing server withdrew it (rds.control); the destination's own outcome still replaces it
+    withdrawn = r.status in codes.WITHDRAWN and db.execute(
+        "SELECT 1 FROM withdrawn WHERE job_no=? AND dest=? AND status=?", (r.job_no, r.dest, r.status)
+    ).fetchone() is not None
+    if r.status not in RELAYED and not withdrawn:
+        return f"{lower} reported {r.status} for job {r.job_no}:{r.dest} signed by {r.by}, not by {r.dest}"
+    if r.by != lower and route_of(r.by) != lower:
+        return f"{lower} reported a result signed by {r.by}, which is not below it"
+    if not below(db, r.dest, r.by):
+        return f"{r.by} reported {r.status} for {r.dest}, which is not proven below it"
     return None
