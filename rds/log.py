@@ -10,6 +10,12 @@
 - Every line is one line: what other systems said in it is escaped (rds.text).
 - ``prune`` removes the install scripts' logs and the residents' ``.out`` files not written for
   ``LogRetention`` days (rdsma between passes, rdsclr).
+- An idle SSH session at an upper system (a check-in that handed out nothing, took no result and
+  read no package) gets no line of its own: ``idle_session`` counts it in ``run/served-idle`` (one
+  short append) and, at most once an hour, one line says them all: ``served N idle session(s) from
+  M host(s) since HH:MM``.  A session that did something still says ``served HOST: ...``.
+- rds.log itself is rotated by logrotate (``etc/rds.logrotate``, installed by the Debian package:
+  weekly, 8 kept, compressed); a home installed otherwise needs the same stanza for its ``log/``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from rds.home import Home
 
 # SystemLogOutputLevel -> the least severe level logged (0: none)
 LEVELS = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
+IDLE_SUMMARY = 3600  # seconds: idle SSH sessions are said together at most this often
 # Python's levels -> syslog priorities, as sd-daemon(3) prefixes read them
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -114,3 +121,35 @@ def _files(directory: Path) -> list[Path]:
         return [p for p in directory.iterdir() if p.is_file() and not p.is_symlink()]
     except FileNotFoundError:
         return []
+
+
+def idle_session(home: Home, lower: str, log: logging.Logger, now: float | None = None) -> None:
+    """Count an idle session of ``lower`` (rds.transport.serve); say the count once IDLE_SUMMARY passed
+    since the first one counted (or the clock went back), and start again.  A session that appends to
+    the count as another process takes it may go uncounted: a tally, not a record."""
+    now = time.time() if now is None else now
+    path = home.run / "served-idle"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{int(now)} {lower}\n".encode())
+        head = os.pread(fd, 24, 0).split(b" ", 1)[0]
+    finally:
+        os.close(fd)
+    try:
+        since = int(head)
+    except ValueError:
+        since = 0
+    if since <= now < since + IDLE_SUMMARY:
+        return
+    taken = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        os.rename(path, taken)  # one process takes the count, whichever comes first
+    except FileNotFoundError:
+        return
+    try:
+        lines = taken.read_bytes().splitlines()
+    finally:
+        taken.unlink()
+    hosts = {line.split(b" ", 1)[-1] for line in lines}
+    when = time.strftime("%H:%M" if now - since < 86400 else "%Y-%m-%d %H:%M", time.localtime(min(since, now)))
+    log.info(f"served {len(lines)} idle session(s) from {len(hosts)} host(s) since {when}")

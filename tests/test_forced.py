@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Tree
 from testkit import frames
 
+from rds import log
 from rds.forced import options
 
 # runs an entry point, then says on stderr's last line which of click and rds.cli it imported
@@ -60,9 +62,11 @@ def test_rds_serve_serves_without_click(tree: Tree) -> None:
     assert proc.returncode == 0, proc.stderr
     assert imported(proc) == "imported: []"
     assert frames(proc.stdout) == [{"ok": True, "serve": frames(proc.stdout)[0]["serve"], "upper": "relay"}]
-    log = (relay.path / "log" / "rds.log").read_text()
-    assert "served c1: 0 request(s)" in log
     assert run("fast", ["rds-serve", "--lower=c1", f"--home={relay.path}"]).stdout == proc.stdout
+    # both sessions, idle, were counted in that home's log (said at most once an hour: rds.log.idle_session)
+    log.idle_session(relay.home(), "c1", log.logger(relay.home()), now=time.time() + log.IDLE_SUMMARY)
+    text = (relay.path / "log" / "rds.log").read_text()
+    assert "served c1:" not in text and "served 3 idle session(s) from 1 host(s) since " in text
 
 
 @pytest.mark.parametrize("args", [
