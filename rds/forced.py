@@ -11,8 +11,13 @@ command line, its environment and its standard input, output and error
 (SCM_RIGHTS), and waits for the exit status, which it exits with.  The
 resident's pre-imported child serves on those descriptors itself: no byte
 goes through this process.  If no resident answers (none runs, the socket is
-stale, it is busy, or it runs another version of rds), the command runs in
-this process as before, so nothing depends on the resident.
+stale, it is busy, or it runs other code than this process would), the
+command runs in this process as before, so nothing depends on the resident.
+"Other code" is told by ``identity``: rds's version and a build identity made
+of the number, sizes and modification times of the package's ``.py`` files
+(about 70 stat calls, no import), so that an upgrade that keeps the version
+string (a local patch, a reinstall from a newer checkout) is served by the new
+code at once; the resident then retires, and rdsma starts it again.
 
 In this process, importing click and rds.cli would cost more CPU than the
 idle check-in itself, so the command line is read here: the options written
@@ -39,7 +44,7 @@ COMMANDS = {"rds-serve": "rds.cli.serve", "rds-wake": "rds.cli.wake"}
 OPTIONS = {"rds-serve": ("--lower", "--home"), "rds-wake": ("--home",)}
 
 # The resident's socket, in the home's private run directory, and what is said on it (SOCK_SEQPACKET: one
-# message a send).  The thin client sends MAGIC, rds's version, the command's name, its cwd, the number of
+# message a send).  The thin client sends MAGIC, ``identity()``, the command's name, its cwd, the number of
 # its arguments, the arguments and its environment, NUL-separated, with fds 0, 1 and 2 attached; the
 # resident's child answers ACCEPTED or REFUSED + why; the client says GO (from then on the child serves, and
 # the client has given its fds away) and waits for one EXIT + status or SIGNAL + number.
@@ -78,6 +83,25 @@ def home_of(opts: dict[str, str]) -> str | None:
     return home
 
 
+def identity() -> bytes:
+    """rds's version and what identifies the installed code: how many ``.py`` files the package has, their
+    total size and the sum of their modification times (ns).  Any file patched, replaced, added or removed
+    changes it; it costs a directory read and a stat per file."""
+    from rds import __version__
+
+    n = size = mtime = 0
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    while dirs:
+        with os.scandir(dirs.pop()) as entries:
+            for e in entries:
+                if e.name.endswith(".py"):
+                    st = e.stat()
+                    n, size, mtime = n + 1, size + st.st_size, mtime + st.st_mtime_ns
+                elif e.name != "__pycache__" and e.is_dir():
+                    dirs.append(e.path)
+    return f"{__version__}+{n}.{size}.{mtime}".encode()
+
+
 def through_resident(name: str) -> int | None:
     """Hand this command to its home's resident; its exit status, or None if no resident took it."""
     opts = options(sys.argv[1:], OPTIONS[name])
@@ -85,8 +109,6 @@ def through_resident(name: str) -> int | None:
     if home is None:
         return None
     import _socket
-
-    from rds import __version__
 
     run = os.path.join(home, "run")
     path = os.path.join(run, SOCKET)
@@ -102,13 +124,13 @@ def through_resident(name: str) -> int | None:
             cwd = os.getcwd()
         except OSError:
             cwd = "/"
-        fields = [MAGIC, __version__.encode(), name.encode(), os.fsencode(cwd), str(len(sys.argv) - 1).encode(),
+        fields = [MAGIC, identity(), name.encode(), os.fsencode(cwd), str(len(sys.argv) - 1).encode(),
                   *(os.fsencode(a) for a in sys.argv[1:]),
                   *(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in os.environ.items())]
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
         s.sendmsg([b"\0".join(fields)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         if s.recv(256) != ACCEPTED:
-            return None  # refused (busy, another version) or gone: this process serves
+            return None  # refused (busy, other code) or gone: this process serves
         s.sendall(GO)
     except OSError:  # none listens (no socket, a stale one, refused), or it did not answer in time
         return None

@@ -23,9 +23,14 @@ and tells each client how its child ended (an exit status, or the signal
 that killed it, which the client then dies of as well: the lower system
 sees the cut it would have seen); a child whose client goes away ends at
 once.  At most MAX_CHILDREN sessions are served at once; beyond that the
-server closes the connection unanswered, and for a client of another rds
-version or a malformed request the child refuses: either way the command
-runs in its own process, as it does when no server listens.
+server closes the connection unanswered, and for a client of other code
+(``forced.identity``: the version, and the sizes and times of the package's
+files) or a malformed request the child refuses: either way the command
+runs in its own process, as it does when no server listens.  When the
+client's code differs because this installation's files changed since the
+server started (an upgrade that kept the version string), the child also asks
+the server to retire (SIGTERM: the sessions under way finish in their
+children); rdsma starts it again, on the new code.
 
 The server ends when rdsma does (its standard input is a pipe from rdsma)
 or on SIGTERM; sessions under way finish in their children.  One server per
@@ -49,12 +54,13 @@ import sys
 import threading
 from pathlib import Path
 
-from rds import __version__, forced
+from rds import forced
 
 MAX_CHILDREN = 256  # sessions served at once; one more is refused and served by its own process
 LOCK = "resident.lock"
 OWNER = "resident.owner"
 NAMES = ("rds-serve", "rds-wake")
+BUILT: list[bytes] = []  # forced.identity() as the server started, before it imported what it serves
 
 
 def socket_path(home: Path) -> Path:
@@ -204,8 +210,11 @@ def read_request(conn: socket.socket) -> tuple[str, list[str], dict[str, str], s
     fields = data.split(b"\0")
     if len(fields) < 5 or fields[0] != forced.MAGIC:
         return "not a request of rds"
-    if fields[1] != __version__.encode():
-        return f"another version of rds ({fields[1][:40]!r})"
+    if fields[1] != _built():
+        if forced.identity() != _built():  # this installation changed under the server: it retires
+            with contextlib.suppress(OSError):
+                os.kill(os.getppid(), signal.SIGTERM)
+        return f"another build of rds ({fields[1][:80]!r})"
     name = fields[2].decode("ascii", "replace")
     nargs = int(fields[4]) if fields[4].isdigit() else -1
     if name not in NAMES or not 0 <= nargs <= len(fields) - 5:
@@ -217,6 +226,12 @@ def read_request(conn: socket.socket) -> tuple[str, list[str], dict[str, str], s
         if eq and key:
             env[os.fsdecode(key)] = os.fsdecode(value)
     return name, args, env, os.fsdecode(fields[3]), fds
+
+
+def _built() -> bytes:
+    if not BUILT:
+        BUILT.append(forced.identity())
+    return BUILT[0]
 
 
 def session(conn: socket.socket) -> int:
@@ -311,6 +326,7 @@ def main() -> None:
     server = Server(Path(sys.argv[1]))
     if not server.take_lock():
         sys.exit(0)  # another server holds this home already
+    _built()  # the code it is about to import, as it is now
     preload()
     server.listen()
     server.serve_forever(0 if stat.S_ISFIFO(os.fstat(0).st_mode) else None)

@@ -4,6 +4,7 @@ as before when it is not there, dies, or is replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,22 +12,34 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import BIN, Host, Tree, wait_for
 from testkit import frames
+from trustkit import request
 
 from rds import forced
 
 SOCK = "resident.sock"
 
 
-def start_rdsma(host: Host) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([str(BIN / "rdsma"), "--foreground"], env=host.env(), stdin=subprocess.DEVNULL,
+def start_rdsma(host: Host, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([str(BIN / "rdsma"), "--foreground"], env=env or host.env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: server_pid(host) is not None and listening(host))
     return proc
+
+
+@contextlib.contextmanager
+def rdsma_running(host: Host, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """rdsma of ``host`` with its resident server listening, stopped however the block ends."""
+    proc = start_rdsma(host, env)
+    try:
+        yield proc
+    finally:
+        stop(proc)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -59,12 +72,19 @@ def listening(host: Host) -> bool:
         s.close()
 
 
-def serve(host: Host, lower: str, stdin: bytes = b"") -> tuple[subprocess.CompletedProcess[bytes], int]:
-    """Run the venv's rds-serve as sshd would; returns it and its pid."""
+def asking(lower: str) -> bytes:
+    """A request the home answers with an error ('stat' of no package): the session is not idle, so it
+    logs its own 'served' line (an idle one is only counted, rds.log.idle_session)."""
+    body = json.dumps(request("stat", lower)).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def serve(host: Host, lower: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """Run the venv's rds-serve as sshd would, asking one thing; returns it and its pid."""
     proc = subprocess.Popen([str(BIN / "rds-serve"), "--lower", lower, "--home", str(host.path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "SSH_CLIENT": "192.0.2.7 40000 22"})
-    out, err = proc.communicate(stdin, timeout=60)
+                            env={**(env or os.environ), "SSH_CLIENT": "192.0.2.7 40000 22"})
+    out, err = proc.communicate(asking(lower), timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
 
@@ -81,8 +101,7 @@ def test_rds_serve_is_served_by_the_resident_and_the_same_without(tree: Tree) ->
     tree.add("mgr")
     relay = tree.add("relay", "mgr")
     relay.home()
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         sock = relay.path / "run" / SOCK
         assert oct(sock.stat().st_mode & 0o777) == "0o600"
         assert oct((relay.path / "run").stat().st_mode & 0o777) == "0o700"
@@ -93,8 +112,6 @@ def test_rds_serve_is_served_by_the_resident_and_the_same_without(tree: Tree) ->
         [served] = served_by(relay, "c1")
         assert served != pid  # not the thin client: the resident's child served it
         wait_for(lambda: ended(served), 10)  # the child served this session and no other, then ended
-    finally:
-        stop(rdsma)
     assert not sock.exists()  # the server took its socket with it
     proc2, pid2 = serve(relay, "c1")
     assert proc2.returncode == 0 and frames(proc2.stdout) == first
@@ -144,8 +161,7 @@ def relay(tree: Tree) -> Host:
 
 
 def test_kill_9_of_the_serving_child_is_a_cut_the_lower_sees(relay: Host) -> None:
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         server = server_pid(relay)
         assert server is not None
         session = open_session(relay)
@@ -157,13 +173,10 @@ def test_kill_9_of_the_serving_child_is_a_cut_the_lower_sees(relay: Host) -> Non
         proc, _ = serve(relay, "c1")
         assert proc.returncode == 0 and frames(proc.stdout)[0]["ok"] is True
         close(session)
-    finally:
-        stop(rdsma)
 
 
 def test_kill_9_of_the_thin_client_ends_its_session(relay: Host) -> None:
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         server = server_pid(relay)
         assert server is not None
         session = open_session(relay)
@@ -175,13 +188,10 @@ def test_kill_9_of_the_thin_client_ends_its_session(relay: Host) -> None:
             wait_for(lambda: children_of(server) == [], 10)  # reaped
         finally:
             close(session)
-    finally:
-        stop(rdsma)
 
 
 def test_kill_9_of_the_server_falls_back_then_rdsma_starts_it_again(relay: Host) -> None:
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         server = server_pid(relay)
         assert server is not None
         session = open_session(relay)  # a session under way outlives its server
@@ -197,8 +207,6 @@ def test_kill_9_of_the_server_falls_back_then_rdsma_starts_it_again(relay: Host)
         wait_for(lambda: (server_pid(relay) or server) != server and listening(relay), 20)
         proc, pid = serve(relay, "c1")
         assert proc.returncode == 0 and served_by(relay, "c1")[-1] != pid  # the new server serves
-    finally:
-        stop(rdsma)
     assert server_pid(relay) is None  # it ends with rdsma
 
 
@@ -219,17 +227,13 @@ def test_a_stale_socket_file_without_a_server(relay: Host) -> None:
     s.close()  # the file stays; nobody listens
     proc, pid = serve(relay, "c1")
     assert proc.returncode == 0 and frames(proc.stdout)[0]["ok"] is True and served_by(relay, "c1") == [pid]
-    rdsma = start_rdsma(relay)  # the server replaces the stale file
-    try:
+    with rdsma_running(relay):  # the server replaces the stale file
         proc, pid = serve(relay, "c1")
         assert proc.returncode == 0 and served_by(relay, "c1")[-1] != pid
-    finally:
-        stop(rdsma)
 
 
 def test_one_server_per_home(relay: Host) -> None:
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         server = server_pid(relay)
         second = subprocess.run([str(BIN / "rdsma"), "--foreground"], env=relay.env(), capture_output=True,
                                 text=True, timeout=30)
@@ -238,8 +242,6 @@ def test_one_server_per_home(relay: Host) -> None:
                                capture_output=True, timeout=30)
         assert other.returncode == 0  # it found the home's server lock held and left
         assert server_pid(relay) == server and listening(relay)
-    finally:
-        stop(rdsma)
 
 
 def raw(host: Host, data: bytes, fds: list[int] | None = None) -> bytes:
@@ -257,8 +259,7 @@ def raw(host: Host, data: bytes, fds: list[int] | None = None) -> bytes:
 
 
 def test_garbage_on_the_socket_is_refused_and_the_server_serves_on(relay: Host) -> None:
-    rdsma = start_rdsma(relay)
-    try:
+    with rdsma_running(relay):
         r, w = os.pipe()
         good = [forced.MAGIC, b"0.1.0", b"rds-serve", b"/", b"2", b"--lower", b"c1"]
         for data, fds in [(b"hello", None), (b"hello", [r, w, w]), (b"\0".join(good), None),
@@ -272,8 +273,6 @@ def test_garbage_on_the_socket_is_refused_and_the_server_serves_on(relay: Host) 
         os.close(w)
         proc, pid = serve(relay, "c1")
         assert proc.returncode == 0 and served_by(relay, "c1")[-1] != pid
-    finally:
-        stop(rdsma)
 
 
 def test_another_user_is_not_served(relay: Host) -> None:
@@ -281,41 +280,38 @@ def test_another_user_is_not_served(relay: Host) -> None:
         pytest.skip("needs root to be another user")
     import tempfile
 
-    rdsma = start_rdsma(relay)
     public = Path(tempfile.mkdtemp(prefix="rds-peer-", dir="/tmp"))
     try:
-        public.chmod(0o755)  # the socket reached by another user, as a mistake could: SO_PEERCRED still refuses
-        os.link(relay.path / "run" / SOCK, public / SOCK)
-        (public / SOCK).chmod(0o666)
-        probe = ("import socket, os\n"
-                 "os.setuid(65534)\n"
-                 "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
-                 f"s.connect({str(public / SOCK)!r})\n"
-                 "print('connected')\n"
-                 "s.settimeout(5)\n"
-                 "try:\n"
-                 "    s.send(b'x')\n"
-                 "    print(repr(s.recv(64)))\n"
-                 "except OSError as e:\n"
-                 "    print('closed', e.errno)\n")
-        out = subprocess.run([str(BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=30)
-        said = out.stdout.split()
-        assert said[0] == "connected" and said[1:] in (["b''"], ["closed", "32"], ["closed", "104"]), out
-        assert (relay.path / "run" / SOCK).stat().st_mode & 0o777 == 0o666  # the same file: it was reachable
+        with rdsma_running(relay):
+            public.chmod(0o755)  # the socket reached by another user, as a mistake could: SO_PEERCRED still refuses
+            os.link(relay.path / "run" / SOCK, public / SOCK)
+            (public / SOCK).chmod(0o666)
+            probe = ("import socket, os\n"
+                     "os.setuid(65534)\n"
+                     "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+                     f"s.connect({str(public / SOCK)!r})\n"
+                     "print('connected')\n"
+                     "s.settimeout(5)\n"
+                     "try:\n"
+                     "    s.send(b'x')\n"
+                     "    print(repr(s.recv(64)))\n"
+                     "except OSError as e:\n"
+                     "    print('closed', e.errno)\n")
+            out = subprocess.run([str(BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=30)
+            said = out.stdout.split()
+            assert said[0] == "connected" and said[1:] in (["b''"], ["closed", "32"], ["closed", "104"]), out
+            assert (relay.path / "run" / SOCK).stat().st_mode & 0o777 == 0o666  # the same file: it was reachable
     finally:
         import shutil
 
         shutil.rmtree(public)
-        (relay.path / "run" / SOCK).chmod(0o600)
-        stop(rdsma)
 
 
 def test_rds_wake_through_the_resident_wakes_rdsma_at_once(tree: Tree) -> None:
     tree.add("mgr")
     host = tree.add("c1", "mgr", "WatchTimeofOrders\t60m\n")
     host.home()
-    rdsma = start_rdsma(host)
-    try:
+    with rdsma_running(host):
         log = host.path / "log" / "rds.log"
         wait_for(lambda: "rdsma: started" in log.read_text())
         proc = subprocess.Popen([str(BIN / "rds-wake"), "--home", str(host.path)], stdin=subprocess.PIPE,
@@ -329,16 +325,13 @@ def test_rds_wake_through_the_resident_wakes_rdsma_at_once(tree: Tree) -> None:
         text = log.read_text()
         line = [ln for ln in text.splitlines() if "startup request from 192.0.2.9" in ln][-1]
         assert int(line.split("[", 1)[1].split("]", 1)[0]) != proc.pid  # said by the resident's child
-    finally:
-        stop(rdsma)
 
 
 def test_dcmjexe_hands_the_startup_request_to_the_managing_servers_rdsma(tree: Tree) -> None:
     mgr = tree.add("mgr", push=True)
     relay = tree.add("relay", "mgr", "WatchTimeofOrders\t60m\n", push=True)
     tree.check_in_upward(["relay"])
-    residents = [start_rdsma(mgr), start_rdsma(relay)]
-    try:
+    with rdsma_running(mgr), rdsma_running(relay):
         mgr_log = mgr.path / "log" / "rds.log"
         out = mgr.run("dcmjexe", "-r", tree.package(), "-h", "relay")
         job_no = int(out.stdout.strip())
@@ -348,10 +341,38 @@ def test_dcmjexe_hands_the_startup_request_to_the_managing_servers_rdsma(tree: T
         assert list((mgr.path / "run" / "wake.jobs").iterdir()) == []  # each taken once
         line = [ln for ln in mgr_log.read_text().splitlines() if "startup request to relay" in ln][-1]
         assert line.split()[2].startswith("rdsma[")  # sent by rdsma, not by dcmjexe
-    finally:
-        for p in residents:
-            stop(p)
     # without the managing server's rdsma, dcmjexe sends it itself as before
     out = mgr.run("dcmjexe", "-r", tree.package(version="0200"), "-h", "relay")
     line = [ln for ln in mgr_log.read_text().splitlines() if "startup request to relay" in ln][-1]
     assert line.split()[2].startswith("dcmjexe[")
+
+
+def test_code_changed_under_the_resident_is_served_at_once_and_the_resident_retires(
+        relay: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade that keeps the version string (here a patched module in a copy of the package, as a
+    local patch or a reinstall from a newer checkout would be): the next session runs the new code."""
+    import shutil
+
+    import rds
+
+    code = tmp_path / "code"
+    shutil.copytree(Path(rds.__file__).parent, code / "rds", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**relay.env(), "PYTHONPATH": str(code)}
+    monkeypatch.chdir(code)  # python -m rds.resident looks in its working directory first
+    with rdsma_running(relay, env):
+        server = server_pid(relay)
+        proc, pid = serve(relay, "c1", env)
+        assert proc.returncode == 0 and served_by(relay, "c1")[-1] != pid  # the resident serves
+        module = code / "rds" / "transport" / "serve.py"
+        text = module.read_text()
+        assert text.count("package byte(s)\")") == 1
+        module.write_text(text.replace("package byte(s)\")", "package byte(s) (patched)\")"))
+        proc, pid = serve(relay, "c1", env)
+        assert proc.returncode == 0
+        log = relay.path / "log" / "rds.log"
+        last = [line for line in log.read_text().splitlines() if "served c1:" in line][-1]
+        assert last.endswith("(patched)") and f"[{pid}]" in last  # the new code, in the session's own process
+        wait_for(lambda: ended(server) and (server_pid(relay) or server) != server and listening(relay), 30)
+        proc, pid = serve(relay, "c1", env)  # the resident rdsma started again serves the new code
+        last = [line for line in log.read_text().splitlines() if "served c1:" in line][-1]
+        assert proc.returncode == 0 and last.endswith("(patched)") and f"[{pid}]" not in last
