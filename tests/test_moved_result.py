@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 from conftest import Host, Tree
-from trustkit import Signer, request
+from trustkit import Signer, ask
 
 from rds import codes, database, manager, results
 from rds.home import Home
 from rds.packages import PackageId
-from rds.transport import serving
 
 SCRIPT = "#!/bin/sh\necho \"$RDS_JOB\" >> \"$RDS_INSTALL_DIR/../installs\"\n" \
          "[ -e \"$RDS_HOME/fail\" ] && exit 3\nexit 0\n"
@@ -115,19 +114,11 @@ PID = PackageId.make("AB", "APP", "0100")
 
 
 def report(home: Home, lower: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    s = serving(home, lower)
-    try:
-        return s.handle(request("report", lower, results=items))
-    finally:
-        s.close()
+    return ask(home, lower, "report", results=items)
 
 
 def checkin(home: Home, lower: str, statements: list[dict[str, Any]]) -> None:
-    s = serving(home, lower)
-    try:
-        s.handle(request("checkin", lower, statements=statements, below=[]))
-    finally:
-        s.close()
+    ask(home, lower, "checkin", statements=statements, below=[])
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from testkit import managing_server
-from trustkit import Signer, request
+from trustkit import Signer, ask, request
 
 from rds import codes, database, identity, jobs, manager, results, trust, wire
 from rds.errors import ProtocolError
@@ -34,11 +34,7 @@ def svc(home: Home, lower: str) -> UpperService:
 
 
 def checkin(home: Home, lower: str, statements: list[dict[str, object]]) -> dict[str, object]:
-    s = svc(home, lower)
-    try:
-        return s.handle(request("checkin", lower, statements=statements))
-    finally:
-        s.close()
+    return ask(home, lower, "checkin", statements=statements)
 
 
 def routes(home: Home) -> dict[str, str]:

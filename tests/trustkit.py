@@ -9,7 +9,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rds.home import Home
 from rds.identity import canonical
+from rds.transport import serving
 from rds.wire import VERSION
 
 
@@ -39,3 +41,12 @@ class Signer:
 
 def request(op: str, host: str, **fields: Any) -> dict[str, Any]:
     return {"op": op, "v": VERSION, "host": host, **fields}
+
+
+def ask(home: Home, lower: str, op: str, **fields: Any) -> dict[str, Any]:
+    """What ``home`` answers ``lower``'s one request, as rds-serve would hand it over."""
+    s = serving(home, lower)
+    try:
+        return s.handle(request(op, lower, **fields))
+    finally:
+        s.close()
