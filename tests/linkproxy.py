@@ -77,11 +77,38 @@ class _Line:
         return data
 
 
-class LinkProxy:
+class Listener:
+    """Listens on a free 127.0.0.1 port (``port``) for connections to relay to ``target``, each handed to
+    ``accepted`` on the listening thread, until ``close``.  A subclass sets its own state first, then calls
+    this ``__init__``: the thread starts at once."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name=type(self).__name__).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted(conn)
+
+    def accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+
+
+class LinkProxy(Listener):
     """A TCP relay on 127.0.0.1 to ``port`` with ``rtt`` seconds of round trip and ``rate`` bytes a second."""
 
     def __init__(self, port: int, rtt: float = 0.0, rate: float | None = None, cut_after: int | None = None) -> None:
-        self.target = port
         self.delay = rtt / 2
         self.rate = rate
         self.cut_after = cut_after
@@ -90,29 +117,21 @@ class LinkProxy:
         self.cuts = 0
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True, name="linkproxy").start()
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                conn.close()
-                continue
-            with self._lock:
-                self.connections += 1
-                self._socks += [conn, server]
-            for s in (conn, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._pair(conn, server, down=False)
-            self._pair(server, conn, down=True)
+    def accepted(self, conn: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            conn.close()
+            return
+        with self._lock:
+            self.connections += 1
+            self._socks += [conn, server]
+        for s in (conn, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pair(conn, server, down=False)
+        self._pair(server, conn, down=True)
 
     def _pair(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         line = _Line(self.delay, self.rate)
@@ -162,8 +181,7 @@ class LinkProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
+        super().close()
         with self._lock:
             for s in self._socks:
                 with contextlib.suppress(OSError):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linkproxy import Listener
 
 from rds.home import Home
 from rds.packages import Manifest, PackageId
@@ -283,7 +284,7 @@ def make_package(home: Path, size: int, name: str = "BIG", install_dir: str = "/
     return m
 
 
-class CutProxy:
+class CutProxy(Listener):
     """A TCP relay on 127.0.0.1 to ``port`` that counts bytes and can cut the link.
 
     ``cut_after``: end the connection once this many bytes went from the server
@@ -293,23 +294,14 @@ class CutProxy:
     """
 
     def __init__(self, port: int, cut_after: int | None = None, freeze: bool = False) -> None:
-        self.target = port
         self.cut_after = cut_after
         self.freeze = freeze
         self.down = self.up = 0
         self.cuts = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(port)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+    def accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
         server = socket.create_connection(("127.0.0.1", self.target))
@@ -357,9 +349,6 @@ class CutProxy:
             while client.recv(1 << 16):
                 pass
 
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
 
 
 def ssh_hierarchy(tree: Any, make_sshd: Callable[[str], Sshd], chain: list[str],

@@ -67,6 +67,15 @@ def register(host: Host, src: Path, version: str, name: str = "APP") -> str:
                     str(src)).stdout.strip()
 
 
+def deliver(mgr: Host, relay: Host, client: Host, src: Path, version: str) -> str:
+    """Register ``src`` as APP ``version``, send it to ``client`` through ``relay``, one pass each; its ID."""
+    pid = register(mgr, src, version)
+    mgr.run("dcmjexe", "-r", pid, "-h", client.name)
+    relay.run("rdsft", "-a")
+    client.run("rdsft", "-a")
+    return pid
+
+
 def test_manifest_names_each_chunk_by_sha256_and_chunks_make_the_archive(tree: Tree, tmp_path: Path) -> None:
     mgr = tree.add("mgr")
     files = make_tree(tmp_path / "v1", 1)
@@ -112,10 +121,7 @@ def test_version_2_crosses_each_link_as_the_chunks_that_changed(tree: Tree, tmp_
     mgr, relay, client = tree.add("mgr"), tree.add("relay", "mgr"), tree.add("c1", "relay")
     tree.check_in_upward(["c1", "relay"])
     files = make_tree(tmp_path / "v1", 2, n=100)
-    v1 = register(mgr, tmp_path / "v1", "0100")
-    mgr.run("dcmjexe", "-r", v1, "-h", "c1")
-    relay.run("rdsft", "-a")
-    client.run("rdsft", "-a")
+    v1 = deliver(mgr, relay, client, tmp_path / "v1", "0100")
     size1 = manifest_of(mgr.path, v1)["size"]
     assert sent(mgr, v1) == sent(relay, v1) == size1
 
@@ -124,11 +130,8 @@ def test_version_2_crosses_each_link_as_the_chunks_that_changed(tree: Tree, tmp_
     files2["src/new.py"] = b"print('new')\n"
     del files2["lib/m030.bin"]
     write_tree(tmp_path / "v2", files2)
-    v2 = register(mgr, tmp_path / "v2", "0200")
+    v2 = deliver(mgr, relay, client, tmp_path / "v2", "0200")
     size2 = manifest_of(mgr.path, v2)["size"]
-    mgr.run("dcmjexe", "-r", v2, "-h", "c1")
-    relay.run("rdsft", "-a")
-    client.run("rdsft", "-a")
     for host in (mgr, relay):
         assert 0 < sent(host, v2) <= 0.1 * size2, (sent(host, v2), size2)
     got = client.installed("/opt/app")
@@ -289,18 +292,12 @@ def test_version_2_over_ssh_asks_only_the_lacking_ranges(tree: Tree, sshd_factor
     client = tree.add("client1", settings=ssh_settings(server, k_client, upper=relay))
     tree.check_in_upward(["client1", "relay1"])
     files = make_tree(tmp_path / "v1", 4, n=60)
-    v1 = register(mgr, tmp_path / "v1", "0100")
-    mgr.run("dcmjexe", "-r", v1, "-h", "client1")
-    relay.run("rdsft", "-a")
-    client.run("rdsft", "-a")
+    v1 = deliver(mgr, relay, client, tmp_path / "v1", "0100")
     files2 = dict(files)
     for k in ("lib/m003.bin", "lib/m020.bin", "lib/m041.bin", "src/t007.py"):  # scattered: several ranges
         files2[k] = files[k][:100] + b"changed" + files[k][107:]
     write_tree(tmp_path / "v2", files2)
-    v2 = register(mgr, tmp_path / "v2", "0200")
-    mgr.run("dcmjexe", "-r", v2, "-h", "client1")
-    relay.run("rdsft", "-a")
-    client.run("rdsft", "-a")
+    v2 = deliver(mgr, relay, client, tmp_path / "v2", "0200")
     size2 = manifest_of(mgr.path, v2)["size"]
     for host in (mgr, relay):
         assert 0 < sent(host, v2) <= 0.15 * size2, (sent(host, v2), size2)

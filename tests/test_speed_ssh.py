@@ -8,7 +8,6 @@ proxy guarantees), never by a timed assertion.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import sshd
 from conftest import Host, Tree
 from linkproxy import LinkProxy
 from sshd import Sshd, make_package, serve_command, ssh_hierarchy
+from testkit import sha256_of
 
 from rds.client import UpperClient
 from rds.errors import CommunicationError
@@ -46,14 +46,6 @@ def statements(host: Host, upper: str) -> list[dict[str, object]]:
     me = host.home().identity
     body = {"kind": "route", "host": host.name, "upper": upper, "n": 1, "key": me.public}
     return [{**body, "sig": me.sign(body)}]
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def through(host: Host, known: Path, port: int, proxy: LinkProxy) -> None:
