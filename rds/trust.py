@@ -526,9 +526,11 @@ def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result],
     An outcome signed by its destination proves itself whoever carries it:
     a relay that its host left since can delay it, not forge it.  What a
     relay says on its own authority is believed only for a host proven below
-    it now.  A relay (``passes_up``) also takes a host's own outcome of a job
-    it never held (the host moved here after a relay it left handed it the
-    job), a bounded number per host, to pass it up.  The checks against what
+    it now.  A relay (``passes_up``) also takes a lower system's own outcome
+    of a job it never held (the host moved here after a relay it left handed
+    it the job), a bounded number per host, to pass it up; not one about a
+    host further below, whose key a hostile lower system may have brought
+    here first.  The checks against what
     is known here come first; the signatures of those that pass are then
     checked together (rds.identity.verify_many).
     """
@@ -566,7 +568,7 @@ def _known_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
     if r.by == r.dest:  # the destination's own word (its signature is checked next)
         if here:
             return None
-        if foreign is not None and under:
+        if foreign is not None and r.dest == lower:
             if r.dest not in foreign:
                 foreign[r.dest] = db.execute(
                     "SELECT COUNT(*) FROM results r WHERE dest=? AND NOT EXISTS"

@@ -117,8 +117,8 @@ def report(home: Home, lower: str, items: list[dict[str, Any]]) -> dict[str, Any
     return ask(home, lower, "report", results=items)
 
 
-def checkin(home: Home, lower: str, statements: list[dict[str, Any]]) -> None:
-    ask(home, lower, "checkin", statements=statements, below=[])
+def checkin(home: Home, lower: str, statements: list[dict[str, Any]], below: tuple[str, ...] = ()) -> None:
+    assert ask(home, lower, "checkin", statements=statements, below=list(below))["ok"]
 
 
 @pytest.fixture
@@ -192,6 +192,10 @@ def test_a_relay_passes_up_a_bounded_number_of_outcomes_of_jobs_it_never_held(tr
     flood = [c1.result(n, "c1") for n in range(1, trust.FOREIGN_MAX + 6)]
     assert report(r2, "c1", flood) == {"ok": True, "accepted": trust.FOREIGN_MAX, "refused": 5}
     assert report(r2, "c1", [c3.result(1, "c3")])["refused"] == 1  # c3 is not below c1
+    checkin(r2, "c1", [c1.statement("r2", n=2), c3.statement("c1", n=2)], ("c3",))  # c3 now below c1
+    with sqlite3.connect(tree["r2"].path / "GROUP" / "rds.db") as db:
+        assert db.execute("SELECT via FROM routes WHERE host='c3'").fetchone() == ("c1",)
+    assert report(r2, "c1", [c3.result(1, "c3")])["refused"] == 1  # only c1's own word on a job not held here
     with sqlite3.connect(tree["r2"].path / "GROUP" / "rds.db") as db:
         assert db.execute("SELECT COUNT(*) FROM results WHERE dest='c1'").fetchone() == (trust.FOREIGN_MAX,)
     tree["r2"].run("rdsft", "-a")  # the managing server refuses them (no such jobs); r2 keeps none of them
