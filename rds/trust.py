@@ -568,6 +568,8 @@ def _known_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
     if r.by == r.dest:  # the destination's own word (its signature is checked next)
         if here:
             return None
+        if not under:
+            return f"{lower} reported a result for {r.dest}, which is not below it"
         if foreign is not None and r.dest == lower:
             if r.dest not in foreign:
                 foreign[r.dest] = db.execute(
