@@ -304,10 +304,11 @@ def _fresh_logs() -> None:
 def preload() -> None:
     """Import once what the sessions use, so that no session pays for it."""
     import click  # noqa: F401  (--help and mistakes go to the click commands)
+    import filelock  # noqa: F401  (a read's shared lock on a package, rds.home.lock)
 
     import rds.cli.serve  # noqa: F401
     import rds.cli.wake  # noqa: F401
-    from rds import cache, client, poller, startup  # noqa: F401
+    from rds import cache, client, manager, poller, startup  # noqa: F401  (manager: the managing server's check-ins)
     from rds.transport import connection, link, serve  # noqa: F401
     with contextlib.suppress(ImportError):
         import paramiko  # noqa: F401  (a JIT relay's fetch from its own upper system)
