@@ -321,6 +321,7 @@ class Resident:
             self.log.error(f"{self.name}: {e}")
         if count:
             self.state["last_pass"] = {"ended": now_text(), "outcome": outcome, "message": what}
+            self.state["passes"] = self.passes
             self._record()
 
     def _record(self) -> None:

@@ -244,9 +244,8 @@ def test_rdsma_keeps_its_session_between_polls(tree: Tree, sshd: Sshd) -> None:
         job = dcmjexe(mgr, tree.package(), "c1")
         wait_for(lambda: installs(c1) == 1, 60)
         wait_for(lambda: status_of(mgr, job) == {"c1": "COMPLETE"}, 60)
-        for _ in range(2):  # two more polls after the one that installed
-            ended = last_pass(c1)
-            wait_for(lambda: last_pass(c1) != ended, 30)  # noqa: B023
+        done = passes(c1)
+        wait_for(lambda: passes(c1) >= done + 2, 30)  # two more polls after the one that installed
         assert json.loads((c1.path / "run" / "rdsma.state").read_text())["last_pass"]["outcome"] == "ok"
         assert logins(sshd) == 1, "every poll on one login"
     finally:
@@ -258,8 +257,68 @@ def test_rdsma_keeps_its_session_between_polls(tree: Tree, sshd: Sshd) -> None:
     assert int(line.split("c1: ", 1)[1].split()[0]) >= 3
 
 
-def last_pass(host: Host) -> str | None:
+def passes(host: Host) -> int:
+    """rdsma's passes so far, as its state file says."""
     try:
-        return json.loads((host.path / "run" / "rdsma.state").read_text())["last_pass"]["ended"]
+        return int(json.loads((host.path / "run" / "rdsma.state").read_text())["passes"])
     except (OSError, ValueError, TypeError, KeyError):
-        return None
+        return 0
+
+
+def test_the_upper_child_killed_mid_pass_loses_and_doubles_nothing(
+        tree: Tree, sshd: Sshd, upper_of: list[Upper], monkeypatch: pytest.MonkeyPatch) -> None:
+    mgr, [c1] = hierarchy(tree, sshd, ["c1"])
+    upper = Upper(mgr)
+    upper_of.append(upper)
+    kept = Kept(60)
+    poller.run_once(c1.home(), kept=kept)  # kept from here
+    job = dcmjexe(mgr, tree.package(), "c1")
+    reach = poller.crashpoints.reach
+
+    def kill_the_child(name: str) -> None:
+        if name == "acked":  # the job is stored here and handed over there; its package is still to come
+            for child in upper.children():
+                os.kill(child, signal.SIGKILL)
+            wait_for(lambda: upper.children() == [])
+        reach(name)
+
+    monkeypatch.setattr(poller.crashpoints, "reach", kill_the_child)
+    with pytest.raises(CommunicationError):
+        poller.run_once(c1.home(), sleep=lambda s: None, kept=kept)
+    monkeypatch.setattr(poller.crashpoints, "reach", reach)
+    assert installs(c1) == 0 and kept.client is None
+    poller.run_once(c1.home(), sleep=no_wait, kept=kept)  # a new login finishes it
+    poller.run_once(c1.home(), sleep=no_wait, kept=kept)
+    assert installs(c1) == 1 and status_of(mgr, job) == {"c1": "COMPLETE"}
+    assert logins(sshd) == 2
+
+
+@pytest.mark.parametrize("point", ["checked-in@3", "acked@3", "installing", "installed", "reported"])
+def test_rdsma_killed_mid_pass_on_a_kept_session_loses_and_doubles_nothing(
+        tree: Tree, sshd: Sshd, upper_of: list[Upper], point: str) -> None:
+    mgr, [c1] = hierarchy(tree, sshd, ["c1"])
+    upper_of.append(Upper(mgr))
+    with (c1.path / "rdsprm" / "RDSSETFL").open("a") as f:
+        f.write("WatchTimeofOrders\t1s\n")
+
+    def rdsma(**env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(BIN / "rdsma"), "--foreground"], env=c1.env(**env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    victim = rdsma(RDS_CRASH_AT=point)
+    try:
+        wait_for(lambda: passes(c1) >= 2, 30)  # two polls on one login: its session is kept from here on
+        job = dcmjexe(mgr, tree.package(), "c1")
+        assert victim.wait(60) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert logins(sshd) == 1, "killed in a pass on its kept session"
+    again = rdsma()
+    try:
+        wait_for(lambda: status_of(mgr, job) == {"c1": "COMPLETE"}, 60)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(30)
+    assert installs(c1) == 1, f"killed at {point}: installed once"
