@@ -22,7 +22,9 @@ and the server itself never runs a request.  The server reaps its children
 and tells each client how its child ended (an exit status, or the signal
 that killed it, which the client then dies of as well: the lower system
 sees the cut it would have seen); a child whose client goes away ends at
-once.  At most MAX_CHILDREN sessions are served at once; beyond that the
+once.  At most MAX_CHILDREN sessions are served at once, besides those kept
+between a lower system's passes (MaxKeptSessions, read as the server starts:
+rds.transport.serve.Kept); beyond that the
 server closes the connection unanswered, and for a client of another rds
 version or a malformed request the child refuses: either way the command
 runs in its own process, as it does when no server listens.
