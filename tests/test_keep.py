@@ -322,3 +322,37 @@ def test_rdsma_killed_mid_pass_on_a_kept_session_loses_and_doubles_nothing(
         again.send_signal(signal.SIGTERM)
         again.wait(30)
     assert installs(c1) == 1, f"killed at {point}: installed once"
+
+
+def test_startup_requests_wake_an_rdsma_that_keeps_its_session(tree: Tree, tmp_path: Path) -> None:
+    """Push still works: the upper wakes the lower's rdsma (rds-wake over the lower's own sshd), whose pass goes
+    over the session it keeps; two jobs pushed, one login to the upper."""
+    from sshd import ssh_hierarchy
+
+    made: list[Sshd] = []
+
+    def make(name: str = "sshd") -> Sshd:
+        server = Sshd(tmp_path / name)
+        made.append(server)
+        return server
+
+    try:
+        servers = ssh_hierarchy(tree, make, ["mgr", "relay"],
+                                {"mgr": "KeepIdleTimeout\t2h\n", "relay": "WatchTimeofOrders\t60m\n" + KEEP})
+        mgr, relay = tree["mgr"], tree["relay"]
+        mgr.run("rdsma")  # the managing server's resident server
+        relay.run("rdsma")
+        try:
+            wait_for(lambda: passes(relay) >= 1)
+            pid = tree.package()
+            for n in (1, 2):
+                mgr.run("dcmjexe", "-r", pid, "-h", "relay")
+                wait_for(lambda: installs(relay) == n, 30)  # noqa: B023  (the next poll is an hour away)
+            assert "woke its rdsma" in log_of(mgr)
+            assert logins(servers["mgr"]) == 1, "three passes of the relay on one login to the managing server"
+        finally:
+            relay.run("rdsma", "-q")
+            mgr.run("rdsma", "-q")
+    finally:
+        for server in made:
+            server.stop()

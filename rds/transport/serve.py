@@ -19,8 +19,9 @@ rds.wire.MAX_REQUEST_VALUES before it is parsed (transport.frames), and a
 session that sends no request for ServeIdleTimeout (default 5 minutes) is
 told so and closed.  A session served by the resident server may be kept
 between a lower system's passes (``Kept``: KeepConnection YES there,
-MaxKeptSessions and KeepIdleTimeout here), each pass checked again first.  A waiting session costs one process (about 12 MiB PSS);
-one lower system may hold MAX_SESSIONS at once and is refused more (100 idle
+MaxKeptSessions and KeepIdleTimeout here), each pass checked again first.
+A waiting session costs one process (about 12 MiB PSS); one lower system
+may hold MAX_SESSIONS at once and is refused more (100 idle
 sessions from one key: 16 wait, 84 are refused at once).  sshd bounds how
 many logins may be under way (MaxStartups), how many channels one connection
 may open (MaxSessions) and when a dead client is dropped
