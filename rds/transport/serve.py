@@ -117,7 +117,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
                     granted = kept.grant(service, msg.get("keep"))
                     if granted:
                         reply = {**reply, "kept": granted}
-                        idle = granted
+                    idle = granted or service.home.settings.serve_idle_timeout
                 send(out, reply)
     except (BrokenPipeError, ConnectionResetError):
         # the lower system went away; what it did not acknowledge, it asks again
@@ -197,6 +197,7 @@ class Kept:
         if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not 0 < asked <= s.keep_idle_timeout \
                 or not s.resident_server or time.monotonic() - self.began > KEEP_LIFETIME:
             self.granted = 0.0  # the lower system closes the session after this pass
+            self.close()
             return 0.0
         if self.slot < 0:
             self.slot, self.index = _kept_slot(service.home, s.max_kept_sessions)
@@ -228,7 +229,7 @@ class Kept:
     def close(self) -> None:
         if self.slot >= 0:
             os.close(self.slot)
-            self.slot = -1
+            self.slot = self.index = -1
 
 
 def _kept_slot(home: Home, most: int) -> tuple[int, int]:
