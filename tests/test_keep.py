@@ -191,7 +191,7 @@ def test_an_idle_kept_session_is_closed_by_the_upper_and_the_lower_logs_in_afres
     link = kept.client.link
     wait_for(lambda: not link.usable(), 30)  # the upper ended it, unasked
     assert "c1: kept session idle for 2s (KeepIdleTimeout): closed" in log_of(mgr)
-    assert upper.children() == []
+    wait_for(lambda: upper.children() == [])  # the session's process ended with it
     poller.run_once(c1.home(), sleep=no_wait, kept=kept)
     assert logins(sshd) == 2 and kept.logins == 2
 
@@ -356,3 +356,22 @@ def test_startup_requests_wake_an_rdsma_that_keeps_its_session(tree: Tree, tmp_p
     finally:
         for server in made:
             server.stop()
+
+
+def test_rdsma_holds_the_state_database_so_a_session_does_not_checkpoint_it(tree: Tree, sshd: Sshd) -> None:
+    """Each session's process closed the last connection to the upper's state database, so SQLite checkpointed
+    and removed its WAL at every check-in (fsyncs); rdsma holds it open beside its resident server."""
+    mgr, [c1] = hierarchy(tree, sshd, ["c1"])
+    wal = mgr.path / "GROUP" / "rds.db-wal"
+    poller.run_once(c1.home())
+    wait_for(lambda: "served c1:" in log_of(mgr))  # logged once the session has closed the database
+    assert not wal.exists(), "without rdsma, the session's close was the last: the WAL went"
+    mgr.run("rdsma")
+    try:
+        wait_for(lambda: resident.socket_path(mgr.path).exists())
+        poller.run_once(c1.home())
+        wait_for(lambda: "served c1:" in log_of(mgr).split("rdsma: started")[-1])
+        assert wal.exists(), "the session's close was not the last"
+    finally:
+        mgr.run("rdsma", "-q")
+    assert not wal.exists(), "rdsma let go of it as it stopped"
