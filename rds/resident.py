@@ -333,11 +333,12 @@ def preload() -> None:
 
 def command(home: Path) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start the server of ``home`` from this same installation
-    (its path as this process found rds and its libraries: the Debian package's launchers run python -IS)."""
+    (its path as this process found rds and its libraries: the Debian package's launchers run python -IS).
+    ``-P``: not the working directory first, where an ``rds`` folder would be imported in place of rds."""
     from rds import crashpoints
 
     path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-    return [sys.executable, "-m", "rds.resident", str(home)], crashpoints.child_env(PYTHONPATH=path)
+    return [sys.executable, "-P", "-m", "rds.resident", str(home)], crashpoints.child_env(PYTHONPATH=path)
 
 
 def main() -> None:

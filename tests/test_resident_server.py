@@ -358,7 +358,7 @@ def test_code_changed_under_the_resident_is_served_at_once_and_the_resident_reti
     code = tmp_path / "code"
     shutil.copytree(Path(rds.__file__).parent, code / "rds", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**relay.env(), "PYTHONPATH": str(code)}
-    monkeypatch.chdir(code)  # python -m rds.resident looks in its working directory first
+    monkeypatch.chdir(Path(rds.__file__).parent.parent)  # a working directory holding the unpatched rds: not used
     with rdsma_running(relay, env):
         server = server_pid(relay)
         proc, pid = serve(relay, "c1", env)
