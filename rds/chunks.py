@@ -421,12 +421,13 @@ class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
     (``check``) and stored as soon as it is whole, so a cut loses at most the one that was coming.
 
-    The chunks that one write completes are verified there and then, in the thread that reads the link
-    (hashlib lets go of the GIL: paramiko's own thread decrypts the next bytes meanwhile), and written by
-    WRITERS threads, a batch each: creating a file waits on the file system's journal (0.05 to 1 ms a
-    file, more while other processes flush theirs), which must not stall the link (issue 16: 3,300 small
-    chunks written in the reading thread cost a first transfer 2.9 s of waiting).  A chunk whose
-    manifest gives its packed SHA-256 is hashed, never decompressed."""
+    The thread that reads the link only cuts the stream into chunks and hands them, a write's worth at a
+    time, to WRITERS threads, which verify each chunk and store it if it is good: creating a file waits
+    on the file system (0.05 to 1 ms a file, far more on an ext4 without a journal just after many files
+    were deleted), and hashing in the reading thread made it give up the GIL at each chunk and wait to
+    get it back from paramiko's thread (issue 16: 3,300 small chunks cost a first transfer 0.9 s of
+    waiting).  A chunk whose manifest gives its packed SHA-256 is hashed, never decompressed; nothing
+    is stored before it is verified."""
 
     def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
