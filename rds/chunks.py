@@ -74,6 +74,7 @@ QUEUED = 64 << 20  # packed bytes a Receiver holds, verified, before it waits fo
 # SHA-256 of the bytes, their size, the packed (gzip member) size and, in manifests made since issue 16, the
 # SHA-256 of the packed bytes (``check``: verified without decompressing)
 Entry = tuple[str, int, int] | tuple[str, int, int, str]
+Packed = bytes | bytearray | memoryview  # a chunk's packed bytes as they came
 
 
 def packed_digest(entry: Entry) -> str | None:
@@ -103,7 +104,7 @@ def unpack(packed: bytes, entry: Entry) -> bytes:
     return data
 
 
-def check(packed: bytes | memoryview, entry: Entry) -> None:
+def check(packed: Packed, entry: Entry) -> None:
     """Verify one packed chunk against its manifest entry before it is stored or used: by the SHA-256 of its
     packed bytes when the (signed) manifest gives it, which needs no decompressing; else ``unpack``."""
     digest = packed_digest(entry)
@@ -151,7 +152,7 @@ class ChunkStore:
             seen.add(e[0])
         return out
 
-    def put(self, name: str, packed: bytes | memoryview) -> None:
+    def put(self, name: str, packed: Packed) -> None:
         """Store a chunk already verified: written under a temporary name and renamed, whole or absent.
 
         Not flushed one by one (a flush a chunk cost a download 60% of its
@@ -447,19 +448,20 @@ class Receiver:
         n = len(data)
         self.size += n
         view = memoryview(data)
-        batch: list[tuple[Entry, bytes]] = []
+        keep = view.readonly  # bytes that nobody changes (what the link received): kept as they are, not copied
+        batch: list[tuple[Entry, Packed]] = []
         at = 0
         if self.buf and self.i < len(self.entries):  # the chunk an earlier write began
             need = self.entries[self.i][2] - len(self.buf)
             at = min(need, n)
             self.buf += view[:at]
             if at == need:
-                batch.append((self.entries[self.i], bytes(self.buf)))
+                batch.append((self.entries[self.i], self.buf))  # no longer written to
                 self.buf = bytearray()
                 self.i += 1
-        while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:  # whole chunks: one copy each
+        while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:  # whole chunks: one copy at most
             e = self.entries[self.i]
-            batch.append((e, bytes(view[at:at + e[2]])))
+            batch.append((e, view[at:at + e[2]] if keep else bytes(view[at:at + e[2]])))
             at += e[2]
             self.i += 1
         if at < n:
@@ -473,7 +475,7 @@ class Receiver:
     def flush(self) -> None:
         pass
 
-    def _take(self, batch: list[tuple[Entry, bytes]]) -> None:
+    def _take(self, batch: list[tuple[Entry, Packed]]) -> None:
         """Hand chunks to a writer, which verifies each and stores the good ones; a damaged one is
         remembered, not stored, and the rest of the stream is still read (the link stays in step)."""
         size = sum(len(p) for _, p in batch)
@@ -482,7 +484,7 @@ class Receiver:
         while self.queued > QUEUED:  # bounded memory: wait for the oldest batches
             self._settle_one()
 
-    def _write(self, batch: list[tuple[Entry, bytes]]) -> None:
+    def _write(self, batch: list[tuple[Entry, Packed]]) -> None:
         for e, packed in batch:
             try:
                 check(packed, e)

@@ -173,3 +173,24 @@ def test_a_chunked_package_over_ssh_comes_through_the_copyless_channel_buffer(tr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == upstream.hexdigest() == m.sha256
     relay.run("rdsft", "-a")
     assert Storehouse(home.packages).get(m.id) is not None
+
+
+def test_a_buffer_the_caller_reuses_is_copied_and_bytes_it_cannot_change_are_not(tmp_path: Path) -> None:
+    entries = packed_entries(30, seed=3)
+    stream = b"".join(p for _, p in entries)
+    for kind in ("reused", "bytes"):
+        store = chunks.ChunkStore(tmp_path / kind)
+        r = chunks.Receiver(store, [e for e, _ in entries], "up")
+        buf = bytearray(65_536)
+        for k in range(0, len(stream), len(buf)):
+            piece = stream[k:k + len(buf)]
+            if kind == "reused":  # as a readinto loop does: the same buffer, overwritten at once
+                buf[:len(piece)] = piece
+                r.write(memoryview(buf)[:len(piece)])
+                buf[:] = bytes(len(buf))
+            else:
+                r.write(memoryview(piece))
+        r.close()
+        r.check()
+        for e, packed in entries:
+            assert (tmp_path / kind / e[0][:2] / e[0]).read_bytes() == packed
