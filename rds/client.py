@@ -52,6 +52,8 @@ class UpperClient:
         self.signed: list[tuple[Job, Manifest]] = []  # signed copies of the jobs held here unsigned
         self.signer: Any = None  # the managing server's name and key, as the upper system says them
         self.verify: Any = None  # checks a manifest from the upper system (rds.trust via rds.poller)
+        self.keep: float | None = None  # asked at each check-in: keep this session for a pass this long after
+        self.kept = 0.0  # what the upper system answered: the seconds it keeps the session idle (0: not kept)
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         return self._reply(op, self.link.call(wire.request(op, self.host, **fields)))
@@ -72,7 +74,7 @@ class UpperClient:
         server's key by the caller, ``signer`` is what the upper system says that key is, and
         ``unproven`` the hosts below whose route it could not prove."""
         reply = self.link.call(wire.request("checkin", self.host, **_checkin_fields(
-            statements, below, wake, unsigned, controls, hosts)))
+            statements, below, wake, unsigned, controls, hosts, self.keep)))
         return self._checkin_answer(reply)
 
     def send_checkin(self, statements: list[dict[str, Any]], below: list[str] | None = None,
@@ -81,7 +83,7 @@ class UpperClient:
         """Send a check-in without waiting for the upper system's hello or the answer (read by
         ``checkin_answer``): the pipelined check-in of rds.poller, one round trip less."""
         self.link.send(wire.request("checkin", self.host, **_checkin_fields(
-            statements, below, wake, unsigned, controls, hosts)))
+            statements, below, wake, unsigned, controls, hosts, self.keep)))
 
     def checkin_answer(self) -> tuple[list[Job], dict[str, Manifest]]:
         """The answer to the check-in ``send_checkin`` sent (read after the hello)."""
@@ -90,6 +92,9 @@ class UpperClient:
     def _checkin_answer(self, reply: Any) -> tuple[list[Job], dict[str, Manifest]]:
         reply = self._reply("checkin", reply)
         self.controls = reply.get("controls", [])
+        kept = reply.get("kept", 0)  # kept between passes (rds.transport.serve.Kept); anything odd: not kept
+        self.kept = float(kept) if isinstance(kept, (int, float)) and not isinstance(kept, bool) \
+            and 0 < kept <= 86400 else 0.0
         try:
             found = [Job.from_json(j) for j in reply.get("jobs", [])]
             manifests = {k: Manifest.from_json(v) for k, v in reply.get("manifests", {}).items()}
@@ -169,8 +174,10 @@ class UpperClient:
 
 def _checkin_fields(statements: list[dict[str, Any]], below: list[str] | None, wake: str | None,
                     unsigned: list[tuple[int, str]] | None, controls: dict[str, int] | None,
-                    hosts: dict[str, list[Any]] | None) -> dict[str, Any]:
+                    hosts: dict[str, list[Any]] | None, keep: float | None = None) -> dict[str, Any]:
     fields: dict[str, Any] = {"statements": statements, "below": below or []}
+    if keep is not None:  # keep the session for the next pass, expected this many seconds after this one
+        fields["keep"] = keep
     if wake is not None:
         fields["wake"] = wake
     if controls is not None:

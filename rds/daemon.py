@@ -277,7 +277,7 @@ class Resident:
         if self.companion is not None:
             signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes _wait (set_wakeup_fd) to look at it
         try:
-            with self._alive():
+            with self._alive(), self._database_held():
                 if self.companion is not None:
                     self._start_companion()
                 self.log.info(f"{self.name}: started (pid {os.getpid()}, interval "
@@ -300,6 +300,31 @@ class Resident:
             os.close(wfd)
         return self.passes
 
+    @contextlib.contextmanager
+    def _database_held(self) -> Iterator[None]:
+        """With a resident server beside the loop, the home's state database held open (idle, no transaction)
+        for the loop's life: each session's process then closes a connection that is not the last, and
+        SQLite checkpoints and removes the WAL when the last one closes (fsyncs, about 0.7 ms of CPU a
+        check-in at an upper system)."""
+        if self.companion is None:
+            yield
+            return
+        import sqlite3
+
+        from rds import database
+
+        try:
+            db = database.connect(self.home.db_path)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opened now, not at a first use
+        except (RdsError, OSError, sqlite3.Error) as e:
+            self.log.warning(f"{self.name}: cannot hold the state database open: {e}")
+            yield
+            return
+        try:
+            yield
+        finally:
+            db.close()
+
     def _side_task(self) -> None:
         if self.every is None or self.every_due is None or time.monotonic() < self.every_due:
             return
@@ -321,6 +346,7 @@ class Resident:
             self.log.error(f"{self.name}: {e}")
         if count:
             self.state["last_pass"] = {"ended": now_text(), "outcome": outcome, "message": what}
+            self.state["passes"] = self.passes
             self._record()
 
     def _record(self) -> None:

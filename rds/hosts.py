@@ -143,3 +143,11 @@ def remove(db: sqlite3.Connection, host: str, only_itself: bool = False) -> dict
         db.execute("DELETE FROM lowers WHERE name=?", (host,))
         trust.forget_host(db, host)
     return gone
+
+
+def standing(db: sqlite3.Connection, lower: str) -> tuple[bool, str | None]:
+    """What a kept session of ``lower`` was opened on (rds.transport.serve): whether it is a lower system
+    here (forgotten and revoked ones are not) and the key pinned for it."""
+    known = db.execute("SELECT 1 FROM lowers WHERE name=?", (lower,)).fetchone() is not None
+    key = db.execute("SELECT key FROM keys WHERE host=?", (lower,)).fetchone()
+    return known, None if key is None else str(key[0])

@@ -47,7 +47,7 @@ from rds.log import logger
 from rds.packages import Manifest
 from rds.results import Result
 from rds.storehouse import Storehouse
-from rds.transport import connect
+from rds.transport import Kept, connect
 
 
 @dataclasses.dataclass
@@ -63,16 +63,30 @@ class PassReport:
         return [r for r in self.installed if r.status != "COMPLETE"]
 
 
-def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassReport:
+def run_once(home: Home, sleep: Callable[[float], None] = time.sleep, kept: Kept | None = None) -> PassReport:
+    """One pass; with ``kept`` (rdsma, KeepConnection YES), on the session kept since the last pass, if any,
+    and kept for the next one if the upper system keeps it."""
     log = logger(home)
     report = PassReport()
     with session.opened(home, PASS_LOCK) as db:
         fsutil.remove_strays(home.packages)
         cleanup.retention_after_boot(home)  # once per boot, as JP1 deletes expired packages at power-on
         store = Storehouse.of(home)
-        client = connect(home, sleep=sleep, log=log.warning)
+        client = kept.take(home, sleep, log.warning) if kept is not None else \
+            connect(home, sleep=sleep, log=log.warning)
+        ok = False
         try:
-            found, manifests = check_in(home, db, client, log.info)
+            try:
+                found, manifests = check_in(home, db, client, log.info)
+            except (CommunicationError, ProtocolError, Refused) as e:
+                if kept is None or not kept.reused:
+                    raise
+                # the kept session ended at the upper system's end (it closes one it would not open afresh,
+                # and a NAT may drop one): a new login now, checked as any, and no failure counted
+                log.info(f"{client.where}: the session kept since the last pass has ended ({e}); logging in again")
+                client.link.close()
+                client = kept.again(home, sleep, log.warning)
+                found, manifests = check_in(home, db, client, log.info)
             crashpoints.reach("checked-in")
             if client.resend and (n := results.resend(db, client.resend)):
                 log.info(f"{client.where} asks again for {n} result(s) it holds unsigned from before protocol 2: "
@@ -116,8 +130,12 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep) -> PassRep
                 client.link.close()
                 client = connect(home, sleep=sleep, log=log.warning)
                 report.sent = send_results(home, db, client)
+            ok = True
         finally:
-            client.link.close()
+            if kept is not None:
+                kept.give_back(client, ok)
+            else:
+                client.link.close()
     return report
 
 

@@ -22,7 +22,9 @@ and the server itself never runs a request.  The server reaps its children
 and tells each client how its child ended (an exit status, or the signal
 that killed it, which the client then dies of as well: the lower system
 sees the cut it would have seen); a child whose client goes away ends at
-once.  At most MAX_CHILDREN sessions are served at once; beyond that the
+once.  At most MAX_CHILDREN sessions are served at once, besides those kept
+between a lower system's passes (MaxKeptSessions, read as the server starts:
+rds.transport.serve.Kept); beyond that the
 server closes the connection unanswered, and for a client of another rds
 version or a malformed request the child refuses: either way the command
 runs in its own process, as it does when no server listens.
@@ -71,6 +73,9 @@ class Server:
         self.listener: socket.socket | None = None
         self.lock_fd = -1
         self.stopping = False
+        # sessions kept between a lower system's passes (MaxKeptSessions, rds.transport.serve.Kept) come on top of
+        # MAX_CHILDREN, so that as many fresh ones are still served pre-imported
+        self.most = MAX_CHILDREN + kept_sessions(home)
 
     def take_lock(self) -> bool:
         """The home's server lock, held for this process's life; False if another server holds it."""
@@ -140,7 +145,7 @@ class Server:
                 raise
             pid_uid_gid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             uid = int.from_bytes(pid_uid_gid[4:8], sys.byteorder)
-            if uid != os.getuid() or len(self.children) >= MAX_CHILDREN:
+            if uid != os.getuid() or len(self.children) >= self.most:
                 conn.close()  # another user, or too busy: the client serves itself (or is nobody of ours)
                 continue
             try:
@@ -186,6 +191,18 @@ class Server:
         for conn in self.children.values():
             conn.close()  # the children serve on; their clients hear them from the children
         self.children.clear()
+
+
+def kept_sessions(home: Path) -> int:
+    """The home's MaxKeptSessions, as the server starts (0 if its settings cannot be read: rdsma says why)."""
+    from rds.errors import SettingsError
+    from rds.settings import load_settings
+
+    try:
+        s = load_settings(home)
+    except SettingsError:
+        return 0
+    return s.max_kept_sessions if s.resident_server else 0
 
 
 def read_request(conn: socket.socket) -> tuple[str, list[str], dict[str, str], str, list[int]] | str:
@@ -251,6 +268,10 @@ def session(conn: socket.socket) -> int:
     sys.stdout = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     sys.argv = [name, *args]
+    if name == "rds-serve":
+        from rds.transport import serve
+
+        serve.KEEPABLE = True  # a session here may be kept between a lower system's passes
     code = 0
     try:
         (forced.serve_here if name == "rds-serve" else forced.wake_here)()
@@ -285,10 +306,11 @@ def _fresh_logs() -> None:
 def preload() -> None:
     """Import once what the sessions use, so that no session pays for it."""
     import click  # noqa: F401  (--help and mistakes go to the click commands)
+    import filelock  # noqa: F401  (a read's shared lock on a package, rds.home.lock)
 
     import rds.cli.serve  # noqa: F401
     import rds.cli.wake  # noqa: F401
-    from rds import cache, client, poller, startup  # noqa: F401
+    from rds import cache, client, manager, poller, startup  # noqa: F401  (manager: the managing server's check-ins)
     from rds.transport import connection, link, serve  # noqa: F401
     with contextlib.suppress(ImportError):
         import paramiko  # noqa: F401  (a JIT relay's fetch from its own upper system)

@@ -76,6 +76,9 @@ class Settings:
     startup_address: str | None = None  # where the upper system sends startup requests (see rds.startup)
     serve_idle_timeout: float = 300.0  # seconds rds-serve waits for a lower system's next request
     resident_server: bool = True  # rdsma runs the home's resident server for rds-serve and rds-wake (rds.resident)
+    keep_connection: bool = False  # rdsma keeps its SSH session to the upper system open between polls
+    max_kept_sessions: int = 128  # an upper system keeps at most this many lower systems' sessions between polls
+    keep_idle_timeout: float = 600.0  # seconds an upper system keeps a lower system's session idle between polls
     startup_interval: float = 60.0  # seconds at least between the starts of passes startup requests cause
     key_pinning: str = "FIRST-USE"  # STRICT: only host keys enrolled beforehand (rdslink) are accepted
     manager_key: str | None = None  # the managing server's public key; else pinned at the first check-in
@@ -231,6 +234,9 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[str], Any], str]] = {
                        "command) or the absolute path of this home"),
     "ServeIdleTimeout": ("serve_idle_timeout", *_duration("s", 1, 86400, "seconds")),
     "ResidentServer": ("resident_server", _yes_no, "YES or NO"),
+    "KeepConnection": ("keep_connection", _yes_no, "YES or NO"),
+    "MaxKeptSessions": ("max_kept_sessions", *_int_range(0, 1024)),
+    "KeepIdleTimeout": ("keep_idle_timeout", *_duration("s", 1, 86400, "seconds")),
     "StartupInterval": ("startup_interval", *_duration("s", 0, 3600, "seconds")),
     "KeyPinning": ("key_pinning", *_choice("FIRST-USE", "STRICT")),
     "ManagerKey": ("manager_key", _public_key, "the managing server's host key in base64, as 'rdslink -k' prints it"),

@@ -13,7 +13,10 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              signatures (protocol 1), which it does not hand on; ``controls``: for
              each job not ended there, the number of the managing server's control
              statement it holds (rds.control); ``hosts``: for the asker and hosts
-             under it, ``[version, last check-in]`` (rds.hosts).  The upper system
+             under it, ``[version, last check-in]`` (rds.hosts); ``keep`` (over SSH):
+             the seconds the asker expects to wait before its next pass, asking
+             the upper system to keep the session for it (rds.transport.serve.Kept),
+             which it answers with ``kept``, the seconds it will wait.  The upper system
              believes the routes the statements prove and answers with the
              jobs waiting for the asker's whole subtree and the manifests of
              their packages (both signed by the managing server), ``signer``:

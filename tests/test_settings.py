@@ -88,6 +88,11 @@ GOOD = [
     ("ServeIdleTimeout", "300", "serve_idle_timeout", 300.0),
     ("ServeIdleTimeout", "2m", "serve_idle_timeout", 120.0),
     ("ResidentServer", "NO", "resident_server", False),
+    ("KeepConnection", "YES", "keep_connection", True),
+    ("MaxKeptSessions", "0", "max_kept_sessions", 0),
+    ("MaxKeptSessions", "1024", "max_kept_sessions", 1024),
+    ("KeepIdleTimeout", "600", "keep_idle_timeout", 600.0),
+    ("KeepIdleTimeout", "15m", "keep_idle_timeout", 900.0),
     ("StartupInterval", "0", "startup_interval", 0.0),
     ("StartupInterval", "2m", "startup_interval", 120.0),
     ("KeyPinning", "strict", "key_pinning", "STRICT"),
@@ -116,6 +121,9 @@ def test_every_attribute_has_a_good_value_tested() -> None:
 # -- bad values ---------------------------------------------------------------
 
 BAD = [
+    ("KeepConnection", "sometimes"),
+    ("MaxKeptSessions", "1025"),
+    ("KeepIdleTimeout", "0"),
     ("StartupAddress", "ssh://relay1/NETMRDS"),
     ("ServeIdleTimeout", "0"),
     ("ResidentServer", "maybe"),

@@ -46,8 +46,14 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
     # requests dcmjexe hands it (rds.startup.hand_over), only when woken; no cache cleanup there.
     from rds import poller
 
-    one_pass = (lambda: wake_handed(home)) if mgr else (lambda: describe(poller.run_once(home)))
     interval = None if mgr else home.settings.watch_orders
+    kept = None
+    if foreground and not stop and interval and home.settings.keep_connection \
+            and (home.settings.managing_host or "").startswith("ssh://"):
+        from rds.transport import Kept
+
+        kept = Kept(interval)  # its SSH session to the upper system kept open between polls
+    one_pass = (lambda: wake_handed(home)) if mgr else (lambda: describe(poller.run_once(home, kept=kept)))
     every = None if mgr else (home.settings.cache_cleanup_interval, lambda: clean(home))
     if foreground and not stop:
         from rds import daemon
@@ -57,6 +63,8 @@ def start_or_stop(stop: bool, foreground: bool, status: bool, *, home: Home) -> 
         daemon.Resident(home, NAME, one_pass, interval, every, spread=None if mgr else random.random,
                         companion=(lambda: server.command(home.path))
                         if home.settings.resident_server and interval != 0 else None).run()  # 0: one pass
+        if kept is not None:
+            kept.close()
         return 0
     return resident(home, NAME, stop, foreground, one_pass, interval, every,
                     spread=random.random)  # polls spread over the interval (rds.daemon.first_wait)

@@ -6,7 +6,8 @@ this machine, reached by ``transport.local``.  Failures to connect are retried
 ``RetryCount`` times, ``RetryInterval`` apart (9 means for ever), then become
 one CommunicationError naming the upper system; each wait is RetryInterval
 give or take half, drawn at random (``retry_wait``), so hosts cut off together
-do not all come back in the same second.  ``serving`` makes the upper
+do not all come back in the same second.  ``Kept`` is rdsma's session kept
+open between its passes (KeepConnection YES).  ``serving`` makes the upper
 side (rds.service) for both transports, with the way to its own upper system.
 """
 
@@ -95,3 +96,58 @@ def connect(home: Home, sleep: Callable[[float], None] = time.sleep,
             if log:
                 log(said)
             sleep(wait)
+
+
+KEEP_SLACK = 60.0  # seconds asked beyond the poll interval: a pass's own length, a late wake
+
+
+class Kept:
+    """rdsma's session to its upper system, kept open between passes (KeepConnection YES, over SSH).
+
+    At each check-in the session asks to be kept for the next pass
+    (``UpperClient.keep``: the poll interval and some slack); the upper system
+    says whether it keeps it (``UpperClient.kept``), and only then is it kept
+    here.  The next pass takes it (``take``) if it is still open; one whose
+    upper end went away (idle timeout, rds-serve or sshd ended, the upper
+    system restarted) is closed, and that pass logs in afresh at once, with
+    no retry wait and no failure counted (``again``), as it does when the
+    first request of a kept session finds it cut (a NAT that dropped it).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.keep = interval + KEEP_SLACK
+        self.client: UpperClient | None = None
+        self.reused = False  # the client ``take`` gave is the session kept since the last pass
+        self.logins = 0  # sessions opened (for rdsma's log and the tests)
+
+    def take(self, home: Home, sleep: Callable[[float], None], log: Callable[[str], None] | None) -> UpperClient:
+        client, self.client = self.client, None
+        link = client.link if client is not None else None
+        if client is not None and getattr(link, "usable", lambda: False)():
+            self.reused = True
+            client.verify = ManifestCheck(home)  # the managing server's key read again, as a new session would
+            return client
+        if client is not None:
+            client.link.close()
+        return self.again(home, sleep, log)
+
+    def again(self, home: Home, sleep: Callable[[float], None], log: Callable[[str], None] | None) -> UpperClient:
+        """A new session (connect's retries apply to it as to any): the first attempt at once."""
+        self.reused = False
+        client = connect(home, sleep=sleep, log=log)
+        self.logins += 1
+        if hasattr(client.link, "usable"):  # over SSH; on this machine there is no login to save
+            client.keep = self.keep
+        return client
+
+    def give_back(self, client: UpperClient, ok: bool) -> None:
+        """After a pass: keep ``client``'s session if the pass ended well and the upper system keeps it."""
+        if ok and client.kept and getattr(client.link, "usable", lambda: False)():
+            self.client = client
+        else:
+            client.link.close()
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.link.close()

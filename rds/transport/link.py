@@ -175,6 +175,16 @@ class SSHLink:
         if failed is not None:
             raise failed
 
+    def usable(self) -> bool:
+        """Whether the session can carry another pass: not cut, and rds-serve has not ended it (a kept session
+        the upper system closed while idle, or whose process ended, is seen here before anything is sent)."""
+        try:
+            transport = self.client.get_transport()
+            return not self._dead and transport is not None and transport.is_active() and not self.chan.closed \
+                and not self.chan.eof_received and not self.chan.exit_status_ready()
+        except Exception:  # noqa: BLE001 - a link that is already broken
+            return False
+
     def close(self) -> None:
         # Closing the whole connection, not the channel: a channel close that crosses a key
         # renegotiation is where paramiko can hang.  rds-serve sees end of input and exits.

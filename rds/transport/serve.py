@@ -17,8 +17,11 @@ What a session may cost is bounded: a request over rds.wire.MAX_REQUEST is
 refused from its header, one with more JSON values than
 rds.wire.MAX_REQUEST_VALUES before it is parsed (transport.frames), and a
 session that sends no request for ServeIdleTimeout (default 5 minutes) is
-told so and closed.  A waiting session costs one process (about 12 MiB PSS);
-one lower system may hold MAX_SESSIONS at once and is refused more (100 idle
+told so and closed.  A session served by the resident server may be kept
+between a lower system's passes (``Kept``: KeepConnection YES there,
+MaxKeptSessions and KeepIdleTimeout here), each pass checked again first.
+A waiting session costs one process (about 12 MiB PSS); one lower system
+may hold MAX_SESSIONS at once and is refused more (100 idle
 sessions from one key: 16 wait, 84 are refused at once).  sshd bounds how
 many logins may be under way (MaxStartups), how many channels one connection
 may open (MaxSessions) and when a dead client is dropped
@@ -32,10 +35,11 @@ import fcntl
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rds import wire
+from rds import hosts, wire
 from rds.errors import ProtocolError, RdsError, Refused, SettingsError
 from rds.home import Home
 from rds.log import logger
@@ -62,12 +66,13 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
 
     ``lower`` and ``home_path`` come from the forced command and are trusted;
     ``original`` is what the lower system asked to run (SSH_ORIGINAL_COMMAND),
-    which may only repeat them.
+    which may only repeat them.  A session the lower system asks to keep
+    between its passes (``Kept``) is checked again before each pass as a new
+    session would be, and ends when anything it was opened on has changed.
     """
     service: UpperService | None = None
     try:
-        service = serving(_serve_home(home_path), lower, remote=True)
-        _check_original(original, lower, service.home.path)
+        service = _open(lower, home_path, original)
         idle = service.home.settings.serve_idle_timeout
         slot = _take_slot(service.home, lower)  # held until this process ends
     except Refused as e:
@@ -79,6 +84,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
         send(out, wire.upper_answer(str(e)))
         return 1
     requests = sent = 0
+    kept = Kept(lower) if KEEPABLE else None
     try:
         send(out, {"ok": True, "serve": wire.VERSION, "upper": service.home.host})
         while True:
@@ -91,7 +97,14 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
             except ProtocolError as e:
                 send(out, wire.error_answer(e))
                 continue
-            if isinstance(msg, dict) and msg.get("op") in ("read", "ranges"):
+            op = msg.get("op") if isinstance(msg, dict) else None
+            if op == "checkin" and kept is not None and kept.granted:  # the next pass on a kept session
+                fresh, why = kept.again(service, home_path, original)
+                if fresh is None:  # unanswered: the lower system logs in afresh, checked as any new session
+                    logger(service.home).info(f"{lower}: kept session closed before its next pass: {why}")
+                    return 0
+                service, idle = fresh, kept.granted
+            if op in ("read", "ranges"):
                 sent += _serve_read(service, msg, out, alive)
             else:
                 try:
@@ -100,12 +113,20 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
                 except RdsError as e:  # the upper home itself is broken: say so and stop
                     send(out, wire.upper_answer(str(e)))
                     return 1
+                if op == "checkin" and kept is not None and reply.get("ok") and "keep" in msg:
+                    granted = kept.grant(service, msg.get("keep"))
+                    if granted:
+                        reply = {**reply, "kept": granted}
+                    idle = granted or service.home.settings.serve_idle_timeout
                 send(out, reply)
     except (BrokenPipeError, ConnectionResetError):
         # the lower system went away; what it did not acknowledge, it asks again
         with contextlib.suppress(OSError):
             out.close()  # drop what is buffered, so that exiting does not try to flush it
     except Idle as e:
+        if kept is not None and kept.granted:  # between two passes: closed, and the lower logs in afresh
+            logger(service.home).info(f"{lower}: kept session idle for {kept.granted:g}s (KeepIdleTimeout): closed")
+            return 0
         _send_quietly(out, wire.error_answer(e))
         logger(service.home).info(f"{lower}: {e}")
         return 0
@@ -116,8 +137,112 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     finally:
         service.close()
         os.close(slot)
+        if kept is not None:
+            kept.close()
+            if kept.passes:
+                logger(service.home).info(f"{lower}: {kept.passes} pass(es) on one kept session")
         logger(service.home).info(f"served {lower}: {requests} request(s), {sent} package byte(s)")
     return 0
+
+
+def _open(lower: str, home_path: Path | None, original: str | None) -> UpperService:
+    """The service for ``lower``, as a new session opens it: the home, its settings, the command line."""
+    service = serving(_serve_home(home_path), lower, remote=True)
+    try:
+        _check_original(original, lower, service.home.path)
+    except RdsError:
+        service.close()
+        raise
+    return service
+
+
+# Set by the resident server in the child that serves a session (rds.resident): only such a session is kept
+# between a lower system's passes (a kept session in its own process would hold a whole Python).
+KEEPABLE = False
+# A kept session logs in afresh at least this often (seconds): a key taken out of authorized_keys by hand,
+# which only sshd reads at a login, is refused within that time (rdslink -d takes effect at the next pass).
+KEEP_LIFETIME = 3600.0
+KEPT_SLOT = "kept.{}.lock"
+
+
+class Kept:
+    """A session a lower system keeps open between its passes (KeepConnection YES on the lower system).
+
+    The lower system asks at each check-in (``keep``: the seconds it expects to
+    wait before its next pass); the upper system keeps the session when that
+    is within its KeepIdleTimeout and one of its MaxKeptSessions slots is free
+    (``run/kept.N.lock``, held by this process), and says so (``kept``).
+    Before each later pass, everything a new session is opened on is read
+    again (``again``): the home and its settings, the command line, the
+    resident server that forked this session (rdsma restarted, after an
+    upgrade say, ends it), and the lower system's standing here (forgotten,
+    revoked, its key changed).  If any of it changed, the session ends
+    without answering, and the lower system logs in afresh, where sshd and a
+    new session check it.
+    """
+
+    def __init__(self, lower: str) -> None:
+        self.lower = lower
+        self.parent = os.getppid()  # the resident server
+        self.began = time.monotonic()
+        self.granted = 0.0  # seconds kept idle between passes; 0: not kept
+        self.slot = -1  # the open file that holds the kept-session slot
+        self.index = -1  # its number
+        self.standing: tuple[bool, str | None] | None = None
+        self.passes = 0
+
+    def grant(self, service: UpperService, asked: Any) -> float:
+        """After a check-in that asked to keep the session: the seconds it is kept idle, or 0."""
+        s = service.home.settings
+        if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not 0 < asked <= s.keep_idle_timeout \
+                or not s.resident_server or time.monotonic() - self.began > KEEP_LIFETIME:
+            self.granted = 0.0  # the lower system closes the session after this pass
+            self.close()
+            return 0.0
+        if self.slot < 0:
+            self.slot, self.index = _kept_slot(service.home, s.max_kept_sessions)
+            if self.slot < 0:
+                return 0.0  # all taken: this lower system logs in afresh at its next pass
+        self.standing = hosts.standing(service.db, self.lower)
+        self.granted = float(s.keep_idle_timeout)
+        self.passes += 1
+        return self.granted
+
+    def again(self, service: UpperService, home_path: Path | None,
+              original: str | None) -> tuple[UpperService | None, str]:
+        """The service for the next pass, opened anew, or None and why the session ends instead."""
+        if os.getppid() != self.parent:
+            return None, "the resident server that started it has ended (rdsma stopped or restarted)"
+        service.close()
+        try:
+            fresh = _open(self.lower, home_path, original)
+        except RdsError as e:
+            return None, str(e)
+        if fresh.home.settings.max_kept_sessions <= self.index or not fresh.home.settings.resident_server:
+            fresh.close()
+            return None, "this host keeps fewer sessions now (MaxKeptSessions, ResidentServer)"
+        if hosts.standing(fresh.db, self.lower) != self.standing:
+            fresh.close()
+            return None, f"{self.lower} was forgotten or revoked here, or its key changed, since its last pass"
+        return fresh, ""
+
+    def close(self) -> None:
+        if self.slot >= 0:
+            os.close(self.slot)
+            self.slot = self.index = -1
+
+
+def _kept_slot(home: Home, most: int) -> tuple[int, int]:
+    """A free one of the home's ``most`` kept-session slots: (an open file holding its lock, its number),
+    or (-1, -1)."""
+    for i in range(most):
+        fd = os.open(home.run / KEPT_SLOT.format(i), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, i
+        except BlockingIOError:
+            os.close(fd)
+    return -1, -1
 
 
 def _take_slot(home: Home, lower: str) -> int:
