@@ -74,6 +74,7 @@ QUEUED = 64 << 20  # packed bytes a Receiver holds, verified, before it waits fo
 # SHA-256 of the bytes, their size, the packed (gzip member) size and, in manifests made since issue 16, the
 # SHA-256 of the packed bytes (``check``: verified without decompressing)
 Entry = tuple[str, int, int] | tuple[str, int, int, str]
+Packed = bytes | bytearray | memoryview  # a chunk's packed bytes as they came
 
 
 def packed_digest(entry: Entry) -> str | None:
@@ -103,7 +104,7 @@ def unpack(packed: bytes, entry: Entry) -> bytes:
     return data
 
 
-def check(packed: bytes | memoryview, entry: Entry) -> None:
+def check(packed: Packed, entry: Entry) -> None:
     """Verify one packed chunk against its manifest entry before it is stored or used: by the SHA-256 of its
     packed bytes when the (signed) manifest gives it, which needs no decompressing; else ``unpack``."""
     digest = packed_digest(entry)
@@ -127,6 +128,10 @@ class ChunkStore:
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name
 
+    def make(self) -> None:
+        """Make the store's directory, if it is not there (``_make_store``)."""
+        _make_store(self._root)
+
     def file(self, name: str) -> str:
         """``path`` as a string, for the calls made once a chunk (pathlib costs more than the stat)."""
         return f"{self._root}/{name[:2]}/{name}"
@@ -147,7 +152,7 @@ class ChunkStore:
             seen.add(e[0])
         return out
 
-    def put(self, name: str, packed: bytes | memoryview) -> None:
+    def put(self, name: str, packed: Packed) -> None:
         """Store a chunk already verified: written under a temporary name and renamed, whole or absent.
 
         Not flushed one by one (a flush a chunk cost a download 60% of its
@@ -265,11 +270,39 @@ def _makedirs(fan: str) -> None:
     the two (``ChunkStore._prune``: os.makedirs would then fail to make the fan)."""
     for _ in range(5):
         try:
+            _make_store(os.path.dirname(fan))
             os.makedirs(fan, exist_ok=True)
             return
         except FileNotFoundError:
             continue
     os.makedirs(fan, exist_ok=True)
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000  # linux/fs.h
+
+
+def _make_store(root: str) -> None:
+    """Make the chunk store's directory, marked as the top of a tree whose subdirectories ext4 spreads over
+    its block groups (``chattr +T``; nothing elsewhere).  Its fan-out directories, and so the chunk files,
+    do not all go to the block group of the storehouse: there, ext4 without a journal scans past every
+    inode deleted in the last minutes at each file it creates (``recently_deleted``), which a collection
+    or a removed home leaves by the thousand (issue 16: 55% of a first transfer's CPU time)."""
+    try:
+        os.mkdir(root)
+    except FileExistsError:
+        return
+    import array
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = array.array("l", [0])
+            fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+            flags[0] |= FS_TOPDIR_FL
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)
+        finally:
+            os.close(fd)
 
 
 class Packer:
@@ -389,12 +422,13 @@ class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
     (``check``) and stored as soon as it is whole, so a cut loses at most the one that was coming.
 
-    The chunks that one write completes are verified there and then, in the thread that reads the link
-    (hashlib lets go of the GIL: paramiko's own thread decrypts the next bytes meanwhile), and written by
-    WRITERS threads, a batch each: creating a file waits on the file system's journal (0.05 to 1 ms a
-    file, more while other processes flush theirs), which must not stall the link (issue 16: 3,300 small
-    chunks written in the reading thread cost a first transfer 2.9 s of waiting).  A chunk whose
-    manifest gives its packed SHA-256 is hashed, never decompressed."""
+    The thread that reads the link only cuts the stream into chunks and hands them, a write's worth at a
+    time, to WRITERS threads, which verify each chunk and store it if it is good: creating a file waits
+    on the file system (0.05 to 1 ms a file, far more on an ext4 without a journal just after many files
+    were deleted), and hashing in the reading thread made it give up the GIL at each chunk and wait to
+    get it back from paramiko's thread (issue 16: 3,300 small chunks cost a first transfer 0.9 s of
+    waiting).  A chunk whose manifest gives its packed SHA-256 is hashed, never decompressed; nothing
+    is stored before it is verified."""
 
     def __init__(self, store: ChunkStore, entries: Sequence[Entry], where: str, package: str = "") -> None:
         self.store, self.entries, self.where = store, list(entries), where
@@ -408,24 +442,26 @@ class Receiver:
         self.pending: collections.deque[tuple[Any, int]] = collections.deque()  # (a batch being written, bytes)
         self.queued = 0
         self.failed: IntegrityError | None = None  # the first damaged chunk (``check`` raises it)
+        self.lock = threading.Lock()
 
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
         self.size += n
         view = memoryview(data)
-        batch: list[tuple[Entry, bytes]] = []
+        keep = view.readonly  # bytes that nobody changes (what the link received): kept as they are, not copied
+        batch: list[tuple[Entry, Packed]] = []
         at = 0
         if self.buf and self.i < len(self.entries):  # the chunk an earlier write began
             need = self.entries[self.i][2] - len(self.buf)
             at = min(need, n)
             self.buf += view[:at]
             if at == need:
-                batch.append((self.entries[self.i], bytes(self.buf)))
+                batch.append((self.entries[self.i], self.buf))  # no longer written to
                 self.buf = bytearray()
                 self.i += 1
-        while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:  # whole chunks: one copy each
+        while self.i < len(self.entries) and n - at >= self.entries[self.i][2]:  # whole chunks: one copy at most
             e = self.entries[self.i]
-            batch.append((e, bytes(view[at:at + e[2]])))
+            batch.append((e, view[at:at + e[2]] if keep else bytes(view[at:at + e[2]])))
             at += e[2]
             self.i += 1
         if at < n:
@@ -439,28 +475,25 @@ class Receiver:
     def flush(self) -> None:
         pass
 
-    def _take(self, batch: list[tuple[Entry, bytes]]) -> None:
-        """Verify chunks and hand the good ones to a writer; a damaged one is remembered, not stored, and
-        the rest of the stream is still read (the link stays in step)."""
-        good = []
+    def _take(self, batch: list[tuple[Entry, Packed]]) -> None:
+        """Hand chunks to a writer, which verifies each and stores the good ones; a damaged one is
+        remembered, not stored, and the rest of the stream is still read (the link stays in step)."""
+        size = sum(len(p) for _, p in batch)
+        self.pending.append((self.pool.submit(self._write, batch), size))
+        self.queued += size
+        while self.queued > QUEUED:  # bounded memory: wait for the oldest batches
+            self._settle_one()
+
+    def _write(self, batch: list[tuple[Entry, Packed]]) -> None:
         for e, packed in batch:
             try:
                 check(packed, e)
             except IntegrityError as err:
-                self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: "
-                                                            f"{err}; not stored")
+                with self.lock:
+                    self.failed = self.failed or IntegrityError(f"{self.what}{self.where} sent a damaged chunk: "
+                                                                f"{err}; not stored")
                 continue
-            good.append((e[0], packed))
-        if good:
-            size = sum(len(p) for _, p in good)
-            self.pending.append((self.pool.submit(self._write, good), size))
-            self.queued += size
-            while self.queued > QUEUED:  # bounded memory: wait for the oldest batches
-                self._settle_one()
-
-    def _write(self, good: list[tuple[str, bytes]]) -> None:
-        for name, packed in good:
-            self.store.put(name, packed)
+            self.store.put(e[0], packed)
 
     def _settle_one(self) -> None:
         future, size = self.pending.popleft()

@@ -455,7 +455,7 @@ class Storehouse:
             return
         todo = chunks.ranges(manifest.chunks, {e[0] for e in lacking})
         have = manifest.size - self.chunks.total(lacking)
-        self.chunks.root.mkdir(exist_ok=True)
+        self.chunks.make()
         receiver = chunks.Receiver(self.chunks, [e for _, _, inside in todo for e in inside], where,
                                    str(manifest.id))
         try:
@@ -525,7 +525,7 @@ class Storehouse:
             raise IntegrityError(f"package {manifest.id}: SHA-256 mismatch (got {digest[:16]}..., "
                                  f"expected {manifest.sha256[:16]}...); the download was discarded")
         if manifest.chunked:
-            self.chunks.root.mkdir(exist_ok=True)
+            self.chunks.make()
             receiver = chunks.Receiver(self.chunks, list(manifest.chunks), str(part))
             try:
                 with open(part, "rb") as f:
