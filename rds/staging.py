@@ -326,7 +326,7 @@ def _stage_chunks(home: Home, store: Storehouse, medium: _Medium, name: str, m: 
     if not isinstance(names, list) or len(names) > len(entries) or any(n not in entries for n in names):
         raise InputError(f"{name}/{CHUNK_LIST}: not a list of chunks of its package")
     carried = [entries[n] for n in names]
-    store.chunks.root.mkdir(exist_ok=True)
+    store.chunks.make()
     listed = store.partial / f"{m.id}.{m.sha256[:16]}.chunks"
     chunks.write_list(listed, m.chunks)  # kept from collection while it is staged
     try:
