@@ -1,0 +1,66 @@
+"""Nothing lost when a relay moves (issue: moves).
+
+A relay r1 holds the results of its client c1 (not yet sent up) when r1 itself moves: from upper u1 to
+upper u2 (both below the managing server), or from u1 to the managing server directly.  Its new upper
+never held c1's job; it takes c1's own signed outcome from r1 (c1 is proven below r1) to pass up, and
+each result reaches the managing server exactly once.  An upper that refuses a result for a reason that
+may pass (a bound on what waits to go up, a route or a job it does not know yet) says so, and the
+lower system keeps that result to send again; only one refused for good is dropped, and logged.
+What happened is read outside the code under test: the install script's own record, the databases
+with sqlite3 and the rds.log files.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from conftest import Tree
+from test_moved_result import SCRIPT, kept, logged, move, runs, stat
+from trustkit import Signer, ask
+
+from rds import codes, trust
+from rds.home import Home
+
+
+def unsent(home_path: Any, dest: str = "c1") -> int:
+    with sqlite3.connect(home_path / "GROUP" / "rds.db") as db:
+        return db.execute("SELECT COUNT(*) FROM results WHERE dest=? AND sent IS NULL", (dest,)).fetchone()[0]
+
+
+def deep(tree: Tree, fails: bool) -> int:
+    """mgr > u1, u2; u1 > r1 > c1; a job for c1 that c1 installed (or failed to), its result held by r1."""
+    tree.add("mgr")
+    tree.add("u1", "mgr")
+    tree.add("u2", "mgr")
+    tree.add("r1", "u1")
+    tree.add("c1", "r1")
+    tree.check_in_upward(["c1", "r1", "u1", "u2"])
+    pid = tree.package(script=SCRIPT)
+    n = int(tree["mgr"].run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip())
+    tree.check_in_upward(["u1", "r1"])  # the job goes down to r1
+    if fails:
+        (tree["c1"].path / "fail").touch()
+    tree["c1"].run("rdsft", "-a", check=False)  # c1 installs; its result waits at r1 (exit 4 when it failed)
+    assert runs(tree["c1"], n) == 1 and unsent(tree["r1"].path) == 1
+    return n
+
+
+@pytest.mark.parametrize("to", ["u2", "mgr"])
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_result_held_by_a_relay_that_moves_reaches_the_managing_server_once(
+        tree: Tree, to: str, fails: bool) -> None:
+    n = deep(tree, fails)
+    mgr = tree["mgr"]
+    want = codes.ERROR if fails else codes.COMPLETE
+    assert stat(mgr, n)["status"] == "EXEC"
+    move(tree, "r1", to)
+    tree["r1"].run("rdsft", "-a")  # checks in with its new upper, then sends c1's result there
+    if to == "u2":
+        tree["u2"].run("rdsft", "-a")
+    assert stat(mgr, n)["status"] == want
+    assert kept(mgr, n) == [(want, "c1")]
+    assert unsent(tree["r1"].path) == 0
+    tree.check_in_upward(["c1", "r1", "u1", "u2", "r1", "u2"])  # nothing more comes of it
+    assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, want)
