@@ -136,11 +136,24 @@ class UpperClient:
         return self._call("forget")
 
     def report(self, items: list[Result]) -> int:
+        """Send ``items``; returns how many the upper system took."""
+        return self.report_each(items)[0]
+
+    def report_each(self, items: list[Result]) -> tuple[int, int, set[tuple[int, str]]]:
+        """Send ``items``; returns how many the upper system took, how many it refused, and the keys (job,
+        dest) of those it refused for a reason that may pass, to send again (only keys of ``items``)."""
         reply = self._call("report", results=[r.to_json() for r in items])
-        accepted = reply.get("accepted", 0)
-        if not isinstance(accepted, int) or isinstance(accepted, bool) or accepted < 0:
-            raise ProtocolError(f"{self.where}: answered report with a bad count {str(accepted)[:40]!r}")
-        return accepted
+        accepted, refused = reply.get("accepted", 0), reply.get("refused", 0)
+        for n in (accepted, refused):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ProtocolError(f"{self.where}: answered report with a bad count {str(n)[:40]!r}")
+        keys = reply.get("later", [])
+        if not isinstance(keys, list) or len(keys) > len(items):
+            raise ProtocolError(f"{self.where}: answered report with a bad 'later' list")
+        sent = {(r.job_no, r.dest) for r in items}
+        later = {(k[0], k[1]) for k in keys if isinstance(k, list) and len(k) == 2 and isinstance(k[0], int)
+                 and isinstance(k[1], str) and (k[0], k[1]) in sent}
+        return accepted, min(refused, len(items)), later
 
     def stat(self, pid: PackageId) -> Manifest:
         """The upper system's current manifest of ``pid``."""

@@ -362,17 +362,31 @@ def install_own(home: Home, db: sqlite3.Connection, store: Storehouse, log: Call
 
 
 def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int:
-    """Send every result not yet acknowledged upward; they stay on disk until then."""
+    """Send every result not yet acknowledged upward; they stay on disk until then.  One the upper system
+    refuses for a reason that may pass (a route, key or job it does not know yet, its bound on what waits
+    to go up: rds.trust.Refusal) stays here and goes again with the next pass; one refused for good is
+    dropped (the upper system's log says why).  Returns how many the upper system has now."""
     sent = 0
     if not results.unsent(db, limit=1, host=home.host):
         return 0  # an idle pass takes no lock (one that comes meanwhile goes with the next pass, or rdssnd)
+    log = logger(home)
+    kept: set[tuple[int, str]] = set()  # refused for now: not sent again in this pass
     with home.lock("send"):
-        while batch := results.unsent(db, limit=500, host=home.host):
+        while batch := [r for r in results.unsent(db, limit=500 + len(kept), host=home.host)
+                        if (r.job_no, r.dest) not in kept][:500]:
             # this host's own results (and what it says about the hosts below it) are signed as they go up
-            client.report([r if r.sig else trust.sign_result(home.identity, home.host, r) for r in batch])
+            _, refused, later = client.report_each(
+                [r if r.sig else trust.sign_result(home.identity, home.host, r) for r in batch])
             crashpoints.reach("reported")
-            results.mark_sent(db, batch)
-            sent += len(batch)
+            results.mark_sent(db, [r for r in batch if (r.job_no, r.dest) not in later])
+            sent += len(batch) - len(later)
+            kept |= later
+            if refused > len(later):
+                log.warning(f"{client.where} refused {refused - len(later)} result(s) for good (its log says why): "
+                            f"not sent again")
+    if kept:
+        log.info(f"{client.where} refused {len(kept)} result(s) for now (a route, key or job it does not know "
+                 f"yet, or its bound on results waiting to go up): kept here to send again with the next pass")
     return sent
 
 

@@ -246,13 +246,17 @@ class UpperService:
         kept: list[Result] = []
         log = logger(self.home)
         believed = []
+        later: list[list[Any]] = []  # refused for a reason that may pass: the lower system sends them again
         faults = trust.result_faults(self.db, self.lower, parsed, self.home.host, lambda h: jobs.route(self.db, h),
                                      passes_up=not self.home.settings.is_managing_server)
         for r, fault in zip(parsed, faults, strict=True):  # each on its own: a forged one holds back no other
             if fault is None:
                 believed.append(r)
-            else:
+            elif fault.lasting:
                 log.warning(f"result refused: {fault}")
+            else:
+                later.append([r.job_no, r.dest])
+                log.info(f"result refused for now: {fault}; {self.lower} keeps it to send again")
         n = results.accept(self.db, self.lower, believed, self.home.host, kept)
         for r in kept:  # once per result and status: a resent batch logs nothing
             log.info(f"result of job {r.job_no} for {r.dest} from {self.lower}: {r.status}")
@@ -262,7 +266,10 @@ class UpperService:
             manager.advance(self.db, self.home, log.warning)
         if n and not self.home.settings.is_managing_server:
             daemon.wake(self.home, "rdssnd")  # a resident sender forwards them at once
-        return {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}
+        answer: dict[str, Any] = {"ok": True, "accepted": n, "refused": len(parsed) - len(believed)}
+        if later:
+            answer["later"] = later
+        return answer
 
     def authorize(self, package: Any) -> PackageId:
         """A package that a job of the lower system's subtree needs; any other is refused."""

@@ -519,30 +519,45 @@ def sign_result(me: Identity, host: str, r: Result) -> Result:
     return dataclasses.replace(r, sig=me.sign(r.body()))
 
 
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a reported result is not believed here; ``lasting`` when it never will be (unsigned, forged, a
+    late attempt's, of a job that does not exist at the managing server, about a host proven elsewhere).
+    Any other refusal may pass (a route, key or job this host does not know yet, the bound on what waits to
+    go up): the lower system keeps that result and sends it again."""
+
+    reason: str
+    lasting: bool = True
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result], own_host: str,
-                  route_of: Callable[[str], str | None], passes_up: bool = False) -> list[str | None]:
+                  route_of: Callable[[str], str | None], passes_up: bool = False) -> list[Refusal | None]:
     """Why each of ``results``, reported by ``lower``, is not believed here (None: it is).
 
     An outcome signed by its destination proves itself whoever carries it:
     a relay that its host left since can delay it, not forge it.  What a
     relay says on its own authority is believed only for a host proven below
-    it now.  A relay (``passes_up``) also takes a lower system's own outcome
-    of a job it never held (the host moved here after a relay it left handed
-    it the job), a bounded number per host, to pass it up; not one about a
-    host further below, whose key a hostile lower system may have brought
-    here first.  The checks against what
-    is known here come first; the signatures of those that pass are then
-    checked together (rds.identity.verify_many).
+    it now.  A relay (``passes_up``) also takes the own outcome of a host of
+    ``lower``'s subtree of a job it never held (the host, or a relay above it,
+    moved here after the relay it left was handed the job), at most
+    ``FOREIGN_MAX`` waiting to go up per lower system, to pass it up; the
+    managing server checks it again with the key it holds.  The checks
+    against what is known here come first; the signatures of those that pass
+    are then checked together (rds.identity.verify_many).
     """
-    faults: list[str | None] = []
+    faults: list[Refusal | None] = []
     checks: list[tuple[str, dict[str, Any], str]] = []
     waiting: list[int] = []
-    foreign: dict[str, int] = {}  # per host, the outcomes of jobs not held here that wait to go up
+    foreign: dict[str, int] = {}  # per lower system, the outcomes of jobs not held here that wait to go up
     for r in results:
         fault = _known_fault(db, lower, r, own_host, route_of, foreign if passes_up else None)
         key = pinned(db, r.by) if fault is None else None
         if fault is None and key is None:
-            fault = f"{lower} reported a result for job {r.job_no}:{r.dest} signed by {r.by}, whose key is not known"
+            fault = Refusal(f"{lower} reported a result for job {r.job_no}:{r.dest} signed by {r.by}, "
+                            f"whose key is not known", lasting=False)
         faults.append(fault)
         if fault is None and key is not None:
             waiting.append(len(faults) - 1)
@@ -550,50 +565,64 @@ def result_faults(db: sqlite3.Connection, lower: str, results: Sequence[Result],
     for i, good in zip(waiting, identity.verify_many(checks), strict=True):
         if not good:
             r = results[i]
-            faults[i] = f"{lower} reported a result for job {r.job_no}:{r.dest} that does not verify with {r.by}'s key"
+            faults[i] = Refusal(f"{lower} reported a result for job {r.job_no}:{r.dest} that does not verify "
+                                f"with {r.by}'s key")
     return faults
 
 
-FOREIGN_MAX = 1000  # a relay keeps at most this many outcomes per host of jobs it never held, to pass up
+FOREIGN_MAX = 1000  # a relay keeps at most this many outcomes per lower system of jobs it never held, to pass up
+
+
+def _not_below(lower: str, host: str, route_of: Callable[[str], str | None]) -> Refusal:
+    """``host`` is not below ``lower``: for good when it is proven below another system here, else not yet."""
+    return Refusal(f"{lower} reported a result for {host}, which is not below it", lasting=route_of(host) is not None)
 
 
 def _known_fault(db: sqlite3.Connection, lower: str, r: Result, own_host: str,
-                 route_of: Callable[[str], str | None], foreign: dict[str, int] | None) -> str | None:
+                 route_of: Callable[[str], str | None], foreign: dict[str, int] | None) -> Refusal | None:
     if r.dest == own_host:
-        return f"{lower} reported a result for {r.dest}, which is not below it"
+        return Refusal(f"{lower} reported a result for {r.dest}, which is not below it")
     if not r.sig or not r.by:
-        return f"{lower} reported an unsigned result for job {r.job_no}:{r.dest}"
-    here = db.execute("SELECT 1 FROM jobs WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone() is not None
+        return Refusal(f"{lower} reported an unsigned result for job {r.job_no}:{r.dest}")
+    row = db.execute("SELECT try FROM jobs WHERE job_no=? AND dest=?", (r.job_no, r.dest)).fetchone()
+    if row is not None and r.attempt < row[0]:
+        return Refusal(f"{lower} reported a result of attempt {r.attempt} of job {r.job_no}:{r.dest}, "
+                       f"which is at attempt {row[0]}: late")
+    here = row is not None
+    missing = Refusal(f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here",
+                      lasting=foreign is None)  # a relay may be handed the job later
     under = r.dest == lower or route_of(r.dest) == lower
     if r.by == r.dest:  # the destination's own word (its signature is checked next)
         if here:
             return None
         if not under:
-            return f"{lower} reported a result for {r.dest}, which is not below it"
-        if foreign is not None and r.dest == lower:
-            if r.dest not in foreign:
-                foreign[r.dest] = db.execute(
-                    "SELECT COUNT(*) FROM results r WHERE dest=? AND NOT EXISTS"
-                    " (SELECT 1 FROM jobs j WHERE j.job_no=r.job_no AND j.dest=r.dest)", (r.dest,)).fetchone()[0]
-            if foreign[r.dest] < FOREIGN_MAX:
-                foreign[r.dest] += 1
-                return None
-            return (f"{lower} reported a result for job {r.job_no}:{r.dest}, which is not held here, and "
-                    f"{FOREIGN_MAX} such results of {r.dest} wait to go up already")
-        return f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here"
+            return _not_below(lower, r.dest, route_of)
+        if foreign is None:
+            return missing
+        if lower not in foreign:
+            foreign[lower] = db.execute(
+                "SELECT COUNT(*) FROM results r WHERE (dest=? OR dest IN (SELECT host FROM routes WHERE via=?))"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_no=r.job_no AND j.dest=r.dest)",
+                (lower, lower)).fetchone()[0]
+        if foreign[lower] < FOREIGN_MAX:
+            foreign[lower] += 1
+            return None
+        return Refusal(f"{lower} reported a result for job {r.job_no}:{r.dest}, which is not held here, and "
+                       f"{FOREIGN_MAX} such results from {lower} wait to go up already", lasting=False)
     if not under:
-        return f"{lower} reported a result for {r.dest}, which is not below it"
+        return _not_below(lower, r.dest, route_of)
     if not here:
-        return f"{lower} reported a result for job {r.job_no}:{r.dest}, which does not exist here"
+        return missing
     # a relay may say DELETE (ID-INVALID) of a job it dropped before handing it on, when the
     # managing server withdrew it (rds.control); the destination's own outcome still replaces it
     withdrawn = r.status in codes.WITHDRAWN and db.execute(
         "SELECT 1 FROM withdrawn WHERE job_no=? AND dest=? AND status=?", (r.job_no, r.dest, r.status)
     ).fetchone() is not None
     if r.status not in RELAYED and not withdrawn:
-        return f"{lower} reported {r.status} for job {r.job_no}:{r.dest} signed by {r.by}, not by {r.dest}"
+        return Refusal(f"{lower} reported {r.status} for job {r.job_no}:{r.dest} signed by {r.by}, not by {r.dest}")
     if r.by != lower and route_of(r.by) != lower:
-        return f"{lower} reported a result signed by {r.by}, which is not below it"
+        return Refusal(f"{lower} reported a result signed by {r.by}, which is not below it",
+                       lasting=route_of(r.by) is not None)
     if not below(db, r.dest, r.by):
-        return f"{r.by} reported {r.status} for {r.dest}, which is not proven below it"
+        return Refusal(f"{r.by} reported {r.status} for {r.dest}, which is not proven below it", lasting=False)
     return None
