@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import Tree
 from test_moved_result import SCRIPT, kept, logged, move, runs, stat
-from trustkit import Signer, ask
+from trustkit import Signer
 
 from rds import codes, trust
 from rds.home import Home
@@ -64,3 +64,64 @@ def test_a_result_held_by_a_relay_that_moves_reaches_the_managing_server_once(
     assert unsent(tree["r1"].path) == 0
     tree.check_in_upward(["c1", "r1", "u1", "u2", "r1", "u2"])  # nothing more comes of it
     assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, want)
+
+
+def log_of(tree: Tree, name: str) -> str:
+    return (tree[name].path / "log" / "rds.log").read_text()
+
+
+def test_a_result_refused_for_now_stays_below_and_goes_again(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """u2 refuses c1's outcome for now (its bound on outcomes of jobs it never held is full): r1 keeps it,
+    and sends it again with its next pass, when u2 takes it."""
+    from rds import poller
+
+    n = deep(tree, False)
+    move(tree, "r1", "u2")
+    monkeypatch.setattr(trust, "FOREIGN_MAX", 0)
+    report = poller.run_once(Home.open(tree["r1"].path))  # in this process: u2 is served here (ManagingHost PATH)
+    assert report.sent == 0 and unsent(tree["r1"].path) == 1
+    assert f"result refused for now: r1 reported a result for job {n}:c1, which is not held here" in log_of(tree, "u2")
+    assert "refused 1 result(s) for now" in log_of(tree, "r1")
+    monkeypatch.undo()
+    tree.check_in_upward(["r1", "u2"])
+    assert stat(tree["mgr"], n)["status"] == codes.COMPLETE
+    assert unsent(tree["r1"].path) == 0
+    tree.check_in_upward(["r1", "u2"])
+    assert (runs(tree["c1"], n), logged(tree["mgr"], n)) == (1, 1)
+
+
+def test_a_result_refused_for_good_is_dropped_and_said(tree: Tree) -> None:
+    """r1 changes c1's ERROR into COMPLETE before it goes up through its new upper: u2 refuses it for good
+    (it does not verify with c1's key), r1 drops it and both logs say so; the job is not settled by it."""
+    n = deep(tree, True)
+    with sqlite3.connect(tree["r1"].path / "GROUP" / "rds.db") as db:
+        assert db.execute("UPDATE results SET status='COMPLETE' WHERE dest='c1'").rowcount == 1
+    move(tree, "r1", "u2")
+    tree.check_in_upward(["r1", "u2"])
+    assert f"r1 reported a result for job {n}:c1 that does not verify with c1's key" in log_of(tree, "u2")
+    assert "u2 refused 1 result(s) for good" in log_of(tree, "r1")
+    assert unsent(tree["r1"].path) == 0  # not sent again
+    assert stat(tree["mgr"], n)["status"] == "EXEC"
+
+
+def test_a_late_attempt_s_outcome_is_refused_for_good(tree: Tree) -> None:
+    from test_moved_result import checkin, report
+    from testkit import managing_server
+
+    from rds import database, manager
+    from rds.packages import PackageId
+
+    mgr = managing_server(tree.root)
+    r1, c1 = Signer("r1"), Signer("c1")
+    checkin(mgr, "r1", [r1.statement("mgr"), c1.statement("r1", n=1)])
+    db = database.connect(mgr.db_path)
+    try:
+        n, _ = manager.create_job(db, mgr, PackageId.make("AB", "APP", "0100"), ["c1"])
+        first = c1.result(n, "c1", status=codes.ERROR, message="failed")
+        assert report(mgr, "r1", [first])["accepted"] == 1
+        manager.retry(db, mgr, n)
+    finally:
+        db.close()
+    assert report(mgr, "r1", [first]) == {"ok": True, "accepted": 0, "refused": 1}  # no "later": for good
+    assert f"r1 reported a result of attempt 1 of job {n}:c1, which is at attempt 2: late" in \
+        (mgr.log_dir / "rds.log").read_text()
