@@ -429,6 +429,19 @@ def record_checkin(db: sqlite3.Connection, lower: str, below: Iterable[str], own
     return moved
 
 
+def follow(db: sqlite3.Connection, moved: Mapping[str, str]) -> dict[str, int]:
+    """The jobs handed to the lower system that led to a host before its route moved (``moved``: host ->
+    that lower system) and not ended wait here again, for its new route; returns how many per host.  The
+    host runs a job it ran already not again (its own record: job and attempt, ``insert``).  Call inside a
+    transaction."""
+    out = {}
+    for host, was in sorted(moved.items()):
+        if n := db.execute("UPDATE jobs SET state=?, handed_to=NULL WHERE dest=? AND state=? AND handed_to=?",
+                           (WAIT, host, HANDED, was)).rowcount:
+            out[host] = n
+    return out
+
+
 def subtree(db: sqlite3.Connection) -> list[str]:
     """Every host known below this one."""
     return [r[0] for r in db.execute("SELECT host FROM routes ORDER BY host")]

@@ -96,6 +96,9 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep, kept: Kept
                 keep_signed(db, key, client.signed, log.info)
             good = refuse_forged(home, db, key, found, manifests, log.warning)
             report.received = jobs.store(db, good, manifests=manifests)
+            if len(good) > report.received and (n := results.handed_again(db, [(j.job_no, j.dest) for j in good])):
+                log.info(f"{client.where} handed again {n} job(s) that ended here already: not run again, "
+                         f"their result(s) go up again")
             control.believe(db, key, client.controls, log.info)
             control.settle(db, home.host, log.info)  # withdrawn: dropped before they go further
             crashpoints.reach("stored")

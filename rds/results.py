@@ -231,6 +231,16 @@ def resend(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> int:
                               key).rowcount for key in keys)
 
 
+def handed_again(db: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> int:
+    """The upper system handed these jobs again, which ended here already at the same attempt (their host
+    moved, and the job followed it: rds.jobs.follow): their results go up again, to settle that copy
+    too; the job is not run again.  Returns how many will go again."""
+    with Transaction(db):
+        return sum(db.execute("UPDATE results SET sent=NULL WHERE job_no=? AND dest=? AND sent IS NOT NULL"
+                              " AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_no=results.job_no AND j.dest=results.dest"
+                              " AND j.state=? AND j.try=results.try)", (*key, jobs.DONE)).rowcount for key in keys)
+
+
 def mark_sent(db: sqlite3.Connection, sent: Iterable[Result], now: float | None = None) -> None:
     """The upper system took ``sent``; a host's outcome of a job never held here, passed up for it
     (rds.trust.result_faults), is not kept any longer."""

@@ -140,8 +140,11 @@ class UpperService:
         with database.Transaction(self.db):  # what the check-in tells of the routes and hosts: one commit
             moved = jobs.record_checkin(self.db, self.lower, proven[1:], self.home.host, wake=wake)
             hosts.observe(self.db, proven, reported)
+            followed = jobs.follow(self.db, moved)  # the jobs follow their host
         for host, was in sorted(moved.items()):
-            log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)")
+            log.info(f"route to {host} moved from {was} to {self.lower} (proven by {host}'s signed statement)"
+                     + (f"; its {followed[host]} job(s) handed to {was} go through {self.lower} now"
+                        if host in followed else ""))
         theirs = control.parse_held(held)
         for job_no, dest, state in jobs.unknown_state(self.db):
             if dest == self.lower or jobs.route(self.db, dest) == self.lower:

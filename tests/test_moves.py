@@ -125,3 +125,57 @@ def test_a_late_attempt_s_outcome_is_refused_for_good(tree: Tree) -> None:
     assert report(mgr, "r1", [first]) == {"ok": True, "accepted": 0, "refused": 1}  # no "later": for good
     assert f"r1 reported a result of attempt 1 of job {n}:c1, which is at attempt 2: late" in \
         (mgr.log_dir / "rds.log").read_text()
+
+
+# -- a job follows its host ------------------------------------------------------------------------------
+
+
+def job_state(home_path: Any, n: int, dest: str = "c1") -> tuple[str, str | None] | None:
+    with sqlite3.connect(home_path / "GROUP" / "rds.db") as db:
+        return db.execute("SELECT state, handed_to FROM jobs WHERE job_no=? AND dest=?", (n, dest)).fetchone()
+
+
+@pytest.fixture
+def handed(tree: Tree) -> int:
+    """mgr > r1, r2; c1 below r1; a job for c1 that r1 took, c1 not yet."""
+    tree.add("mgr")
+    tree.add("r1", "mgr")
+    tree.add("r2", "mgr")
+    tree.add("c1", "r1")
+    tree.check_in_upward(["c1", "r1", "r2"])
+    pid = tree.package(script=SCRIPT)
+    n = int(tree["mgr"].run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip())
+    tree["r1"].run("rdsft", "-a")
+    assert job_state(tree["mgr"].path, n) == ("HANDED", "r1") and job_state(tree["r1"].path, n) == ("WAIT", None)
+    return n
+
+
+def test_a_job_follows_its_host_that_moved_before_picking_it_up(tree: Tree, handed: int) -> None:
+    n = handed
+    mgr = tree["mgr"]
+    move(tree, "c1", "r2")
+    tree.check_in_upward(["c1", "r2"])  # the managing server sees c1's new route: the job waits for r2 now
+    assert job_state(mgr.path, n) == ("HANDED", "r2")
+    assert "its 1 job(s) handed to r1 go through r2 now" in log_of(tree, "mgr")
+    tree.check_in_upward(["c1", "r2"])  # c1 takes it from r2, installs, its result goes up
+    assert stat(mgr, n)["status"] == codes.COMPLETE
+    assert (runs(tree["c1"], n), logged(mgr, n)) == (1, 1)
+    # c1 moves back under r1, which still holds the job: c1 has run it (its own record) and runs it not again
+    move(tree, "c1", "r1")
+    tree.check_in_upward(["c1", "r1", "c1", "r1", "r2"])
+    assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, codes.COMPLETE)
+    assert job_state(tree["r1"].path, n) == ("DONE", "c1")  # settled by c1's result, sent again for it
+
+
+def test_a_job_installed_before_the_move_is_not_installed_again_through_the_new_route(tree: Tree, handed: int) -> None:
+    """c1 installed from r1, whose copy of the result is late: the managing server hands the job to r2 on
+    seeing c1's new route; c1 runs it not again, sends its result again, and r2's copy settles too."""
+    n = handed
+    mgr = tree["mgr"]
+    tree["c1"].run("rdsft", "-a")
+    move(tree, "c1", "r2")
+    tree.check_in_upward(["c1", "r2", "c1", "r2"])
+    assert stat(mgr, n)["status"] == codes.COMPLETE
+    assert job_state(tree["r2"].path, n) == ("DONE", "c1")
+    tree.check_in_upward(["r1", "c1", "r2"])
+    assert (runs(tree["c1"], n), logged(mgr, n), kept(mgr, n)) == (1, 1, [(codes.COMPLETE, "c1")])

@@ -169,13 +169,18 @@ def test_a_leaf_cannot_take_over_a_host_through_its_honest_relay(fleet: tuple[Tr
             own_statement(tree["client1"], "relay1", 2**61), fake.statement("client1", n=2**62)]))
         assert reply["ok"]
         reply = evil.link.call(request("report", "client1", results=[fake.result(n, "client2")]))
-        assert reply == {"ok": True, "accepted": 0, "refused": 1}  # relay1 holds no such job
+        # relay1 holds no such job: it takes client2's word (as the key pinned there checks it) only to pass
+        # it up, as it would for a host of a relay that moved below client1; the managing server checks it again
+        assert reply == {"ok": True, "accepted": 1, "refused": 0}
     finally:
         evil.link.close()
-    tree["relay1"].run("rdsft", "-a")  # honest, it passes its subtree's statements up
+    tree["relay1"].run("rdsft", "-a")  # honest, it passes its subtree's statements and that result up
     assert at_mgr(tree, n, "client2") == ("relay2", "WAIT", None)
     log = (tree["mgr"].path / "log" / "rds.log").read_text()
     assert f"relay1 brought client2 with the host key {fingerprint(fake.public)}" in log
+    assert f"relay1 reported a result for job {n}:client2 that does not verify with client2's key" in log
+    with sqlite3.connect(tree["relay1"].path / "GROUP" / "rds.db") as db:  # refused for good: not kept
+        assert db.execute("SELECT COUNT(*) FROM results WHERE dest='client2'").fetchone() == (0,)
     honest_round(tree)
     assert at_mgr(tree, n, "client2")[2] == ("COMPLETE", "client2")
 
