@@ -47,6 +47,7 @@ class UpperClient:
         self.where = where
         self.invalid: list[tuple[int, str]] = []
         self.unproven: list[str] = []
+        self.moved: list[Any] = []  # route statements of hosts below that moved away, as the upper system has them
         self.controls: Any = []  # the managing server's control statements, checked by the caller (rds.control)
         self.resend: list[tuple[int, str]] = []
         self.signed: list[tuple[Job, Manifest]] = []  # signed copies of the jobs held here unsigned
@@ -109,6 +110,10 @@ class UpperClient:
         if not isinstance(unproven, list) or not all(isinstance(h, str) for h in unproven):
             raise ProtocolError(f"{self.where}: bad check-in answer: 'unproven' is not a list of host names")
         self.unproven = unproven
+        moved = reply.get("moved", [])
+        if not isinstance(moved, list) or len(moved) > len(unproven):
+            raise ProtocolError(f"{self.where}: bad check-in answer: 'moved' is not a list of route statements")
+        self.moved = moved  # checked by the caller (rds.trust.left)
         resend = reply.get("resend", [])
         try:  # results the upper system holds unsigned from before protocol 2 (rds.results.resend)
             if not isinstance(resend, list) or len(resend) > wire.RESEND_MAX:

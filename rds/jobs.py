@@ -442,6 +442,18 @@ def follow(db: sqlite3.Connection, moved: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
+def moved_away(db: sqlite3.Connection, hosts: Iterable[str]) -> int:
+    """These hosts moved away from below this one (proven by their own statements: rds.trust.left): their
+    routes go, and their jobs not ended here (each follows its host: the managing server hands it through
+    the host's new route, ``follow``).  Returns how many jobs went."""
+    n = 0
+    with joined(db):
+        for host in hosts:
+            db.execute("DELETE FROM routes WHERE host=?", (host,))
+            n += drop_held(db, host)
+    return n
+
+
 def subtree(db: sqlite3.Connection) -> list[str]:
     """Every host known below this one."""
     return [r[0] for r in db.execute("SELECT host FROM routes ORDER BY host")]

@@ -88,6 +88,11 @@ def run_once(home: Home, sleep: Callable[[float], None] = time.sleep, kept: Kept
                 client = kept.again(home, sleep, log.warning)
                 found, manifests = check_in(home, db, client, log.info)
             crashpoints.reach("checked-in")
+            if client.moved and (gone := trust.left(db, home.host, client.moved)):
+                n = jobs.moved_away(db, gone)
+                log.info(f"{', '.join(gone)} moved away from below {home.host} (their own signed route statements, "
+                         f"as {client.where} has them): their routes and {n} job(s) not ended here dropped; "
+                         f"each job follows its host")
             if client.resend and (n := results.resend(db, client.resend)):
                 log.info(f"{client.where} asks again for {n} result(s) it holds unsigned from before protocol 2: "
                          f"each goes up again as its host signed it")

@@ -190,6 +190,8 @@ class UpperService:
         answer = {"ok": True, "upper": self.home.host, "jobs": ready,
                   "manifests": {k: m.to_json() for k, m in manifests.items()},
                   "invalid": jobs.invalid_handed_to(self.db, self.lower), "unproven": unproven}
+        if unproven and (gone := trust.elsewhere(self.db, unproven, self.lower)):  # hosts that moved away
+            answer["moved"] = gone
         if said := control.for_lower(self.db, self.lower, theirs):
             answer["controls"] = said
         if not managing and (held := results.held(self.db, self.home.host, self.lower, wire.RESEND_MAX)):

@@ -29,6 +29,7 @@ Only this module writes ``keys``, ``key_changes``, ``statements`` and ``believed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sqlite3
@@ -297,6 +298,33 @@ def _put(db: sqlite3.Connection, items: Iterable[Statement]) -> None:
     _changed(db)
     db.executemany("INSERT OR REPLACE INTO statements (host, upper, n, key, sig) VALUES (?, ?, ?, ?, ?)",
                    [(s.host, s.upper, s.n, s.key, s.sig) for s in items])
+
+
+def elsewhere(db: sqlite3.Connection, hosts: Sequence[str], lower: str) -> list[dict[str, Any]]:
+    """The statements believed here of those of ``hosts`` (claimed by ``lower``, not proven) that lead
+    through another lower system now: sent back to ``lower``, which believes them only as their hosts
+    signed them (``left``) and stops holding their jobs."""
+    return [Statement(*r[:5]).to_json() for r in _chunks(
+        db, "SELECT s.host, s.upper, s.n, s.key, s.sig, r.via FROM statements s JOIN routes r ON r.host = s.host"
+            " WHERE s.host IN (?*)", list(hosts)) if r[5] != lower][:MAX_STATEMENTS]
+
+
+def left(db: sqlite3.Connection, own_host: str, said: Sequence[Any]) -> list[str]:
+    """The hosts below this one that moved away, as the upper system says (``elsewhere``): believed only
+    for a statement that verifies with the key pinned here, is newer than the one believed here and names
+    another upper system; it is kept as the latest.  Returns those hosts."""
+    items = []
+    for d in said:
+        with contextlib.suppress(ProtocolError):  # one that is not a statement proves nothing
+            items.append(Statement.from_json(d))
+    stored = _stored(db, [s.host for s in items])
+    pins = _pins(db, [s.host for s in items])
+    gone = [s for s in items if s.host in stored and s.n > stored[s.host].n and s.upper != stored[s.host].upper
+            and s.host != own_host and pins.get(s.host) == s.key and identity.verify(s.key, s.body(), s.sig)]
+    if gone:
+        with Transaction(db):
+            _put(db, gone)
+    return [s.host for s in gone]
 
 
 def statements_up(db: sqlite3.Connection, own: Statement, subtree: Sequence[str],

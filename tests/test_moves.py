@@ -157,14 +157,34 @@ def test_a_job_follows_its_host_that_moved_before_picking_it_up(tree: Tree, hand
     tree.check_in_upward(["c1", "r2"])  # the managing server sees c1's new route: the job waits for r2 now
     assert job_state(mgr.path, n) == ("HANDED", "r2")
     assert "its 1 job(s) handed to r1 go through r2 now" in log_of(tree, "mgr")
+    tree["r1"].run("rdsft", "-a")  # r1 is told, by c1's own signed statement, that c1 moved away
+    assert job_state(tree["r1"].path, n) is None
+    with sqlite3.connect(tree["r1"].path / "GROUP" / "rds.db") as db:
+        assert db.execute("SELECT via FROM routes WHERE host='c1'").fetchone() is None
+    assert "c1 moved away from below r1" in log_of(tree, "r1")
     tree.check_in_upward(["c1", "r2"])  # c1 takes it from r2, installs, its result goes up
     assert stat(mgr, n)["status"] == codes.COMPLETE
     assert (runs(tree["c1"], n), logged(mgr, n)) == (1, 1)
-    # c1 moves back under r1, which still holds the job: c1 has run it (its own record) and runs it not again
-    move(tree, "c1", "r1")
+    move(tree, "c1", "r1")  # and back: nothing more comes of the job
     tree.check_in_upward(["c1", "r1", "c1", "r1", "r2"])
     assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, codes.COMPLETE)
-    assert job_state(tree["r1"].path, n) == ("DONE", "c1")  # settled by c1's result, sent again for it
+    with sqlite3.connect(mgr.path / "GROUP" / "rds.db") as db:
+        assert db.execute("SELECT via FROM routes WHERE host='c1'").fetchone() == ("r1",)
+
+
+def test_a_host_that_comes_back_runs_a_job_it_ran_not_again(tree: Tree, handed: int) -> None:
+    """c1 installs through r2 while r1, not told yet, still holds the job; c1 moves back under r1, which
+    hands the job to it: c1 has run it (its own record: job and attempt) and runs it not again, but sends
+    its result again, which settles r1's copy."""
+    n = handed
+    mgr = tree["mgr"]
+    move(tree, "c1", "r2")
+    tree.check_in_upward(["c1", "r2", "c1", "r2"])
+    assert stat(mgr, n)["status"] == codes.COMPLETE
+    move(tree, "c1", "r1")
+    tree.check_in_upward(["c1", "r1", "c1", "r1", "r2"])
+    assert job_state(tree["r1"].path, n) == ("DONE", "c1")
+    assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, codes.COMPLETE)
 
 
 def test_a_job_installed_before_the_move_is_not_installed_again_through_the_new_route(tree: Tree, handed: int) -> None:
