@@ -444,13 +444,15 @@ def follow(db: sqlite3.Connection, moved: Mapping[str, str]) -> dict[str, int]:
 
 def moved_away(db: sqlite3.Connection, hosts: Iterable[str]) -> int:
     """These hosts moved away from below this one (proven by their own statements: rds.trust.left): their
-    routes go, and their jobs not ended here (each follows its host: the managing server hands it through
-    the host's new route, ``follow``).  Returns how many jobs went."""
+    routes go, with those of the hosts reached through them, and all their jobs not ended here (each
+    follows its host: the managing server hands it through the host's new route, ``follow``).  Returns
+    how many jobs went."""
     n = 0
     with joined(db):
-        for host in hosts:
-            db.execute("DELETE FROM routes WHERE host=?", (host,))
-            n += drop_held(db, host)
+        for host in hosts:  # with it, the hosts this one reached through it (a relay moves with its own)
+            for h in [host, *(r[0] for r in db.execute("SELECT host FROM routes WHERE via=?", (host,)))]:
+                db.execute("DELETE FROM routes WHERE host=?", (h,))
+                n += drop_held(db, h)
     return n
 
 

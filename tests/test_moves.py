@@ -64,6 +64,10 @@ def test_a_result_held_by_a_relay_that_moves_reaches_the_managing_server_once(
     assert unsent(tree["r1"].path) == 0
     tree.check_in_upward(["c1", "r1", "u1", "u2", "r1", "u2"])  # nothing more comes of it
     assert (runs(tree["c1"], n), logged(mgr, n), stat(mgr, n)["status"]) == (1, 1, want)
+    # u1, told by r1's own signed statement that r1 moved away, holds neither its route nor c1's, nor the job
+    assert job_state(tree["u1"].path, n) is None
+    with sqlite3.connect(tree["u1"].path / "GROUP" / "rds.db") as db:
+        assert db.execute("SELECT host FROM routes").fetchall() == []
 
 
 def log_of(tree: Tree, name: str) -> str:
