@@ -23,7 +23,11 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
              the managing server's name and key as the upper system believes
              them, ``invalid``: the jobs it handed the asker whose package
              has left its storehouse since (rds.cleanup), ``unproven``:
-             the hosts named below whose route it could not prove, and
+             the hosts named below whose route it could not prove, ``moved``:
+             the newer route statements it believes of some of those, which
+             lead elsewhere now (the asker believes one only if it verifies
+             with the key it pinned, and drops that host's route and pending
+             jobs: rds.trust.left), and
              ``resend`` (at most RESEND_MAX ``[job, dest]`` pairs, only from a
              relay): results of the asker's subtree the relay holds unsigned
              from before protocol 2, which the asker sends again, signed by
@@ -40,7 +44,9 @@ JSON object with ``op``, the protocol version ``v`` and the asking ``host``
 ``report``   ``results``: how jobs ended in the asker's subtree, each signed by
              the host it is about (or, for EXEC-ERROR and LINE-DOWN, by the
              relay above it); the answer counts those ``accepted`` (new) and
-             ``refused`` (not believed, logged by the upper system).
+             ``refused`` (not believed, logged by the upper system), and lists
+             as ``later`` the ``[job, dest]`` of those refused for a reason that
+             may pass (rds.trust.Refusal), which the asker keeps to send again.
 ``read``     ``package``, ``offset``, ``length``: bytes of a package's archive
              (only a package that a job of the asker's subtree needs).  A relay
              that lacks the package, or whose copy is not current, fetches it

@@ -203,3 +203,21 @@ def test_a_job_installed_before_the_move_is_not_installed_again_through_the_new_
     assert job_state(tree["r2"].path, n) == ("DONE", "c1")
     tree.check_in_upward(["r1", "c1", "r2"])
     assert (runs(tree["c1"], n), logged(mgr, n), kept(mgr, n)) == (1, 1, [(codes.COMPLETE, "c1")])
+
+
+def test_an_upper_system_cannot_make_a_relay_drop_a_host_that_did_not_move(tree: Tree, handed: int) -> None:
+    """What the upper system says moved is believed only as the host signed it, newer than what is held."""
+    from rds import database
+
+    r1 = Home.open(tree["r1"].path)
+    db = database.connect(r1.db_path)
+    try:
+        held = db.execute("SELECT host, upper, n, key, sig FROM statements WHERE host='c1'").fetchone()
+        fake = Signer("c1").statement("r2", n=held[2] + 1)  # another key, c1's name
+        replayed = dict(zip(("host", "upper", "n", "key", "sig"), held, strict=True))  # c1's own, not newer
+        junk = {"host": "c1", "upper": "r2"}
+        assert trust.left(db, "r1", [fake, replayed, junk]) == []
+        assert tuple(db.execute("SELECT via FROM routes WHERE host='c1'").fetchone()) == ("c1",)
+    finally:
+        db.close()
+    assert job_state(tree["r1"].path, handed) == ("WAIT", None)
