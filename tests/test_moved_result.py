@@ -55,16 +55,21 @@ def move(tree: Tree, name: str, to: str) -> None:
     tree[name].upper = tree[to]
 
 
-@pytest.fixture
-def moved(tree: Tree) -> tuple[Tree, int]:
-    """c1 installed a job from r1, r1 still holds its result, and c1 moved under r2 since."""
+def two_relays_one_job(tree: Tree) -> int:
+    """mgr > r1, r2; c1 below r1; a job for c1 (its number)."""
     tree.add("mgr")
     tree.add("r1", "mgr")
     tree.add("r2", "mgr")
     tree.add("c1", "r1")
     tree.check_in_upward(["c1", "r1", "r2"])
     pid = tree.package(script=SCRIPT)
-    return tree, int(tree["mgr"].run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip())
+    return int(tree["mgr"].run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip())
+
+
+@pytest.fixture
+def moved(tree: Tree) -> tuple[Tree, int]:
+    """c1 installed a job from r1, r1 still holds its result, and c1 moved under r2 since."""
+    return tree, two_relays_one_job(tree)
 
 
 def install_then_move(tree: Tree) -> None:

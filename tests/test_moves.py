@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Tree
-from test_moved_result import SCRIPT, kept, logged, move, runs, stat
+from test_moved_result import SCRIPT, kept, logged, move, runs, stat, two_relays_one_job
 from trustkit import Signer
 
 from rds import codes, trust
@@ -142,13 +142,7 @@ def job_state(home_path: Any, n: int, dest: str = "c1") -> tuple[str, str | None
 @pytest.fixture
 def handed(tree: Tree) -> int:
     """mgr > r1, r2; c1 below r1; a job for c1 that r1 took, c1 not yet."""
-    tree.add("mgr")
-    tree.add("r1", "mgr")
-    tree.add("r2", "mgr")
-    tree.add("c1", "r1")
-    tree.check_in_upward(["c1", "r1", "r2"])
-    pid = tree.package(script=SCRIPT)
-    n = int(tree["mgr"].run("dcmjexe", "-r", pid, "-h", "c1").stdout.strip())
+    n = two_relays_one_job(tree)
     tree["r1"].run("rdsft", "-a")
     assert job_state(tree["mgr"].path, n) == ("HANDED", "r1") and job_state(tree["r1"].path, n) == ("WAIT", None)
     return n
