@@ -117,6 +117,27 @@ def check(packed: Packed, entry: Entry) -> None:
         raise IntegrityError(f"chunk {entry[0][:16]}...: its packed bytes do not match the manifest's SHA-256")
 
 
+_WRITEBACK: list[Any] = []  # libc's sync_file_range, once looked up (None where there is none)
+# chunks this large have their writing started as they are stored; smaller ones are left to ``flush``
+# (a disk request each for thousands of small chunks cost more CPU than the final syncfs saved)
+WRITEBACK_FROM = 128 << 10
+
+
+def _start_writeback(fd: int) -> None:
+    """Have the disk start writing a chunk just written, without waiting for it (sync_file_range with
+    SYNC_FILE_RANGE_WRITE): the one ``flush`` before a package is committed then finds little left to
+    write (issue 16: 1.5 GiB of chunks left 0.87 s of writing to the final syncfs, 0.02 s so)."""
+    if not _WRITEBACK:
+        import ctypes  # only when chunks are written
+
+        call = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+        if call is not None:
+            call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+        _WRITEBACK.append(call)
+    if _WRITEBACK[0] is not None:
+        _WRITEBACK[0](fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE; a failure leaves the work to ``flush``
+
+
 class ChunkStore:
     """The chunks of one home's package storehouse: ``RDS/.chunks/XX/SHA256``, each a gzip member."""
 
@@ -176,6 +197,8 @@ class ChunkStore:
                 view = memoryview(packed)
                 while view:
                     view = view[os.write(fd, view):]
+                if len(packed) >= WRITEBACK_FROM:
+                    _start_writeback(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, target)
@@ -524,6 +547,37 @@ class Receiver:
         return self.i == len(self.entries) and not self.buf
 
 
+class Pieces:
+    """A block of a package's archive as pieces of open chunk files, ``(fd, offset, length)`` each, that
+    rds-serve hands to sshd with os.sendfile: the bytes never pass through Python (issue 16: reading
+    them into a buffer and writing it out cost the upper system a third of a transfer's time).  The
+    files it opened are closed by ``close``."""
+
+    __slots__ = ("parts", "size", "_fds")
+
+    def __init__(self, parts: list[tuple[int, int, int]], fds: list[int]) -> None:
+        self.parts, self._fds = parts, fds
+        self.size = sum(n for _, _, n in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        """The block's bytes, for a writer that cannot take files."""
+        out = bytearray()
+        for fd, at, n in self.parts:
+            got = os.pread(fd, n, at)
+            if len(got) != n:
+                raise IntegrityError("a chunk file is shorter than it was a moment ago")
+            out += got
+        return bytes(out)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
 class Reader(io.RawIOBase):
     """A package's archive read from its chunks: their packed bytes concatenated, seekable."""
 
@@ -570,6 +624,33 @@ class Reader(io.RawIOBase):
             done += want
             self.pos += want
         return done
+
+    def pieces(self, length: int) -> Pieces:
+        """The next ``length`` bytes (fewer at the end) as pieces of chunk files, each file checked to be
+        its manifest's size before anything of the block is sent (a chunk file is never changed in place:
+        it is written whole under another name and renamed, so it stays that size while it is open)."""
+        parts: list[tuple[int, int, int]] = []
+        fds: list[int] = []
+        try:
+            while length > 0 and self.pos < self.starts[-1]:
+                i = bisect_right(self.starts, self.pos) - 1
+                name, psize = self.entries[i][0], self.entries[i][2]
+                try:
+                    fd = os.open(self.store.file(name), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise IntegrityError(f"chunk {name[:16]}... is missing from the chunk store") from None
+                fds.append(fd)
+                if os.fstat(fd).st_size != psize:
+                    raise IntegrityError(f"chunk {name[:16]}... is not the size its manifest says")
+                at = self.pos - self.starts[i]
+                n = min(length, psize - at)
+                parts.append((fd, at, n))
+                self.pos += n
+                length -= n
+        except BaseException:
+            Pieces(parts, fds).close()
+            raise
+        return Pieces(parts, fds)
 
     def _close_chunk(self) -> None:
         if self.f is not None:

@@ -32,7 +32,7 @@ from rds.log import logger
 from rds.packages import Manifest, PackageId
 from rds.results import Result
 from rds.settings import startup_address
-from rds.storehouse import Served, Storehouse
+from rds.storehouse import Block, Served, Storehouse
 
 
 class UpperService:
@@ -332,13 +332,14 @@ class UpperService:
             raise Refused(f"{self.home.host} is still fetching {pid} for another system ({e}); "
                           f"ask again later") from None
 
-    def read(self, package: Any, offset: Any, length: Any) -> Iterator[bytes]:
+    def read(self, package: Any, offset: Any, length: Any, pieces: bool = False) -> Iterator[Block]:
         """Check the request now (fetching the package first if need be); the blocks come from the iterator."""
-        return self.read_ranges(package, [[offset, length]])
+        return self.read_ranges(package, [[offset, length]], pieces)
 
-    def read_ranges(self, package: Any, ranges: Any) -> Iterator[bytes]:
+    def read_ranges(self, package: Any, ranges: Any, pieces: bool = False) -> Iterator[Block]:
         """Several byte ranges of the package's archive, back to back (``read``'s, for the chunks a lower
-        system lacks): checked, authorized and prepared once for all of them."""
+        system lacks): checked, authorized and prepared once for all of them.  With ``pieces``, a chunked
+        package's blocks come as chunks.Pieces, for rds-serve to hand to sshd without reading them."""
         if not isinstance(ranges, list) or not 0 < len(ranges) <= wire.MAX_RANGES:
             raise ProtocolError(f"'ranges' must be a list of 1 to {wire.MAX_RANGES} [offset, length] pairs")
         for r in ranges:
@@ -360,7 +361,7 @@ class UpperService:
         if m.chunked:  # each chunk is verified by whoever receives it, which reports a damaged one
             # (``damaged``: checked again here, removed): hashing it here as well cost the upper system
             # a second SHA-256 of every byte it serves (issue 16: read once, verified once)
-            return self._counted(self.store.spans(m, spans), m, None, offset)
+            return self._counted(self.store.spans(m, spans, pieces=pieces), m, None, offset)
         if offset == 0 or pid not in self._served or self._served[pid].manifest != m:
             self._served[pid] = Served(m)  # a read that does not go on from the last one is not hashed
         check = self._served[pid]
@@ -382,7 +383,7 @@ class UpperService:
             self._manifests = {pid: (key, m)}
         return m
 
-    def _counted(self, blocks: Iterator[bytes], m: Manifest, check: Served | None, offset: int) -> Iterator[bytes]:
+    def _counted(self, blocks: Iterator[Block], m: Manifest, check: Served | None, offset: int) -> Iterator[Block]:
         """Pass the blocks on; say how many bytes went (the fan-out benchmark and tests count them), and
         once the whole payload went, whether it was the package (``check``: hashed as it was served)."""
         n = 0

@@ -74,6 +74,7 @@ from rds.packages import Manifest, PackageId
 
 PAYLOAD = "payload.tgz"
 MANIFEST = "manifest.json"
+Block = bytes | chunks.Pieces  # what a serve sends: bytes, or pieces of chunk files (``spans``)
 ACCESSED = ".accessed"
 VERIFIED = ".verified"
 PARTIAL = ".partial"
@@ -613,8 +614,10 @@ class Storehouse:
         return None
 
     def spans(self, manifest: Manifest, spans: builtins.list[tuple[int, int]],
-              check: Served | None = None) -> Iterator[bytes]:
-        """The archive's bytes of each span in turn, under one shared lock (see ``blocks``)."""
+              check: Served | None = None, pieces: bool = False) -> Iterator[Block]:
+        """The archive's bytes of each span in turn, under one shared lock (see ``blocks``); with
+        ``pieces``, a chunked package's blocks come as chunks.Pieces (files for os.sendfile), each
+        closed when the next is asked for."""
         pid = manifest.id
         chunked = not self.payload(pid).exists()
         with open(self.dir(pid) / (MANIFEST if chunked else PAYLOAD), "rb") as lock:
@@ -625,6 +628,15 @@ class Storehouse:
                 for offset, length in spans:
                     hashing = check if check is not None and check.follows(offset, ino) else None
                     f.seek(offset)
+                    while pieces and chunked and length > 0:
+                        part = f.pieces(min(length, 1 << 20))
+                        if not part:
+                            break
+                        length -= len(part)
+                        try:
+                            yield part
+                        finally:
+                            part.close()
                     while length > 0:
                         block = f.read(min(length, 1 << 20))
                         if not block:
@@ -643,7 +655,8 @@ class Storehouse:
         manifest = self.get(pid)
         if manifest is None:
             raise FileNotFoundError(f"package {pid} is not in the storehouse")
-        yield from self.spans(manifest, [(offset, length)], check)
+        for block in self.spans(manifest, [(offset, length)], check):  # bytes: no pieces were asked for
+            yield block if isinstance(block, bytes) else block.read()
 
     # -- copies found damaged ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from rds import wire
 from rds.errors import CommunicationError, RdsError, Refused
 from rds.home import Home
 from rds.service import UpperService
+from rds.storehouse import Block
 
 
 def upper_home(target: str) -> Home:
@@ -57,7 +58,7 @@ class LocalLink:
     def read(self, package: str, offset: int, length: int, out: BinaryIO) -> None:
         self._blocks(package, "read", lambda: self.service.read(package, offset, length), out)
 
-    def _blocks(self, package: str, op: str, ask: Callable[[], Iterator[bytes]], out: BinaryIO) -> None:
+    def _blocks(self, package: str, op: str, ask: Callable[[], Iterator[Block]], out: BinaryIO) -> None:
         try:
             blocks = ask()
         except Refused as e:
@@ -69,7 +70,7 @@ class LocalLink:
                 raise CommunicationError(f"upper system {self.where}: reading {package}: {e.strerror}") from None
             if block is None:
                 return
-            out.write(block)  # an error here is this host's own, a full disk say
+            out.write(block if isinstance(block, bytes) else block.read())  # an error here is this host's own
 
     def read_ranges(self, package: str, ranges: list[tuple[int, int]], out: BinaryIO) -> None:
         """Several byte ranges of ``package``, back to back (a chunked package's lacking chunks), in

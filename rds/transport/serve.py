@@ -34,12 +34,14 @@ import contextlib
 import fcntl
 import os
 import shlex
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from rds import hosts, wire
+from rds.chunks import Pieces
 from rds.errors import ProtocolError, RdsError, Refused, SettingsError
 from rds.home import Home
 from rds.log import idle_session, logger
@@ -58,6 +60,7 @@ def forced(lower: str, home_path: Path | None) -> int:
     else prints going to stderr (rds.cli.serve and rds.forced both start it so)."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else prints goes to stderr, never into the protocol stream
+    widen(out.fileno())
     return serve(lower, home_path, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
 
 
@@ -128,6 +131,11 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
         # the lower system went away; what it did not acknowledge, it asks again
         with contextlib.suppress(OSError):
             out.close()  # drop what is buffered, so that exiting does not try to flush it
+    except Broken as e:  # the lower system takes the end of the stream as a cut, and resumes after it
+        busy = True
+        logger(service.home).warning(f"{lower}: a package read failed in the middle of a block ({e}); "
+                                     f"session ended")
+        return 1
     except Idle as e:
         if kept is not None and kept.granted:  # between two passes: closed, and the lower logs in afresh
             logger(service.home).info(f"{lower}: kept session idle for {kept.granted:g}s (KeepIdleTimeout): closed")
@@ -296,16 +304,61 @@ def _check_original(original: str | None, lower: str, home: Path) -> None:
         raise Refused(f"this key serves the home {home}, not {want['--home']}")
 
 
+# The pipe sshd reads the protocol stream from: 64 KiB by default, which made each MiB served cost sixteen
+# turns between rds-serve and sshd (issue 16: 256 MiB took 0.29 s to cross the pipe, 0.07 s with 1 MiB)
+PIPE_SIZE = 1 << 20
+
+
+def widen(fd: int) -> None:
+    """Make the pipe on ``fd`` hold PIPE_SIZE bytes, if it is a pipe and the system lets this user
+    (/proc/sys/fs/pipe-max-size, 1 MiB by default); as it was otherwise."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+
+
+def sendable(out: BinaryIO) -> bool:
+    """Whether blocks can go to ``out`` with os.sendfile (a pipe or socket, as under sshd)."""
+    try:
+        mode = os.fstat(out.fileno()).st_mode
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class Broken(Exception):
+    """A block could not be sent whole after its length went: the stream cannot go on."""
+
+
+def _send_pieces(out: BinaryIO, block: Pieces) -> None:
+    """A block's chunk files, straight from the page cache into sshd's pipe (os.sendfile)."""
+    out.flush()
+    fd = out.fileno()
+    for src, at, n in block.parts:
+        while n > 0:
+            try:
+                k = os.sendfile(fd, src, at, n)
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except OSError as e:
+                raise Broken(e.strerror or str(e)) from None
+            if k == 0:
+                raise Broken("a chunk file ended early")
+            at += k
+            n -= k
+
+
 def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO, alive: float | None = None) -> int:
+    pieces = sendable(out)
     try:
         wire.check(msg, service.lower)
         # a JIT relay may fetch the package from its own upper system first: the lower system hears
         # a keep-alive every ``alive`` seconds meanwhile, so its idle timeout does not cut the pass
         with Heartbeat(out, alive):
             if msg.get("op") == "ranges":
-                blocks = service.read_ranges(msg.get("package"), msg.get("ranges"))
+                blocks = service.read_ranges(msg.get("package"), msg.get("ranges"), pieces)
             else:
-                blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"))
+                blocks = service.read(msg.get("package"), msg.get("offset"), msg.get("length"), pieces)
     except wire.ANSWERED as e:
         send(out, wire.error_answer(e))
         return 0
@@ -318,7 +371,10 @@ def _serve_read(service: UpperService, msg: dict[str, Any], out: BinaryIO, alive
     try:
         for block in blocks:
             out.write(HEADER.pack(len(block)))
-            out.write(block)
+            if isinstance(block, Pieces):
+                _send_pieces(out, block)
+            else:
+                out.write(block)
             sent += len(block)
     except OSError as e:
         if isinstance(e, (BrokenPipeError, ConnectionResetError)):
