@@ -297,6 +297,12 @@ def transport_class() -> Any:
     return _FACTORY
 
 
+# The most one receive joins of the packets waiting.  Joining all that came (up to the 16 MiB window)
+# allocated fresh memory at each receive, and touching fresh pages cost more than the copy: 1.5 GiB
+# came 13% faster, at 14% less CPU, joined 256 KiB at a time (issue 16); a packet is never cut.
+JOIN_MOST = 256 << 10
+
+
 class Pipe:
     """paramiko's ``Channel.in_buffer`` (its BufferedPipe's methods), without copying what comes.
 
@@ -305,8 +311,9 @@ class Pipe:
     copies it out twice (a slice, then ``tobytes``), all under the GIL that the
     transport thread and the reading thread both need (issue 16: a third of a
     first transfer's time).  Here each packet's bytes are kept as they came and
-    a receive joins as many as it takes: one copy.  As much as the channel's
-    window allows is held, as before."""
+    a receive hands on one packet as it came, or joins whole packets up to
+    JOIN_MOST: one copy at most.  As much as the channel's window allows is
+    held, as before."""
 
     def __init__(self) -> None:
         import collections
@@ -357,18 +364,18 @@ class Pipe:
                         timeout -= time.monotonic() - then
                         if timeout <= 0.0:
                             raise PipeTimeout()
-            out = []
-            left = nbytes
-            while self._parts and left > 0:
-                part = self._parts[0]
-                if len(part) > left:
-                    self._parts[0] = part[left:]
-                    part = part[:left]
-                else:
-                    self._parts.popleft()
+            part = self._parts.popleft()
+            if len(part) > nbytes:  # a caller asking for less than a packet
+                self._parts.appendleft(part[nbytes:])
+                part = part[:nbytes]
+            out = [part]
+            took = len(part)
+            most = min(nbytes, JOIN_MOST)  # whole packets only: none cut, none copied but by the join
+            while self._parts and took + len(self._parts[0]) <= most:
+                part = self._parts.popleft()
                 out.append(part)
-                left -= len(part)
-            self._size -= nbytes - left
+                took += len(part)
+            self._size -= took
             if not self._size and self._event is not None and not self._closed:
                 self._event.clear()
         return out[0] if len(out) == 1 else b"".join(out)
