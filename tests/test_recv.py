@@ -85,6 +85,30 @@ def test_pipe_wakes_a_reader_waiting_for_the_transport_thread() -> None:
     assert got == [b"x" * 5000]
 
 
+def test_a_reader_waiting_when_the_channel_closes_gets_the_end_of_the_stream() -> None:
+    pipe = connection.Pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read(1 << 20, timeout=10)))
+    reader.start()
+    while not pipe._cv._waiters:  # type: ignore[attr-defined]  # waiting, with nothing held
+        threading.Event().wait(0.001)
+    pipe.close()
+    reader.join(10)
+    assert got == [b""]
+
+
+def test_a_receive_joins_whole_packets_up_to_join_most_and_never_cuts_one() -> None:
+    pipe = connection.Pipe()
+    small, big = b"s" * 1000, b"B" * (connection.JOIN_MOST + 5)
+    for p in (small, small, big, small):
+        pipe.feed(p)
+    first = pipe.read(1 << 30)
+    assert first == small + small  # the big one would pass JOIN_MOST: left whole for the next receive
+    second = pipe.read(1 << 30)
+    assert second is not None and len(second) == len(big) and second == big
+    assert pipe.read(1 << 30) == small
+
+
 def test_chunks_are_verified_and_stored_by_the_writers_not_the_reading_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hashing in the thread that reads the link made it wait for the GIL at every chunk (issue 16)."""

@@ -364,6 +364,8 @@ class Pipe:
                         timeout -= time.monotonic() - then
                         if timeout <= 0.0:
                             raise PipeTimeout()
+            if not self._parts:  # closed while waiting
+                return b""
             part = self._parts.popleft()
             if len(part) > nbytes:  # a caller asking for less than a packet
                 self._parts.appendleft(part[nbytes:])
