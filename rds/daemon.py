@@ -15,6 +15,14 @@ checking in at the same second every time.
 
 ``run/NAME.state`` records when the process started and how its last pass
 went; ``status`` reads it for ``rdsma --status`` and the others.
+
+An upgrade reaches a running resident by itself: between passes (and at
+least every CODE_CHECK seconds while it waits) it compares the installed
+code with what it started on (``forced.identity``: the version and the
+package's files); when they differ it stops as for SIGTERM and executes its
+own command line again, in the same process (same pid for systemd and the
+pid file, its resident server restarted with it), on the new code.  A pass
+under way, an install included, is never cut for it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from rds.log import logger
 # the wait before a dead companion is started again, doubled while it keeps dying within the maximum
 COMPANION_BACKOFF = 1.0
 COMPANION_BACKOFF_MAX = 60.0
+CODE_CHECK = 60.0  # seconds between two looks at the installed code while waiting
 
 
 def pid_path(home: Home, name: str) -> Path:
@@ -191,6 +200,9 @@ class Resident:
         self.companion_due: float | None = None
         self.companion_backoff = COMPANION_BACKOFF
         self.companion_started = 0.0
+        self.code = b""  # forced.identity() as the loop started; another one later: an upgrade
+        self.code_due = 0.0
+        self.upgraded = False
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.terms += 1
@@ -230,6 +242,7 @@ class Resident:
                              f"{proc.returncode}; starting it again in {self.companion_backoff:g}s")
             self.companion_proc = None
             self.companion_due = time.monotonic() + self.companion_backoff
+            self.code_due = 0.0  # a resident server retires when the code changes under it: look now
         if self.companion_proc is None and self.companion_due is not None and time.monotonic() >= self.companion_due:
             self._start_companion()
 
@@ -276,6 +289,10 @@ class Resident:
         signal.signal(signal.SIGUSR1, self._on_usr1)
         if self.companion is not None:
             signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes _wait (set_wakeup_fd) to look at it
+        from rds import forced
+
+        self.code = forced.identity()
+        self.code_due = time.monotonic() + CODE_CHECK
         try:
             with self._alive(), self._database_held():
                 if self.companion is not None:
@@ -284,13 +301,17 @@ class Resident:
                               f"{'MANUAL' if self.interval is None else f'{self.interval:g}s'})")
                 if self.interval is None:  # MANUAL: never by itself, only when woken
                     self._wait(rfd)
-                while not self.terms:
+                while not self.terms and not self._upgraded():
                     self.woken = False
                     self._pass()
                     if max_passes is not None and self.passes >= max_passes or self.interval == 0:
                         break
                     self._wait(rfd)
-                self.log.info(f"{self.name}: stopped after {self.passes} pass(es)")
+                if self.upgraded:
+                    self.log.info(f"{self.name}: the installed rds changed (an upgrade): starting again on it "
+                                  f"after {self.passes} pass(es), same pid")
+                else:
+                    self.log.info(f"{self.name}: stopped after {self.passes} pass(es)")
         finally:
             self._stop_companion()
             signal.set_wakeup_fd(old_fd)
@@ -298,7 +319,22 @@ class Resident:
                 signal.signal(s, h)
             os.close(rfd)
             os.close(wfd)
+        if self.upgraded:  # everything above is released: the lock, the pid file, the resident server
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, sys.orig_argv)
         return self.passes
+
+    def _upgraded(self) -> bool:
+        """Whether the installed code is no longer what this process started on (looked at now)."""
+        from rds import forced
+
+        self.code_due = time.monotonic() + CODE_CHECK
+        try:
+            self.upgraded = forced.identity() != self.code
+        except OSError:  # the package half replaced at this instant: looked at again later
+            self.upgraded = False
+        return self.upgraded
 
     @contextlib.contextmanager
     def _database_held(self) -> Iterator[None]:
@@ -362,7 +398,9 @@ class Resident:
         while not self.terms and not self.woken:
             self._side_task()
             self._check_companion()
-            ends = [t for t in (deadline, self.every_due, self.companion_due) if t is not None]
+            if time.monotonic() >= self.code_due and self._upgraded():
+                return
+            ends = [t for t in (deadline, self.every_due, self.companion_due, self.code_due) if t is not None]
             timeout = None if not ends else max(0.0, min(ends) - time.monotonic())
             if deadline is not None and time.monotonic() >= deadline:
                 return

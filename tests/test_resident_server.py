@@ -359,7 +359,7 @@ def test_code_changed_under_the_resident_is_served_at_once_and_the_resident_reti
     shutil.copytree(Path(rds.__file__).parent, code / "rds", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**relay.env(), "PYTHONPATH": str(code)}
     monkeypatch.chdir(Path(rds.__file__).parent.parent)  # a working directory holding the unpatched rds: not used
-    with rdsma_running(relay, env):
+    with rdsma_running(relay, env) as rdsma:
         server = server_pid(relay)
         proc, pid = serve(relay, "c1", env)
         assert proc.returncode == 0 and served_by(relay, "c1")[-1] != pid  # the resident serves
@@ -376,3 +376,32 @@ def test_code_changed_under_the_resident_is_served_at_once_and_the_resident_reti
         proc, pid = serve(relay, "c1", env)  # the resident rdsma started again serves the new code
         last = [line for line in log.read_text().splitlines() if "served c1:" in line][-1]
         assert proc.returncode == 0 and last.endswith("(patched)") and f"[{pid}]" not in last
+        # rdsma itself runs the new code too: the same process (pid), started again on it
+        text = log.read_text()
+        assert f"rdsma[{rdsma.pid}] INFO rdsma: the installed rds changed (an upgrade): starting again" in text
+        assert text.count(f"rdsma: started (pid {rdsma.pid},") == 2 and rdsma.poll() is None
+        assert (relay.path / "run" / "rdsma.pid").read_text().strip() == str(rdsma.pid)
+
+
+def test_rdsma_starts_again_on_upgraded_code_between_passes_never_in_one(relay: Host, tmp_path: Path) -> None:
+    """A file of the package replaced while rdsma waits: it starts again on it at its next look, in the
+    same process; its state and pid file say so, and it still stops on SIGTERM."""
+    import shutil
+
+    import rds
+
+    code = tmp_path / "code"
+    shutil.copytree(Path(rds.__file__).parent, code / "rds", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**relay.env(), "PYTHONPATH": str(code)}
+    log = relay.path / "log" / "rds.log"
+    with rdsma_running(relay, env) as rdsma:
+        wait_for(lambda: "rdsma: started" in log.read_text())
+        module = code / "rds" / "clock.py"
+        module.write_text(module.read_text() + "\n# patched\n")
+        os.kill(rdsma.pid, signal.SIGUSR1)  # a pass, then the look at the code
+        wait_for(lambda: log.read_text().count(f"rdsma: started (pid {rdsma.pid},") == 2, 30)
+        wait_for(lambda: server_pid(relay) is not None and listening(relay))  # its resident server, again
+        assert rdsma.poll() is None
+        status = relay.run("rdsma", "--status", env=env)
+        assert str(rdsma.pid) in status.stdout
+    assert rdsma.returncode is not None  # stopped by SIGTERM as before
