@@ -20,6 +20,7 @@ import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rds import (
     cache,
@@ -392,10 +393,34 @@ def send_results(home: Home, db: sqlite3.Connection, client: UpperClient) -> int
             if refused > len(later):
                 log.warning(f"{client.where} refused {refused - len(later)} result(s) for good (its log says why): "
                             f"not sent again")
-    if kept:
-        log.info(f"{client.where} refused {len(kept)} result(s) for now (a route, key or job it does not know "
-                 f"yet, or its bound on results waiting to go up): kept here to send again with the next pass")
+    said_later(home, log, client.where, len(kept))
     return sent
+
+
+LATER_SAY = 3600.0  # the "refused for now" line: when their number changes, else once an hour
+
+
+def said_later(home: Home, log: Any, where: str, n: int, now: float | None = None) -> None:
+    """Say how many results the upper system refused for now, when that number changes or once LATER_SAY
+    passed since it was said (a refusal that lasts was a line every pass: 288 a day every 5 minutes);
+    ``run/refused-later`` remembers the number and when it was said."""
+    path = home.run / "refused-later"
+    now = time.time() if now is None else now
+    if not n:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    try:
+        count, when = (int(x) for x in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        count, when = -1, 0
+    if n == count and when <= now < when + LATER_SAY:
+        return
+    log.info(f"{where} refused {n} result(s) for now (a route, key or job it does not know yet, or its bound on "
+             f"results waiting to go up): kept here to send again with each pass (said again when their number "
+             f"changes, else hourly)")
+    with contextlib.suppress(OSError):
+        fsutil.atomic_write(path, f"{n} {int(now)}\n".encode())
 
 
 def send_once(home: Home) -> int:

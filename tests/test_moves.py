@@ -13,6 +13,7 @@ with sqlite3 and the rds.log files.
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +93,31 @@ def test_a_result_refused_for_now_stays_below_and_goes_again(tree: Tree, monkeyp
     assert unsent(tree["r1"].path) == 0
     tree.check_in_upward(["r1", "u2"])
     assert (runs(tree["c1"], n), logged(tree["mgr"], n)) == (1, 1)
+
+
+def test_results_refused_for_now_are_said_when_their_number_changes_else_hourly(tmp_path: Path) -> None:
+    from rds import poller
+
+    (tmp_path / "rdsprm").mkdir()
+    (tmp_path / "rdsprm" / "RDSSETFL").write_text("HostName\tr1\n")
+    home = Home.open(tmp_path)
+    said: list[str] = []
+
+    class Log:
+        def info(self, msg: str) -> None:
+            said.append(msg)
+
+    t = 1_000_000.0
+    for n, at, says in [(2, 0, True), (2, 60, False), (2, 3000, False), (3, 3100, True), (3, 3200, False),
+                        (3, 3100 + poller.LATER_SAY, True), (0, 8000, False), (3, 8100, True)]:
+        before = len(said)
+        poller.said_later(home, Log(), "u2", n, t + at)
+        assert (len(said) > before) == says, (n, at)
+        if says:
+            assert said[-1].startswith(f"u2 refused {n} result(s) for now")
+    assert (home.run / "refused-later").read_text().split()[0] == "3"
+    poller.said_later(home, Log(), "u2", 0, t + 9000)  # all taken: forgotten, the next refusal is said at once
+    assert not (home.run / "refused-later").exists()
 
 
 def test_a_result_refused_for_good_is_dropped_and_said(tree: Tree) -> None:
