@@ -106,21 +106,31 @@ def test_a_file_shorter_than_its_piece_breaks_the_stream(tmp_path: Path) -> None
         os.close(r)
 
 
-def test_the_pipe_to_sshd_is_widened_and_nothing_else_is_touched(tmp_path: Path) -> None:
+def test_the_pipe_to_sshd_is_widened_while_package_bytes_go_and_as_it_was_after(tmp_path: Path) -> None:
     r, w = os.pipe()
     try:
-        assert fcntl.fcntl(w, F_GETPIPE_SZ) == 64 << 10
-        serve.widen(w)
-        most = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-        expect = serve.PIPE_SIZE if os.getuid() == 0 or most >= serve.PIPE_SIZE else 64 << 10
-        assert fcntl.fcntl(w, F_GETPIPE_SZ) == expect
-        with os.fdopen(os.dup(w), "wb") as out:
+        with os.fdopen(w, "wb", closefd=False) as out:
+            assert fcntl.fcntl(w, F_GETPIPE_SZ) == 64 << 10
+            wide = serve.Widened(out)
+            wide.widen()
+            most = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+            widened = serve.PIPE_SIZE if os.getuid() == 0 or most >= serve.PIPE_SIZE else 64 << 10
+            assert fcntl.fcntl(w, F_GETPIPE_SZ) == widened
             assert serve.sendable(out)
+            os.write(w, b"x" * (200 << 10))  # more than the old size, not read yet: it cannot shrink now
+            wide.restore()
+            assert fcntl.fcntl(w, F_GETPIPE_SZ) == widened
+            while len(os.read(r, 1 << 20)) == 1 << 20:
+                pass
+            wide.restore()  # read: as it was
+            assert fcntl.fcntl(w, F_GETPIPE_SZ) == 64 << 10
     finally:
         os.close(r)
         os.close(w)
     with open(tmp_path / "file", "wb") as f:
-        serve.widen(f.fileno())  # not a pipe: left as it is, no error
+        wide = serve.Widened(f)  # not a pipe: left as it is, no error
+        wide.widen()
+        wide.restore()
         assert not serve.sendable(f)
     assert not serve.sendable(io.BytesIO())  # tests and in-process serving: blocks as bytes
 

@@ -60,7 +60,6 @@ def forced(lower: str, home_path: Path | None) -> int:
     else prints going to stderr (rds.cli.serve and rds.forced both start it so)."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else prints goes to stderr, never into the protocol stream
-    widen(out.fileno())
     return serve(lower, home_path, os.environ.get("SSH_ORIGINAL_COMMAND"), sys.stdin.buffer, out)
 
 
@@ -89,6 +88,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
     requests = sent = 0
     busy = False  # whether the session did something worth a line of its own (else it is counted)
     kept = Kept(lower) if KEEPABLE else None
+    wide = Widened(out)
     try:
         send(out, {"ok": True, "serve": wire.VERSION, "upper": service.home.host})
         while True:
@@ -96,6 +96,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
             if msg is None:
                 break
             requests += 1
+            wide.restore()  # a read before: its bytes are out of the pipe by now, or at a later request
             try:
                 alive = wire.alive(msg) if isinstance(msg, dict) else None
             except ProtocolError as e:
@@ -110,6 +111,7 @@ def serve(lower: str, home_path: Path | None, original: str | None, inp: BinaryI
                     return 0
                 service, idle = fresh, kept.granted
             if op in ("read", "ranges"):
+                wide.widen()
                 sent += _serve_read(service, msg, out, alive)
                 busy = True
             else:
@@ -307,14 +309,46 @@ def _check_original(original: str | None, lower: str, home: Path) -> None:
 # The pipe sshd reads the protocol stream from: 64 KiB by default, which made each MiB served cost sixteen
 # turns between rds-serve and sshd (issue 16: 256 MiB took 0.29 s to cross the pipe, 0.07 s with 1 MiB)
 PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ, F_GETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031), getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
-def widen(fd: int) -> None:
-    """Make the pipe on ``fd`` hold PIPE_SIZE bytes, if it is a pipe and the system lets this user
-    (/proc/sys/fs/pipe-max-size, 1 MiB by default); as it was otherwise."""
-    with contextlib.suppress(OSError):
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+class Widened:
+    """The pipe to sshd made PIPE_SIZE while package bytes go through it, and as it was again after.
+
+    Only while: the kernel counts pipe buffers per user, and past
+    /proc/sys/fs/pipe-user-pages-soft (64 MiB) it gives every new pipe of
+    that user two pages, sshd's own for the next sessions included; a
+    hundred kept sessions each holding a widened pipe would pass it.  The
+    pipe shrinks back at the next request, once what it held was read (the
+    kernel refuses while it holds more than the smaller size: tried again)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.fd = -1
+        self.was = 0
+        try:
+            fd = out.fileno()
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                self.fd = fd
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def widen(self) -> None:
+        if self.fd < 0 or self.was:
+            return
+        with contextlib.suppress(OSError):  # not allowed for this user now: as it was
+            was = fcntl.fcntl(self.fd, F_GETPIPE_SZ)
+            if was < PIPE_SIZE:
+                fcntl.fcntl(self.fd, F_SETPIPE_SZ, PIPE_SIZE)
+                self.was = was
+
+    def restore(self) -> None:
+        if not self.was:
+            return
+        try:
+            fcntl.fcntl(self.fd, F_SETPIPE_SZ, self.was)
+            self.was = 0
+        except OSError:  # EBUSY: sshd has not read it all yet
+            pass
 
 
 def sendable(out: BinaryIO) -> bool:
