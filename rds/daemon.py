@@ -18,7 +18,7 @@ went; ``status`` reads it for ``rdsma --status`` and the others.
 
 An upgrade reaches a running resident by itself: between passes (and at
 least every CODE_CHECK seconds while it waits) it compares the installed
-code with what it started on (``forced.identity``: the version and the
+code with what it started on (``installation.identity``: the version and the
 package's files); when they differ it stops as for SIGTERM and executes its
 own command line again, in the same process (same pid for systemd and the
 pid file, its resident server restarted with it), on the new code.  A pass
@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rds import crashpoints, fsutil
+from rds import crashpoints, fsutil, installation
 from rds.clock import now_text, shown
 from rds.errors import AlreadyRunning, NotRunning, RdsError, SystemError_
 from rds.home import Home
@@ -200,7 +200,7 @@ class Resident:
         self.companion_due: float | None = None
         self.companion_backoff = COMPANION_BACKOFF
         self.companion_started = 0.0
-        self.code = b""  # forced.identity() as the loop started; another one later: an upgrade
+        self.code = b""  # installation.identity() as the loop started; another one later: an upgrade
         self.code_due = 0.0
         self.upgraded = False
 
@@ -289,9 +289,7 @@ class Resident:
         signal.signal(signal.SIGUSR1, self._on_usr1)
         if self.companion is not None:
             signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes _wait (set_wakeup_fd) to look at it
-        from rds import forced
-
-        self.code = forced.identity()
+        self.code = installation.identity()
         self.code_due = time.monotonic() + CODE_CHECK
         try:
             with self._alive(), self._database_held():
@@ -327,11 +325,9 @@ class Resident:
 
     def _upgraded(self) -> bool:
         """Whether the installed code is no longer what this process started on (looked at now)."""
-        from rds import forced
-
         self.code_due = time.monotonic() + CODE_CHECK
         try:
-            self.upgraded = forced.identity() != self.code
+            self.upgraded = installation.identity() != self.code
         except OSError:  # the package half replaced at this instant: looked at again later
             self.upgraded = False
         return self.upgraded

@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import sys
 
+from rds.installation import identity  # noqa: F401  (the resident compares it: rds.resident)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the annotations only: importing typing costs rds-serve a few ms a check-in
     from collections.abc import Callable, Sequence
@@ -81,25 +83,6 @@ def home_of(opts: dict[str, str]) -> str | None:
     if not home:
         return "/NETMRDS" if os.geteuid() == 0 else None
     return home
-
-
-def identity() -> bytes:
-    """rds's version and what identifies the installed code: how many ``.py`` files the package has, their
-    total size and the sum of their modification times (ns).  Any file patched, replaced, added or removed
-    changes it; it costs a directory read and a stat per file."""
-    from rds import __version__
-
-    n = size = mtime = 0
-    dirs = [os.path.dirname(os.path.abspath(__file__))]
-    while dirs:
-        with os.scandir(dirs.pop()) as entries:
-            for e in entries:
-                if e.name.endswith(".py"):
-                    st = e.stat()
-                    n, size, mtime = n + 1, size + st.st_size, mtime + st.st_mtime_ns
-                elif e.name != "__pycache__" and e.is_dir():
-                    dirs.append(e.path)
-    return f"{__version__}+{n}.{size}.{mtime}".encode()
 
 
 def through_resident(name: str) -> int | None:
