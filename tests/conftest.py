@@ -144,3 +144,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if "payload" in source.lower() and "chunk" not in source.lower():
             item.fixturenames.insert(0, "whole_packages")  # type: ignore[attr-defined] # before the others
+
+
+def mounts_under(top: Path) -> list[Path]:
+    """Mount points at or below ``top`` in this mount namespace, deepest first (from /proc/self/mountinfo)."""
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(fields[4].encode().decode("unicode_escape"))  # \040 for a space and the like
+        if point == top or top in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def detach(points: Sequence[Path]) -> None:
+    """Unmount each (lazily if busy): a file system left mounted in pytest's temporary directories makes
+    pytest's own clean-up of old runs fail with EBUSY at the end of a later session."""
+    for point in points:
+        if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before pytest removes the temporary directories of old runs: a small file system a killed run left
+    mounted there (tests/faults mounts tmpfs as root) is unmounted, outside this run's own directory."""
+    if os.geteuid() != 0 or hasattr(session.config, "workerinput"):
+        return
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    runs = base.parent
+    detach([p for p in mounts_under(runs) if not (p == base or base in p.parents)])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Nothing this run mounted stays mounted once it ends, whatever a test left behind."""
+    if os.geteuid() != 0 or hasattr(session.config, "workerinput"):
+        return
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    detach(mounts_under(base))

@@ -478,6 +478,8 @@ def small_fs(path: Path, size: int) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        if os.path.ismount(path):
+            raise AssertionError(f"{path} is still mounted after umount and umount -l")
 
 
 def fill(fs: Path, leave: int) -> Path:
