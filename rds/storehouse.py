@@ -153,7 +153,7 @@ class Storehouse:
     def __init__(self, root: Path, home: Home | None = None) -> None:
         self.root = root
         self.partial = root / PARTIAL
-        self.chunks = chunks.ChunkStore(root / chunks.DIR)
+        self.chunks = chunks.ChunkStore(root / chunks.DIR, lock_timeout())
         self.home = home if home is not None else Home(root.parent)  # the storehouse is its home's RDS/
 
     @classmethod

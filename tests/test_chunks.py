@@ -18,6 +18,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import chunkfiles
 import pytest
 import sshd
 from conftest import Host, Tree
@@ -31,8 +32,7 @@ from rds.storehouse import PAYLOAD, Storehouse
 
 
 def chunk_files(home: Path) -> dict[str, bytes]:
-    root = home / "RDS" / ".chunks"
-    return {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    return chunkfiles.stored(home)
 
 
 def manifest_of(home: Path, pid: str) -> dict:

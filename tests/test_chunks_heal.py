@@ -6,15 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 
+import chunkfiles
 from conftest import Tree, installs
-from test_heal import chain, damage_lines, deliver, log_of, manifest, rot
+from test_heal import chain, damage_lines, deliver, log_of, manifest
 
 
 def whole(host, pid: str) -> str:  # type: ignore[no-untyped-def]
     """The SHA-256 of a host's chunks of ``pid`` in the manifest's order (hashlib, not rds)."""
     h = hashlib.sha256()
     for name, *_ in manifest(host, pid)["chunks"]:
-        h.update((host.path / "RDS" / ".chunks" / name[:2] / name).read_bytes())
+        h.update(chunkfiles.read(host.path, name))
     return h.hexdigest()
 
 
@@ -27,17 +28,18 @@ def test_a_damaged_chunk_on_a_relay_is_caught_removed_and_fetched_again(tree: Tr
     c1.run("rdsft", "-a")
     assert whole(rb, pid) == good
     bad = manifest(rb, pid)["chunks"][2][0]
-    rot(rb.path / "RDS" / ".chunks" / bad[:2] / bad)
+    chunkfiles.change(rb.path, bad, lambda b: bytes(b[:len(b) // 2]) + bytes([b[len(b) // 2] ^ 0xFF])
+                      + bytes(b[len(b) // 2 + 1:]))  # one byte flipped in place, as a disk rots
 
     proc = c2.run("rdsft", "-a", check=False)
     assert proc.returncode == 6, proc.stderr
     assert proc.stderr.startswith("rdsft: 1 download(s) came damaged and were discarded: ")
     assert "sent a damaged chunk" in proc.stderr
     assert installs(c2) == 0 and not (c2.path / "RDS" / pid).exists()
-    assert not (c2.path / "RDS" / ".chunks" / bad[:2] / bad).exists()  # never stored below
+    assert not chunkfiles.has(c2.path, bad)  # never stored below
     # relayB found it as it served it (the whole hashed as it went): the copy and the bad chunk are gone
     assert not (rb.path / "RDS" / pid).exists()
-    assert not (rb.path / "RDS" / ".chunks" / bad[:2] / bad).exists()
+    assert not chunkfiles.has(rb.path, bad)
     assert damage_lines(rb, pid) and damage_lines(c2, pid)
 
     c2.run("rdsft", "-a")  # healed: relayB fetches what it lacks from relayA, c2 installs

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import chunkfiles
 from conftest import Tree
 from test_chunks import make_tree, manifest_of, write_tree
 
@@ -32,8 +33,8 @@ def test_a_medium_of_the_chunks_a_relay_lacks_stages_version_2(tree: Tree, tmp_p
     assert not (tmp_path / "delta" / v2 / "payload.tgz").exists()
     out = relay.run("rdsstage", "-i", str(tmp_path / "delta"), "--json").stdout
     assert [o["action"] for o in json.loads(out)] == ["staged"]
-    mine = relay.path / "RDS" / ".chunks"
-    whole = b"".join((mine / c[0][:2] / c[0]).read_bytes() for c in manifest_of(relay.path, v2)["chunks"])
+    held = chunkfiles.stored(relay.path)
+    whole = b"".join(held[c[0]] for c in manifest_of(relay.path, v2)["chunks"])
     assert hashlib.sha256(whole).hexdigest() == manifest_of(mgr.path, v2)["sha256"]
 
     # --since: the same, into an archive; a host that lacks the older version is told what to do

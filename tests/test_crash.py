@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import chunkfiles
 import pytest
 from conftest import installs, wait_for
 from observe import asleep_in, gone, pass_owner
@@ -53,8 +54,9 @@ def no_stray_package(host) -> None:  # type: ignore[no-untyped-def]
             assert (d / "manifest.json").is_file()
             listed = json.loads((d / "manifest.json").read_text()).get("chunks")
             assert listed or (d / "payload.tgz").is_file()  # a chunked package's chunks, or the old payload
+            held = chunkfiles.stored(host.path)
             for name, _, size, *_ in listed or []:
-                assert (host.path / "RDS" / ".chunks" / name[:2] / name).stat().st_size == size
+                assert len(held[name]) == size
 
 
 @pytest.mark.parametrize("point", CLIENT_POINTS)

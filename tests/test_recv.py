@@ -14,6 +14,7 @@ import random
 import threading
 from pathlib import Path
 
+import chunkfiles
 import pytest
 import sshd
 from conftest import Tree
@@ -133,12 +134,12 @@ def test_chunks_are_verified_and_stored_by_the_writers_not_the_reading_thread(
     with pytest.raises(IntegrityError, match="damaged chunk"):
         r.check()
     assert threading.current_thread().name not in checked_in and checked_in
+    held = chunkfiles.stored(tmp_path / "c")
     for i, (e, packed) in enumerate(entries):
-        path = tmp_path / "c" / e[0][:2] / e[0]
         if i == bad:
-            assert not path.exists()  # never stored
+            assert e[0] not in held  # never stored
         else:
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(packed).hexdigest()
+            assert hashlib.sha256(held[e[0]]).hexdigest() == hashlib.sha256(packed).hexdigest()
 
 
 def inode_flags(path: Path) -> int | None:
@@ -168,7 +169,7 @@ def test_the_chunk_store_spreads_its_directories_over_the_file_system(tmp_path: 
     r.check()
     flags = inode_flags(tmp_path / "c")
     assert flags is not None and flags & 0x00020000  # FS_TOPDIR_FL
-    assert hashlib.sha256((tmp_path / "c" / e[0][:2] / e[0]).read_bytes()).hexdigest() == e[3]
+    assert hashlib.sha256(chunkfiles.read(tmp_path / "c", e[0])).hexdigest() == e[3]
     store.make()  # already there: left as it is
     assert inode_flags(tmp_path / "c") == flags
 
@@ -217,4 +218,4 @@ def test_a_buffer_the_caller_reuses_is_copied_and_bytes_it_cannot_change_are_not
         r.close()
         r.check()
         for e, packed in entries:
-            assert (tmp_path / kind / e[0][:2] / e[0]).read_bytes() == packed
+            assert chunkfiles.read(tmp_path / kind, e[0]) == packed

@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import chunkfiles
 import pytest
 from conftest import Tree
 from test_chunks import write_tree
@@ -45,7 +46,7 @@ def package(tmp_path: Path, up: Storehouse, name: str, files: dict[str, bytes]) 
 
 
 def stored_digests(store: Storehouse, m: Manifest) -> list[str]:
-    return [hashlib.sha256(store.chunks.path(e[0]).read_bytes()).hexdigest() for e in m.chunks]
+    return [hashlib.sha256(chunkfiles.read(store.chunks.root, e[0])).hexdigest() for e in m.chunks]
 
 
 def test_the_manifest_gives_each_chunks_packed_sha256(tmp_path: Path) -> None:
@@ -86,8 +87,8 @@ def test_a_chunk_whose_packed_bytes_differ_is_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match="damaged chunk"):
         down.receive_chunks(m, reader(up, m), "up")
-    assert not down.chunks.path(victim[0]).exists()
-    assert down.chunks.path(m.chunks[0][0]).exists()  # the good chunk before it is kept
+    assert not chunkfiles.has(down.chunks.root, victim[0])
+    assert chunkfiles.has(down.chunks.root, m.chunks[0][0])  # the good chunk before it is kept
     assert down.get(m.id) is None
 
 

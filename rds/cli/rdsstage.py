@@ -102,7 +102,7 @@ def show(outcomes: list[staging.Outcome], as_json: bool) -> int:
 def chunk_names(*, home: Home) -> int:
     from rds.storehouse import Storehouse
 
-    for name, _ in Storehouse.of(home).chunks.names():
+    for name in sorted(Storehouse.of(home).chunks.every()):
         if len(name) == 64:
             click.echo(name)
     return 0

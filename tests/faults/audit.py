@@ -23,6 +23,7 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
+import chunkfiles
 from testkit import sha256_of as sha256_of  # the runners and bench/faults hash through audit
 
 DEFINITION = (
@@ -76,8 +77,11 @@ def archive_sha256(package: Path) -> str:
     if (package / "payload.tgz").exists():
         return sha256_of(package / "payload.tgz")
     h = hashlib.sha256()
+    held = chunkfiles.stored(package.parent / ".chunks")
     for name, *_ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
-        h.update((package.parent / ".chunks" / name[:2] / name).read_bytes())
+        if name not in held:
+            raise FileNotFoundError(f"chunk {name} of {package.name} is not held")
+        h.update(held[name])
     return h.hexdigest()
 
 
