@@ -180,6 +180,7 @@ class ChunkStore:
         self.busy = busy  # seconds to wait for another process's write to the index
         self._db: Any = None
         self._db_pid = 0
+        self._db_ino = 0  # the index file the connection was opened on
         self._db_lock = threading.Lock()
 
     def path(self, name: str) -> Path:
@@ -202,10 +203,15 @@ class ChunkStore:
     def _index(self, create: bool = False) -> Any:
         """The packs' index (a sqlite3 connection), or None when there is none and ``create`` is not asked.
         Opened again in a child after a fork (a connection is never shared across processes)."""
-        if self._db is not None and self._db_pid == os.getpid():
-            return self._db
         path = f"{self._root}/{PACKS}/{INDEX}"
-        if not create and not os.path.exists(path):
+        try:
+            ino = os.stat(path).st_ino
+        except FileNotFoundError:
+            ino = 0
+        if self._db is not None and self._db_pid == os.getpid() and self._db_ino == ino:
+            return self._db
+        self.close()  # another process removed the store (rdsft -init) since: never the old file's rows
+        if not create and not ino:
             return None
         import sqlite3  # only where chunks are packed
 
@@ -222,7 +228,7 @@ class ChunkStore:
         except BaseException:
             db.close()
             raise
-        self._db, self._db_pid = db, os.getpid()
+        self._db, self._db_pid, self._db_ino = db, os.getpid(), os.stat(path).st_ino
         return db
 
     def packed(self, names: Sequence[str]) -> dict[str, tuple[str, int, int]]:

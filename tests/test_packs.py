@@ -192,3 +192,19 @@ def test_loose_chunks_of_an_older_home_and_packed_ones_make_one_package(tmp_path
     assert sum(n for _, n in asked) == sum(e[2] for e in {e[0]: e for e in m.chunks[1::2]}.values())
     assert b"".join(bytes(b) for b in down.spans(m, [(0, m.size)])) == archive
     down.verify(m, full=True)
+
+
+def test_a_store_removed_under_a_long_lived_process_is_not_written_through_its_old_index(tmp_path: Path) -> None:
+    """rdsma keeps its storehouse open for days; rdsft -init removes the chunk store meanwhile: the rows it
+    records later go to the index everyone reads, not to the removed file."""
+    held = chunks.ChunkStore(tmp_path / "c")
+    w = chunks.PackWriter(held)
+    w.append("a" * 64, b"x" * 10)
+    w.close()
+    assert held.has(("a" * 64, 1, 10))
+    chunks.ChunkStore(tmp_path / "c").clear()  # another process
+    assert not held.has(("a" * 64, 1, 10))
+    w = chunks.PackWriter(held)
+    w.append("b" * 64, b"y" * 10)
+    w.close()
+    assert set(chunkfiles.stored(tmp_path / "c")) == {"b" * 64}
