@@ -89,14 +89,15 @@ class Manifest:
     chunks: tuple[tuple[str, int, int] | tuple[str, int, int, str], ...] = ()
     signature: str = ""  # the managing server's, over every other field (rds.trust)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, chunks: Any = None) -> dict[str, Any]:
+        """The manifest as JSON holds it; with ``chunks``, that in the place of the chunk list (if any)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # not asdict: it deep-copies
         d["id"] = str(self.id)  # every chunk entry, 0.06 s a call for a 200 MiB package
         d["format"] = MANIFEST_FORMAT
         if self.unpacked is None:  # an old manifest reads back as it was
             del d["unpacked"]
         if self.chunks:
-            d["chunks"] = [list(c) for c in self.chunks]
+            d["chunks"] = [list(c) for c in self.chunks] if chunks is None else chunks
         else:  # an old-format manifest reads back (and is signed) as it was
             del d["chunks"]
         if not self.signature:
@@ -113,13 +114,26 @@ class Manifest:
     def signed_bytes(self) -> bytes:
         """``body()`` in the canonical form that is signed (rds.identity), made once a manifest: a pass
         verifies a job's manifest and digests it for the job's signature (4 ms each for 3,318 chunks)."""
-        return canonical(self.body())
+        if not self.chunks:
+            return canonical(self.body())
+        d = self.to_json(chunks=0)
+        d.pop("signature", None)
+        return _spliced(canonical(d), b'"chunks":0', self._chunks_text.encode())
 
     @functools.cached_property
     def json_text(self) -> str:
-        """``json.dumps(to_json())``, made once a manifest: a job record carries its manifest (rds.jobs),
-        and a package's jobs are kept, signed and handed out many at a time."""
-        return json.dumps(self.to_json())
+        """``to_json()`` in JSON (the chunk list without spaces), made once a manifest: a job record carries
+        its manifest (rds.jobs), and a package's jobs are kept, signed and handed out many at a time."""
+        if not self.chunks:
+            return json.dumps(self.to_json())
+        text = json.dumps(self.to_json(chunks=0)).encode()
+        return _spliced(text, b'"chunks": 0', self._chunks_text.encode()).decode()
+
+    @functools.cached_property
+    def _chunks_text(self) -> str:
+        """The chunk list in JSON as the canonical form writes it: most of a big manifest's bytes, encoded
+        once for both its texts (a pass verifies the manifest and keeps it in its job's record)."""
+        return json.dumps([list(c) for c in self.chunks], separators=(",", ":"))
 
     @classmethod
     def parse(cls, text: str) -> Manifest:
@@ -174,6 +188,14 @@ class Manifest:
     @property
     def chunked(self) -> bool:
         return bool(self.chunks)
+
+
+def _spliced(text: bytes, placeholder: bytes, value: bytes) -> bytes:
+    """``text`` with ``value`` in the place of the JSON member ``placeholder`` (a quoted key and 0): a quote
+    inside a JSON string is escaped, so the placeholder's only match is the member itself."""
+    head, found, tail = text.partition(placeholder)
+    assert found and placeholder not in tail
+    return head + placeholder[:-1] + value + tail
 
 
 _PARSED_MAX = 4  # a few packages at a time (a pass, a session); their texts are up to a few MiB

@@ -369,13 +369,21 @@ def test_chunks_that_do_not_add_up_are_refused() -> None:
             Manifest.from_json({**chunked_manifest(3), **change})
 
 
-def test_the_signed_bytes_are_the_canonical_body() -> None:
+@pytest.mark.parametrize("change", [
+    {},
+    {"script": 'sét\u2028up "chunks":0 \\"chunks": 0'},  # text that looks like the chunk list's placeholder
+    {"install_dir": '/opt/"chunks": 0'},
+    {"expire_days": 30, "signature": "s" * 88},
+])
+def test_the_signed_bytes_and_the_json_text_are_those_of_the_whole_manifest(change: dict[str, Any]) -> None:
+    """Both are made from one encoding of the chunk list (Manifest._chunks_text)."""
     from rds import identity
 
-    m = Manifest.from_json(chunked_manifest(3))
-    assert m.signed_bytes == identity.canonical(m.body())
-    other = dataclasses.replace(m, install_dir="/etc")  # a copy is a manifest of its own: its own bytes
-    assert other.signed_bytes == identity.canonical(other.body()) != m.signed_bytes
+    for m in (Manifest.from_json({**chunked_manifest(3), **change}), Manifest.from_json({**GOOD_MANIFEST, **change})):
+        assert m.signed_bytes == identity.canonical(m.body())
+        assert json.loads(m.json_text) == m.to_json()
+        other = dataclasses.replace(m, install_dir="/etc")  # a copy is a manifest of its own: its own bytes
+        assert other.signed_bytes == identity.canonical(other.body()) != m.signed_bytes
 
 
 def test_parse_reads_each_text_afresh_and_the_same_text_once() -> None:
