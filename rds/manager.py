@@ -147,10 +147,12 @@ def remake(home: Home, db: sqlite3.Connection, job_no: int, dests: list[str], at
     return jobs.insert_many(db, [(j, wave) for j in made], m, now)  # signed when handed out (``signed``)
 
 
-def signed(db: sqlite3.Connection, home: Home, found: list[Job]) -> list[Job]:
+def signed(db: sqlite3.Connection, home: Home, found: list[Job],
+           read: dict[tuple[int, str], Manifest] | None = None) -> list[Job]:
     """``found`` as the managing server hands them out: the jobs this version made (their records carry
     the signed manifest) signed the first time, all of a package at once on every CPU, and kept signed.
-    Jobs made before signatures are left to rds.service, which signs their manifests too."""
+    Jobs made before signatures are left to rds.service, which signs their manifests too.  ``read`` gets
+    the manifest read from the record of the job (job, dest) each package's were signed with."""
     todo: dict[str, list[Job]] = {}
     for j in found:
         if not j.sig:
@@ -160,6 +162,8 @@ def signed(db: sqlite3.Connection, home: Home, found: list[Job]) -> list[Job]:
         m = jobs.signed_manifest(db, waiting[0])
         if m is None:
             continue
+        if read is not None:
+            read[(waiting[0].job_no, waiting[0].dest)] = m
         now_signed = trust.sign_jobs(home.identity, waiting, m)
         jobs.keep_signed(db, [(j, m) for j in now_signed])
         made.update(((j.job_no, j.dest), j) for j in now_signed)

@@ -160,10 +160,11 @@ class UpperService:
         stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
         signed: list[tuple[jobs.Job, Manifest]] = []
         found = jobs.for_lower(self.db, self.lower)
+        read: dict[tuple[int, str], Manifest] = {}  # manifests read from job records already
         if managing:  # signed the first time they are handed out, all at once (rds.manager.signed)
             from rds import manager
 
-            found = manager.signed(self.db, self.home, found)
+            found = manager.signed(self.db, self.home, found, read)
         for job in found:
             # handed out whether the package is here or not: the record carries its manifest (read once
             # a package), and a read of a package not here fetches it (rds.cache); a DELETE job's stands in last
@@ -171,7 +172,7 @@ class UpperService:
                 continue
             key = str(job.package)
             if key not in manifests or (key in stand_ins and job.type != jobs.DELETE):
-                manifests[key] = jobs.manifest(self.db, job)
+                manifests[key] = read.get((job.job_no, job.dest)) or jobs.manifest(self.db, job)
                 if job.type == jobs.DELETE:
                     stand_ins.add(key)
                 else:

@@ -167,13 +167,12 @@ class Storehouse:
         return self.dir(pid) / PAYLOAD
 
     def get(self, pid: PackageId) -> Manifest | None:
-        try:
-            data = json.loads((self.dir(pid) / MANIFEST).read_text())
+        try:  # read each time; parsed once a process while its text stays the same (Manifest.parse)
+            return Manifest.parse((self.dir(pid) / MANIFEST).read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError) as e:  # RecursionError: hostile nesting, [[[[...
             raise InputError(f"{self.dir(pid) / MANIFEST}: unreadable manifest ({str(e)[:200]})") from None
-        return Manifest.from_json(data)
 
     def has(self, pid: PackageId) -> bool:
         return (self.dir(pid) / MANIFEST).is_file()
@@ -314,7 +313,9 @@ class Storehouse:
         # the like, where a payload is committed.
         if (work / PAYLOAD).exists():  # a whole payload (a chunked package is checked chunk by chunk)
             self._stamp(work / PAYLOAD, work / VERIFIED, manifest)
-        fsutil.atomic_write(work / MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+        # one line when chunked: json's indenting encoder is pure Python (13-23 ms for 3,318 chunks)
+        text = manifest.json_text if manifest.chunked else json.dumps(manifest.to_json(), indent=1)
+        fsutil.atomic_write(work / MANIFEST, text.encode())
         target = self.dir(manifest.id)
         if target.exists():
             raise InputError(f"package {manifest.id} is already in the storehouse")

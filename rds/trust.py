@@ -55,7 +55,7 @@ _CHUNK = 500
 # -- manifests and jobs (signed by the managing server) ---------------------------------------------------
 
 def manifest_digest(m: Manifest) -> str:
-    return hashlib.sha256(identity.canonical(m.body())).hexdigest()
+    return hashlib.sha256(m.signed_bytes).hexdigest()
 
 
 def sign_manifest(me: Identity, m: Manifest) -> Manifest:
@@ -83,7 +83,7 @@ def manifest_fault(key: str, m: Manifest) -> str | None:
     """Why ``m`` is not the managing server's (``key``'s) manifest, or None when it is."""
     if not m.signature:
         return f"the manifest of {m.id} is not signed by the managing server"
-    if not identity.verify(key, m.body(), m.signature):
+    if not identity.verify_bytes(key, m.signed_bytes, m.signature):
         return f"the manifest of {m.id} does not verify with the managing server's key (altered on the way?)"
     return None
 

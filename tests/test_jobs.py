@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -126,6 +127,41 @@ def test_same_job_number_for_two_hosts_is_two_jobs(db: sqlite3.Connection) -> No
     assert jobs.delete(db, [(7, "c1")]) == 1
     assert jobs.delete(db, [(7, None)]) == 1
     assert jobs.listing(db) == []
+
+
+def test_a_record_carries_the_job_and_its_manifest_as_json_would(db: sqlite3.Connection) -> None:
+    m = dataclasses.replace(manifest(), script="sét\u2028up.sh", signature="s" * 88)
+    for j in (job(), dataclasses.replace(job(), sig="x" * 88, attempt=3, not_before="2024-05-02T10:00:00+00:00")):
+        text = jobs.record_text(j, m)
+        assert json.loads(text) == {**j.to_json(), "manifest": m.to_json()}
+        assert text == json.dumps({**j.to_json(), "manifest": m.to_json()})
+    jobs.store(db, [job()], {str(PID): m})
+    assert jobs.manifest(db, job()) == m and jobs.signed_manifest(db, job()) == m
+
+
+def test_signed_manifest_is_none_for_an_unsigned_manifest_or_a_damaged_record(db: sqlite3.Connection) -> None:
+    jobs.store(db, [job(7), job(8), job(9)], {str(PID): manifest()})
+    assert jobs.signed_manifest(db, job(7)) is None  # made before signatures
+    db.execute("UPDATE jobs SET record=? WHERE job_no=8", ("{not json",))
+    db.execute("UPDATE jobs SET record=? WHERE job_no=9", (json.dumps({**job(9).to_json(), "manifest": "x"}),))
+    assert jobs.signed_manifest(db, job(8)) is None and jobs.signed_manifest(db, job(9)) is None
+    assert jobs.signed_manifest(db, job(10)) is None  # no such job
+
+
+def test_the_jobs_being_read_come_from_their_rows(db: sqlite3.Connection) -> None:
+    """Each read of a download says GEN_START for the reader's jobs of that package: from the row's columns,
+    the record (with thousands of chunks) not parsed."""
+    other = PackageId.make("AB", "OTHER", "0100")
+    jobs.store(db, [job(7), job(8), job(9, pid=other), job(10, "c2")],
+               {str(PID): manifest(), str(other): manifest(other)})
+    jobs.record_checkin(db, "c1", [], "mgr")
+    jobs.record_checkin(db, "c2", [], "mgr")
+    assert jobs.hand_over(db, "c1", [(7, "c1"), (9, "c1")]) == 2
+    assert jobs.hand_over(db, "c2", [(10, "c2")]) == 1
+    db.execute("UPDATE jobs SET record='{not json' WHERE job_no=7")
+    assert jobs.being_read(db, "c1", PID) == [jobs.Held(7, "c1", jobs.INSTALL, PID)]
+    assert jobs.being_read(db, "c2", PID) == [jobs.Held(10, "c2", jobs.INSTALL, PID)]
+    assert jobs.being_read(db, "c1", other) == [jobs.Held(9, "c1", jobs.INSTALL, other)]
 
 
 # -- routing ------------------------------------------------------------------------
