@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import chunkfiles
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -119,11 +120,14 @@ def _sql(home: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
 
 
 def _flip(path: Path, rng: random.Random, count: int) -> None:
-    data = bytearray(path.read_bytes())
+    path.write_bytes(_flipped(bytearray(path.read_bytes()), rng, count))
+
+
+def _flipped(data: bytearray, rng: random.Random, count: int) -> bytes:
     for _ in range(count if data else 0):
         i = rng.randrange(len(data))
         data[i] = rng.randrange(256)
-    path.write_bytes(bytes(data))
+    return bytes(data)
 
 
 def corrupt(home: Path, kind: str, value: Any, seed: int) -> None:
@@ -158,7 +162,10 @@ def corrupt(home: Path, kind: str, value: Any, seed: int) -> None:
     elif kind == "payload" and pkg.is_dir():  # the package's bytes: its payload, or one of its chunks
         listed = json.loads((pkg / "manifest.json").read_text()).get("chunks")
         name = rng.choice(listed)[0] if listed else None
-        _flip(pkg / "payload.tgz" if name is None else home / "RDS" / ".chunks" / name[:2] / name, rng, 3)
+        if name is None:
+            _flip(pkg / "payload.tgz", rng, 3)
+        else:  # a loose chunk file, or its place in a pack
+            chunkfiles.change(home, name, lambda data: _flipped(data, rng, 3))
     elif kind == "package-dir" and pkg.is_dir():
         shutil.rmtree(pkg)
         pkg.write_text(text)  # a file where the package's directory was
