@@ -5,7 +5,7 @@ in rds.chunks and rds(7)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -27,29 +27,35 @@ def _rows(root: Path) -> list[tuple[str, str, int, int]]:
         db.close()
 
 
-def stored(where: Path) -> dict[str, bytes]:
-    """Every chunk held: name -> packed bytes (temporary files left out)."""
+def stored(where: Path, names: Iterable[str] | None = None) -> dict[str, bytes]:
+    """Every chunk held, or those of ``names`` that are: name -> packed bytes (temporary files left out)."""
     root = _root(where)
     if not root.exists():
         return {}
-    out = {p.name: p.read_bytes() for p in root.glob("??/*") if p.is_file() and not p.name.startswith(".")}
+    wanted = None if names is None else set(names)
+    if wanted is None:
+        out = {p.name: p.read_bytes() for p in root.glob("??/*") if p.is_file() and not p.name.startswith(".")}
+    else:
+        out = {n: (root / n[:2] / n).read_bytes() for n in wanted if (root / n[:2] / n).is_file()}
     for name, pack, offset, size in _rows(root):
+        if name in out or (wanted is not None and name not in wanted):
+            continue
         with open(root / "packs" / pack, "rb") as f:
             f.seek(offset)
-            out.setdefault(name, f.read(size))
+            out[name] = f.read(size)
     return out
 
 
 def read(where: Path, name: str) -> bytes:
     """One chunk's packed bytes; FileNotFoundError when it is not held."""
-    got = stored(where).get(name)
+    got = stored(where, [name]).get(name)
     if got is None:
         raise FileNotFoundError(f"chunk {name} is not held in {_root(where)}")
     return got
 
 
 def has(where: Path, name: str) -> bool:
-    return name in stored(where)
+    return name in stored(where, [name])
 
 
 def change(where: Path, name: str, how: Callable[[bytearray], bytes]) -> None:

@@ -54,7 +54,7 @@ def no_stray_package(host) -> None:  # type: ignore[no-untyped-def]
             assert (d / "manifest.json").is_file()
             listed = json.loads((d / "manifest.json").read_text()).get("chunks")
             assert listed or (d / "payload.tgz").is_file()  # a chunked package's chunks, or the old payload
-            held = chunkfiles.stored(host.path)
+            held = chunkfiles.stored(host.path, [c[0] for c in listed or []])
             for name, _, size, *_ in listed or []:
                 assert len(held[name]) == size
 

@@ -77,8 +77,9 @@ def archive_sha256(package: Path) -> str:
     if (package / "payload.tgz").exists():
         return sha256_of(package / "payload.tgz")
     h = hashlib.sha256()
-    held = chunkfiles.stored(package.parent / ".chunks")
-    for name, *_ in json.loads((package / "manifest.json").read_text()).get("chunks") or []:
+    listed = json.loads((package / "manifest.json").read_text()).get("chunks") or []
+    held = chunkfiles.stored(package.parent / ".chunks", [c[0] for c in listed])
+    for name, *_ in listed:
         if name not in held:
             raise FileNotFoundError(f"chunk {name} of {package.name} is not held")
         h.update(held[name])
