@@ -82,6 +82,7 @@ PACK_COMMIT = 16 << 20  # packed bytes a download appends to its pack between tw
 # written back waits for it): the final flush of 1.5 GiB then finds little left (a transfer 10.1 s, 12.1 s
 # without; 155 MB of small chunks 1.87 s, 1.98 s without: A/B, alternated)
 PACK_STRIDE = 8 << 20
+COMPACT_SLACK = 1 << 20  # a pack taking more than twice its live chunks' bytes, and this, on disk is compacted
 
 # SHA-256 of the bytes, their size, the packed (gzip member) size and, in manifests made since issue 16, the
 # SHA-256 of the packed bytes (``check``: verified without decompressing)
@@ -390,7 +391,11 @@ class ChunkStore:
         try:
             fd = os.open(pack, os.O_RDONLY)
         except FileNotFoundError:
-            raise IntegrityError(f"chunk {name[:16]}...: its pack {os.path.basename(pack)} is gone") from None
+            now = self.packed([name]).get(name)  # compacted since it was looked up
+            if now is None or now[0] == pack:
+                raise IntegrityError(f"chunk {name[:16]}...: its pack {os.path.basename(pack)} is gone") from None
+            pack, offset, size = now
+            fd = os.open(pack, os.O_RDONLY)
         try:
             data = os.pread(fd, size, offset)
         finally:
@@ -487,8 +492,55 @@ class ChunkStore:
         for _, pack, offset, size in dead:
             if pack in held:
                 by_pack.setdefault(pack, []).append((offset, size))
+        live: dict[str, int] = {}
+        for _, pack, _, size in kept:
+            live[pack] = live.get(pack, 0) + size
         for pack, spans in by_pack.items():
             _punch(self.pack_file(pack), spans)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.pack_file(pack)).st_blocks * 512 > 2 * live.get(pack, 0) + COMPACT_SLACK:
+                    self._compact(pack)
+
+    def _compact(self, pack: str) -> None:
+        """Copy the chunks still named in ``pack`` to a new pack, move their rows there and remove it: where
+        no hole could be punched (a file system without them) or the dead chunks' partial blocks left it
+        more than half empty.  The new pack is on disk before the rows move, and they are before the old
+        one goes; a reader that opened the old one reads on from it, one that had not finds the new."""
+        import fcntl
+
+        try:
+            fd = os.open(self.pack_file(pack), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # written to, or compacted by another process
+                return
+            db = self._index()
+            if db is None:
+                return
+            with self._db_lock:
+                rows = db.execute("SELECT name, offset, size FROM chunk WHERE pack = ? ORDER BY offset",
+                                  (pack,)).fetchall()
+            writer = PackWriter(self)
+            try:
+                for name, offset, size in rows:
+                    data = os.pread(fd, size, offset)
+                    if len(data) == size:  # one the pack lost is left lacking
+                        writer.write(name, data, writer.reserve(size))
+                os.fsync(writer.fd)
+                with writer.lock:
+                    moved, writer.rows = writer.rows, []
+                self._change("UPDATE chunk SET pack = ?, offset = ? WHERE name = ? AND pack = ?",
+                             [(new, at, name, pack) for name, new, at, _ in moved])
+            finally:
+                writer.close()
+            self.flush()  # the rows' move on disk before the old pack goes
+            if not self.packed_in(pack):
+                os.unlink(self.pack_file(pack))
+        finally:
+            os.close(fd)
 
     def _prune(self) -> None:
         """Remove the fan-out directories left empty, and the store itself when it holds nothing."""
@@ -1002,20 +1054,30 @@ class Reader(io.RawIOBase):
                 os.close(fd)
                 raise IntegrityError(f"chunk {name[:16]}... is not the size its manifest says")
             return fd, 0, True
-        where = self.where.get(name) or self.store.packed([name]).get(name)
-        if where is None:
-            raise IntegrityError(f"chunk {name[:16]}... is missing from the chunk store")
-        pack, offset, size = where
-        if pack not in self.packs:
-            try:
-                pfd = os.open(pack, os.O_RDONLY)
-            except FileNotFoundError:
-                raise IntegrityError(f"chunk {name[:16]}...: its pack {os.path.basename(pack)} is gone") from None
-            self.packs[pack] = (pfd, os.fstat(pfd).st_size)
-        pfd, end = self.packs[pack]
+        (pfd, end), (_, offset, size) = self._pack(name, self.where.get(name) or self.store.packed([name]).get(name))
         if size != psize or offset + size > end:
             raise IntegrityError(f"chunk {name[:16]}... is not the size its manifest says, or not within its pack")
         return pfd, offset, False
+
+    def _pack(self, name: str, where: tuple[str, int, int] | None) -> tuple[tuple[int, int],
+                                                                           tuple[str, int, int]]:
+        """The open pack (file, size: kept while the reader is) that holds the chunk, and where in it; looked
+        up once more if the pack went since (compacted: ``ChunkStore._compact``)."""
+        for attempt in range(2):
+            if where is None:
+                break
+            if where[0] not in self.packs:
+                try:
+                    fd = os.open(where[0], os.O_RDONLY)
+                except FileNotFoundError:
+                    if attempt:
+                        raise IntegrityError(f"chunk {name[:16]}...: its pack {os.path.basename(where[0])} "
+                                             "is gone") from None
+                    where = self.store.packed([name]).get(name)
+                    continue
+                self.packs[where[0]] = (fd, os.fstat(fd).st_size)
+            return self.packs[where[0]], where
+        raise IntegrityError(f"chunk {name[:16]}... is missing from the chunk store")
 
     def readinto(self, b: Any) -> int:
         """Fill ``b`` from as many chunks as it takes (one block of a serve holds many small chunks)."""

@@ -208,3 +208,36 @@ def test_a_store_removed_under_a_long_lived_process_is_not_written_through_its_o
     w.append("b" * 64, b"y" * 10)
     w.close()
     assert set(chunkfiles.stored(tmp_path / "c")) == {"b" * 64}
+
+
+def test_a_pack_no_hole_could_be_punched_in_is_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without holes (or dead chunks' partial blocks) leaves a pack more than half empty: its
+    live chunks are copied to a new pack, their rows moved, and the old one goes."""
+    up, m, archive = upper(tmp_path, 4 << 20)
+    down = Storehouse(tmp_path / "down" / "RDS")
+    fetch(up, down, m)
+    [old] = (down.chunks.root / chunks.PACKS).glob("*.pack")
+    monkeypatch.setattr(chunks, "_FALLOCATE", [None])  # no fallocate here
+    keep = {e[0] for e in m.chunks[: len(m.chunks) // 4]}
+    reader = chunks.Reader(down.chunks, m.chunks)  # looked up before the compaction, read after it
+    down.chunks.collect(keep, again=lambda: keep)
+    assert not old.exists()
+    [new] = (down.chunks.root / chunks.PACKS).glob("*.pack")
+    kept = sum(e[2] for e in {e[0]: e for e in m.chunks if e[0] in keep}.values())
+    assert new.stat().st_size == kept and {r[1] for r in rows(down)} == {new.name}
+    held = chunkfiles.stored(down.chunks.root)
+    assert set(held) == keep
+    assert all(held[e[0]] == chunkfiles.read(up.chunks.root, e[0]) for e in m.chunks if e[0] in keep)
+    first = sum(e[2] for e in m.chunks[: len(m.chunks) // 4])
+    assert reader.read(first) == archive[:first]  # its lookup was of the old pack: found again in the new
+    reader.close()
+
+
+def test_a_pack_mostly_alive_after_its_holes_is_left_in_place(tmp_path: Path) -> None:
+    up, m, _ = upper(tmp_path, 4 << 20)
+    down = Storehouse(tmp_path / "down" / "RDS")
+    fetch(up, down, m)
+    [pack] = (down.chunks.root / chunks.PACKS).glob("*.pack")
+    keep = {e[0] for e in m.chunks[1:]}
+    down.chunks.collect(keep, again=lambda: keep)
+    assert pack.exists() and {r[1] for r in rows(down)} == {pack.name}
