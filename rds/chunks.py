@@ -130,7 +130,21 @@ def check(packed: Packed, entry: Entry) -> None:
         raise IntegrityError(f"chunk {entry[0][:16]}...: its packed bytes do not match the manifest's SHA-256")
 
 
-_WRITEBACK: list[Any] = []  # libc's sync_file_range, once looked up (None where there is none)
+_LIBC: dict[str, Any] = {}  # libc's calls, once looked up (None where there is none)
+
+
+def _libc(name: str, *args: Any) -> Any:
+    """libc's ``name`` with these argument types (ctypes), looked up once; None where libc has none."""
+    if name not in _LIBC:
+        import ctypes  # only when chunks are written or freed
+
+        call = getattr(ctypes.CDLL(None, use_errno=True), name, None)
+        if call is not None:
+            call.argtypes = list(args)
+        _LIBC[name] = call
+    return _LIBC[name]
+
+
 # chunks this large have their writing started as they are stored; smaller ones are left to ``flush``
 # (a disk request each for thousands of small chunks cost more CPU than the final syncfs saved)
 WRITEBACK_FROM = 128 << 10
@@ -140,15 +154,11 @@ def _start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     """Have the disk start writing a chunk just written, without waiting for it (sync_file_range with
     SYNC_FILE_RANGE_WRITE): the one ``flush`` before a package is committed then finds little left to
     write (issue 16: 1.5 GiB of chunks left 0.87 s of writing to the final syncfs, 0.02 s so)."""
-    if not _WRITEBACK:
-        import ctypes  # only when chunks are written
+    import ctypes
 
-        call = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-        if call is not None:
-            call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-        _WRITEBACK.append(call)
-    if _WRITEBACK[0] is not None:
-        _WRITEBACK[0](fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure leaves the work to ``flush``
+    call = _libc("sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    if call is not None:
+        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure leaves the work to ``flush``
 
 
 class ChunkStore:
@@ -356,7 +366,7 @@ class ChunkStore:
 
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+            syncfs = _libc("syncfs", ctypes.c_int)
             if syncfs is None or syncfs(fd) != 0:  # not Linux: the whole machine's
                 os.sync()
         finally:
@@ -670,20 +680,13 @@ class PackWriter:
         os.ftruncate(self.fd, cut)
 
 
-_FALLOCATE: list[Any] = []
-
-
 def _punch(path: str, spans: list[tuple[int, int]]) -> None:
     """Free the whole blocks of these (offset, length) spans of a pack (fallocate PUNCH_HOLE, the size kept):
     where the file system cannot, the bytes stay until the pack goes."""
-    if not _FALLOCATE:
-        import ctypes
+    import ctypes
 
-        call = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
-        if call is not None:
-            call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        _FALLOCATE.append(call)
-    if _FALLOCATE[0] is None:
+    fallocate = _libc("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+    if fallocate is None:
         return
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
@@ -694,7 +697,7 @@ def _punch(path: str, spans: list[tuple[int, int]]) -> None:
         for offset, length in spans:
             start = -(-offset // block) * block
             end = (offset + length) // block * block
-            if end > start and _FALLOCATE[0](fd, 0x01 | 0x02, start, end - start) != 0:  # KEEP_SIZE|PUNCH_HOLE
+            if end > start and fallocate(fd, 0x01 | 0x02, start, end - start) != 0:  # KEEP_SIZE|PUNCH_HOLE
                 return  # not this file system: the pack keeps them
     finally:
         os.close(fd)
@@ -1045,10 +1048,10 @@ class Reader(io.RawIOBase):
         one to lie within its pack (neither is changed in place: a loose one is written whole under another
         name and renamed; a pack only grows, and no row names bytes not yet written)."""
         name, psize = self.entries[i][0], self.entries[i][2]
-        try:
-            fd = os.open(self.store.file(name), os.O_RDONLY)
-        except FileNotFoundError:
-            fd = -1
+        fd = -1
+        if name not in self.where:  # looked up in the index at the start: no failed open a packed chunk
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.store.file(name), os.O_RDONLY)
         if fd >= 0:
             if os.fstat(fd).st_size != psize:
                 os.close(fd)

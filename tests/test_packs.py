@@ -217,7 +217,7 @@ def test_a_pack_no_hole_could_be_punched_in_is_compacted(tmp_path: Path, monkeyp
     down = Storehouse(tmp_path / "down" / "RDS")
     fetch(up, down, m)
     [old] = (down.chunks.root / chunks.PACKS).glob("*.pack")
-    monkeypatch.setattr(chunks, "_FALLOCATE", [None])  # no fallocate here
+    monkeypatch.setitem(chunks._LIBC, "fallocate", None)  # no fallocate here
     keep = {e[0] for e in m.chunks[: len(m.chunks) // 4]}
     reader = chunks.Reader(down.chunks, m.chunks)  # looked up before the compaction, read after it
     down.chunks.collect(keep, again=lambda: keep)

@@ -141,9 +141,9 @@ def test_large_chunks_start_their_writing_as_they_are_stored(tmp_path: Path, mon
     fd = os.open(tmp_path / "store", os.O_RDONLY)
     chunks._start_writeback(fd)  # looks sync_file_range up
     os.close(fd)
-    assert chunks._WRITEBACK[0] is not None  # Linux has it
+    assert chunks._LIBC["sync_file_range"] is not None  # Linux has it
     started: list[int] = []
-    monkeypatch.setattr(chunks, "_WRITEBACK", [lambda fd, *_: started.append(os.fstat(fd).st_size)])
+    monkeypatch.setitem(chunks._LIBC, "sync_file_range", lambda fd, *_: started.append(os.fstat(fd).st_size))
     small, big = os.urandom(chunks.WRITEBACK_FROM - 1), os.urandom(chunks.WRITEBACK_FROM)
     store.put("a" * 64, small)
     store.put("b" * 64, big)
