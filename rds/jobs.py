@@ -287,14 +287,27 @@ HANDABLE = (" AND j.job_no NOT IN (SELECT job_no FROM controls WHERE suspended I
             " AND (j.wave = 0 OR j.wave <= (SELECT released FROM orders o WHERE o.job_no = j.job_no))")
 
 
-def for_lower(db: sqlite3.Connection, lower: str) -> list[Job]:
-    """Jobs waiting here whose destination is reached through ``lower`` and that may be handed out."""
+def for_lower(db: sqlite3.Connection, lower: str) -> list[tuple[Job, str]]:
+    """Jobs waiting here whose destination is reached through ``lower`` and that may be handed out, each
+    with the mark of the manifest its record carries (``manifest_mark``)."""
     rows = db.execute(
         "SELECT j.record FROM jobs j JOIN routes r ON r.host = j.dest"
         " WHERE j.state=? AND r.via=?" + HANDABLE + " ORDER BY j.job_no, j.dest",
         (WAIT, lower),
     )
-    return [_job(r) for r in rows]
+    out = []
+    for r in rows:
+        record = parse_record(r["record"])
+        out.append((Job.from_json(record), manifest_mark(record.get("manifest") if isinstance(record, dict) else None)))
+    return out
+
+
+def manifest_mark(m: Any) -> str:
+    """What tells two manifests of one package ID apart (a package removed and registered again with other
+    contents; a DELETE job made while it was gone carries a stand-in): its digest, size and signature."""
+    if not isinstance(m, dict):
+        return ""
+    return f"{m.get('sha256')}:{m.get('size')}:{m.get('signature')}"
 
 
 def hand_over(db: sqlite3.Connection, lower: str, keys: Iterable[tuple[int, str]]) -> int:

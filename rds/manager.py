@@ -151,6 +151,7 @@ def signed(db: sqlite3.Connection, home: Home, found: list[Job],
            read: dict[tuple[int, str], Manifest] | None = None) -> list[Job]:
     """``found`` as the managing server hands them out: the jobs this version made (their records carry
     the signed manifest) signed the first time, all of a package at once on every CPU, and kept signed.
+    ``found`` carry one manifest a package (UpperService.one_manifest_each): the first one's signs them all.
     Jobs made before signatures are left to rds.service, which signs their manifests too.  ``read`` gets
     the manifest read from the record of the job (job, dest) each package's were signed with."""
     todo: dict[str, list[Job]] = {}

@@ -159,7 +159,7 @@ class UpperService:
         manifests: dict[str, Manifest] = {}
         stand_ins: set[str] = set()  # packages whose manifest in the answer is a DELETE job's
         signed: list[tuple[jobs.Job, Manifest]] = []
-        found = jobs.for_lower(self.db, self.lower)
+        found = self.one_manifest_each(jobs.for_lower(self.db, self.lower))
         read: dict[tuple[int, str], Manifest] = {}  # manifests read from job records already
         if managing:  # signed the first time they are handed out, all at once (rds.manager.signed)
             from rds import manager
@@ -203,6 +203,26 @@ class UpperService:
         if signer is not None:
             answer["signer"] = {"host": self.home.host if managing else trust.signer_name(self.db), "key": signer}
         return answer
+
+    def one_manifest_each(self, found: list[tuple[jobs.Job, str]]) -> list[jobs.Job]:
+        """The jobs to hand out now: an answer carries one manifest a package, and each job's signature
+        covers its own, so the jobs of a package whose record carries another manifest (the package removed
+        and registered again, or a DELETE job's stand-in made while it was gone) wait for a later check-in,
+        when those handed now have left the waiting state.  The manifest handed out is the first job's that
+        is not a DELETE, else the first DELETE job's."""
+        chosen: dict[str, str] = {}
+        for job, mark in found:
+            if job.type != jobs.DELETE:
+                chosen.setdefault(str(job.package), mark)
+        for job, mark in found:
+            chosen.setdefault(str(job.package), mark)
+        now = [job for job, mark in found if chosen[str(job.package)] == mark]
+        if len(now) < len(found):
+            later = [job.key for job, mark in found if chosen[str(job.package)] != mark]
+            logger(self.home).info(f"{len(later)} job(s) for {self.lower} wait for a later check-in: their package's "
+                                   f"manifest differs from the one handed out now (registered again?): "
+                                   f"{', '.join(later[:10])}{' ...' if len(later) > 10 else ''}")
+        return now
 
     def signed_copies(self, keys: Any) -> list[dict[str, Any]]:
         """Signed copies of the jobs handed to the lower system that it holds unsigned, from before protocol 2

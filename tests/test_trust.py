@@ -312,3 +312,36 @@ def test_a_large_batch_of_signatures_is_checked_as_one_by_one() -> None:
     items[17] = (s.public, {"n": 17}, s.sign({"n": 18}))  # a signature of something else
     items[599] = (Signer("h").public, {"n": 599}, s.sign({"n": 599}))  # another key
     assert identity.verify_many(items) == [i not in (17, 599) for i in range(600)]
+
+
+def test_jobs_of_one_package_id_with_other_manifests_are_handed_out_one_manifest_at_a_time(mgr: Home) -> None:
+    """A DELETE job made while the package was gone carries a stand-in manifest; registered again, an Install
+    job carries the real one.  An answer carries one manifest a package: the job whose manifest it is not
+    waits for a later check-in, then verifies with its own (before, it was signed against the other's and
+    refused at the relay as forged)."""
+    from rds.packages import Manifest
+    from rds.storehouse import Storehouse
+
+    other = PackageId.make("AB", "NEW", "0100")
+    r1 = Signer("r1")
+    db = database.connect(mgr.db_path)
+    try:
+        gone, _ = manager.create_job(db, mgr, other, ["r1"], type_=jobs.DELETE)
+        src = mgr.path.parent / "src"
+        Storehouse(mgr.packages).register(other, src, "/opt/new", sign=lambda m: trust.sign_manifest(mgr.identity, m))
+        install, _ = manager.create_job(db, mgr, other, ["r1"])
+    finally:
+        db.close()
+    key = mgr.identity.public
+    handed = []
+    for _ in range(2):
+        reply = checkin(mgr, "r1", [r1.statement("mgr")])
+        found = [jobs.Job.from_json(j) for j in reply["jobs"]]  # type: ignore[attr-defined]
+        assert len(found) == 1
+        m = Manifest.from_json(reply["manifests"][str(other)])  # type: ignore[index]
+        assert trust.job_fault(key, found[0], m) is None
+        handed.append((found[0].job_no, found[0].type, m.size))
+        ask(mgr, "r1", "ack", jobs=[[found[0].job_no, "r1"]])
+    assert handed[0][:2] == (install, jobs.INSTALL) and handed[0][2] > 0
+    assert handed[1] == (gone, jobs.DELETE, 0)
+    assert "wait for a later check-in" in log(mgr)
