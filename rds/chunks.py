@@ -178,11 +178,11 @@ class ChunkStore:
     The index is written by the download that appends the chunks, a batch of
     rows at a time after their bytes are in the pack (a download killed
     loses at most the rows of its last ``PACK_COMMIT`` bytes: it fetches them
-    again), and made durable with the pack by the one ``flush`` before the
-    package that names them is committed.  ``collect`` deletes the rows of
-    chunks no package uses, frees their bytes in the pack (a hole punched,
-    the file keeps its size and every other chunk its offset) and removes a
-    pack no row names once no download is writing it."""
+    again), and made durable after the pack (its fdatasync, then the index's
+    files) before the package that names them is committed.  ``collect``
+    deletes the rows of chunks no package uses, frees their bytes in the pack
+    (a hole punched, the file keeps its size and every other chunk its
+    offset) and removes a pack no row names once no download is writing it."""
 
     def __init__(self, root: Path, busy: float = 30.0) -> None:
         self.root = root
@@ -231,7 +231,7 @@ class ChunkStore:
             os.makedirs(f"{self._root}/{PACKS}", exist_ok=True)
         db = sqlite3.connect(path, timeout=self.busy, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA synchronous=NORMAL")  # made durable by ``flush`` (syncfs) before a commit
+            db.execute("PRAGMA synchronous=NORMAL")  # made durable by ``sync_index`` or ``flush`` before a commit
             if create:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("CREATE TABLE IF NOT EXISTS chunk (name TEXT PRIMARY KEY, pack TEXT NOT NULL, "
@@ -357,9 +357,24 @@ class ChunkStore:
                 os.unlink(tmp)
             raise
 
+    def sync_index(self) -> None:
+        """Make the packs' index durable, with the directories that name its files and the packs: the index's
+        write-ahead log (its committed rows), the index, ``packs/`` and the store's own directory."""
+        for name in (f"{PACKS}/{INDEX}-wal", f"{PACKS}/{INDEX}", PACKS, ""):
+            try:
+                fd = os.open(os.path.join(self._root, name), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # no log: every row is in the index itself (checkpointed, synced)
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def flush(self) -> None:
         """Flush the chunk store's file system to disk (syncfs), before a package that names new chunks is
-        committed: one call for all of them, loose or packed, and the packs' index."""
+        committed: one call for all of them, loose or packed, and the packs' index.  A download writes one
+        pack only, and makes just that durable (``PackWriter.close``): syncfs also waited for every other
+        writer's data on the file system (a copy beside it, a previous job's extraction)."""
         if not self.root.exists():
             return
         import ctypes  # only when chunks were stored
@@ -545,8 +560,7 @@ class ChunkStore:
                 self._change("UPDATE chunk SET pack = ?, offset = ? WHERE name = ? AND pack = ?",
                              [(new, at, name, pack) for name, new, at, _ in moved])
             finally:
-                writer.close()
-            self.flush()  # the rows' move on disk before the old pack goes
+                writer.close()  # the index synced: the rows' move on disk before the old pack goes
             if not self.packed_in(pack):
                 os.unlink(self.pack_file(pack))
         finally:
@@ -577,7 +591,7 @@ class PackWriter:
     recorded only after its bytes are in the pack, and ``commit`` (the
     download's own thread) writes the recorded rows to the index.  The
     disk is given the pack's writing every ``PACK_STRIDE`` bytes, so the
-    ``flush`` before the package is committed finds little left to write.
+    fdatasync before the package is committed finds little left to write.
     The pack is locked while it is written (``collect`` leaves it alone)."""
 
     def __init__(self, store: ChunkStore) -> None:
@@ -647,10 +661,12 @@ class PackWriter:
         with self.lock:
             del self.rows[:len(rows)]
 
-    def close(self) -> None:
+    def close(self, durable: bool = True) -> None:
         """Commit what came and let the pack go; a pack nothing was written to is removed.  When the disk is
         too full for the index, the pack gives back its last chunks until the rows of the others fit (a
-        full disk then costs the next run those, not the whole download)."""
+        full disk then costs the next run those, not the whole download).  ``durable``: the pack's bytes
+        reach the disk (fdatasync: most of them were sent on the way, ``PACK_STRIDE`` at a time), then the
+        index that names them, before this returns; only this download's files are waited for."""
         try:
             room = 1 << 20
             while True:
@@ -665,10 +681,16 @@ class PackWriter:
         finally:
             if self.flusher is not None:
                 self.flusher.shutdown()
-            if self.end == 0 or (not self.rows and not self.store.packed_in(self.name)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.store.pack_file(self.name))
-            os.close(self.fd)
+            try:
+                if self.end == 0 or (not self.rows and not self.store.packed_in(self.name)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.store.pack_file(self.name))
+                elif durable:
+                    os.fdatasync(self.fd)
+            finally:
+                os.close(self.fd)
+            if durable:  # the rows committed, whether or not the last of them fitted
+                self.store.sync_index()
 
     def _give_back(self, room: int) -> None:
         """Cut the pack after its written chunks, less at least ``room`` bytes of them; their rows go."""
@@ -959,18 +981,15 @@ class Receiver:
             self.uncommitted = 0
 
     def close(self) -> None:
-        """Wait for the chunks still being written, record them and flush them to disk (one syncfs); what
-        came is kept either way."""
+        """Wait for the chunks still being written, record them and make them durable (their pack, then the
+        index: ``PackWriter.close``); what came is kept either way."""
         try:
-            try:
-                while self.pending:
-                    self._settle_one()
-            finally:
-                self.pool.shutdown()
-                if self.pack is not None:
-                    self.pack.close()
+            while self.pending:
+                self._settle_one()
         finally:
-            self.store.flush()
+            self.pool.shutdown()
+            if self.pack is not None:
+                self.pack.close()
 
     def check(self) -> None:
         """Raise the first damaged chunk that came, if one did (the others were stored)."""

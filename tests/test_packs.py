@@ -241,3 +241,33 @@ def test_a_pack_mostly_alive_after_its_holes_is_left_in_place(tmp_path: Path) ->
     keep = {e[0] for e in m.chunks[1:]}
     down.chunks.collect(keep, again=lambda: keep)
     assert pack.exists() and {r[1] for r in rows(down)} == {pack.name}
+
+
+def test_a_download_makes_its_pack_then_the_index_durable_before_the_package_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the manifest that names the chunks is written: the pack's bytes on disk (fdatasync), then the
+    index's files and the directories naming them (fsync); no syncfs, which waited for every other writer's
+    data on the file system too (a copy beside the download, the extraction of an earlier job)."""
+    up, m, _ = upper(tmp_path)
+    down = Storehouse(tmp_path / "down" / "RDS")
+    synced: list[tuple[str, str]] = []
+    real_fsync, real_fdatasync, real_add = os.fsync, os.fdatasync, Storehouse.add_chunked
+
+    def named(fd: int) -> str:
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(("fsync", named(fd))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(("fdatasync", named(fd))), real_fdatasync(fd))[1])
+    monkeypatch.setattr(chunks.ChunkStore, "flush", lambda self: synced.append(("syncfs", "")))
+    monkeypatch.setattr(Storehouse, "add_chunked",
+                        lambda self, manifest: (synced.append(("package", "")), real_add(self, manifest))[1])
+    fetch(up, down, m)
+    before = synced[:synced.index(("package", ""))]
+    packs = down.chunks.root / chunks.PACKS
+    pack = next(packs.glob("*.pack"))
+    assert ("syncfs", "") not in synced
+    assert before.index(("fdatasync", str(pack))) < before.index(("fsync", str(packs / chunks.INDEX)))
+    wal = packs / f"{chunks.INDEX}-wal"
+    assert ("fsync", str(wal)) in before or not wal.exists()
+    assert ("fsync", str(packs)) in before and ("fsync", str(down.chunks.root)) in before
+    assert chunkfiles.stored(down.chunks.root).keys() == {e[0] for e in m.chunks}
