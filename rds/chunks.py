@@ -359,8 +359,12 @@ class ChunkStore:
 
     def sync_index(self) -> None:
         """Make the packs' index durable, with the directories that name its files and the packs: the index's
-        write-ahead log (its committed rows), the index, ``packs/`` and the store's own directory."""
-        for name in (f"{PACKS}/{INDEX}-wal", f"{PACKS}/{INDEX}", PACKS, ""):
+        write-ahead log (the rows committed since its last checkpoint; a checkpoint syncs the index itself),
+        ``packs/`` and the store's own directory.  Never the index file: closing a descriptor of it drops
+        every POSIX lock this process holds on it, SQLite's shared lock of a connection in WAL mode among
+        them, and another process closing its connection then takes itself for the last one and removes
+        the log under this one ('disk I/O error')."""
+        for name in (f"{PACKS}/{INDEX}-wal", PACKS, ""):
             try:
                 fd = os.open(os.path.join(self._root, name), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:  # no log: every row is in the index itself (checkpointed, synced)
