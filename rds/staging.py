@@ -184,7 +184,9 @@ class _Concat(io.RawIOBase):
 
 
 def _manifest_bytes(m: Manifest) -> bytes:
-    return json.dumps(m.to_json(), indent=1).encode()
+    """As the storehouse writes it (Storehouse._commit): a chunked manifest on one line (json's indenting
+    encoder is pure Python: 13-23 ms for 3,318 chunks, and twice the bytes), an old one indented."""
+    return (m.json_text if m.chunked else json.dumps(m.to_json(), indent=1)).encode()
 
 
 def _export_dir(store: Storehouse, m: Manifest, dest: Path, shown: progress.Progress) -> None:
