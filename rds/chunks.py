@@ -882,6 +882,22 @@ class Packer:
         return name, len(data), packed, hashlib.sha256(packed).hexdigest()
 
 
+def receive_stream(store: ChunkStore, entries: Sequence[Entry], src: Any, where: str, short: str) -> None:
+    """Store the chunks ``entries`` as the stream ``src`` holds them back to back (a staged medium's chunk
+    file, a whole archive downloaded), each verified as it becomes whole; the first damaged one is raised
+    (the others are kept), and ``short`` when the stream ends before the last."""
+    import shutil
+
+    receiver = Receiver(store, list(entries), where)
+    try:
+        shutil.copyfileobj(src, receiver, 1 << 20)
+    finally:
+        receiver.close()
+    receiver.check()
+    if not receiver.done:
+        raise IntegrityError(short)
+
+
 class Receiver:
     """A write-only file that takes packed chunks, back to back, as ``entries`` lists them: each is verified
     (``check``) and stored as soon as it is whole, so a cut loses at most the one that was coming.

@@ -332,15 +332,9 @@ def _stage_chunks(home: Home, store: Storehouse, medium: _Medium, name: str, m: 
     listed = store.partial / f"{m.id}.{m.sha256[:16]}.chunks"
     chunks.write_list(listed, m.chunks)  # kept from collection while it is staged
     try:
-        receiver = chunks.Receiver(store.chunks, carried, f"{name}/{CHUNKS}")
-        try:
-            with medium.open(name, CHUNKS) as src:
-                shutil.copyfileobj(src, receiver, 1 << 20)
-        finally:
-            receiver.close()
-        receiver.check()
-        if not receiver.done:
-            raise IntegrityError(f"{name}/{CHUNKS}: shorter than the chunks {CHUNK_LIST} names; not staged")
+        with medium.open(name, CHUNKS) as src:
+            chunks.receive_stream(store.chunks, carried, src, f"{name}/{CHUNKS}",
+                                  f"{name}/{CHUNKS}: shorter than the chunks {CHUNK_LIST} names; not staged")
         lacking = store.chunks.lacking(m.chunks)
         if lacking:
             raise IntegrityError(f"{name}: {len(lacking)} chunk(s) of the package are neither on the medium nor "

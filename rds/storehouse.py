@@ -528,15 +528,9 @@ class Storehouse:
                                  f"expected {manifest.sha256[:16]}...); the download was discarded")
         if manifest.chunked:
             self.chunks.make()
-            receiver = chunks.Receiver(self.chunks, list(manifest.chunks), str(part))
-            try:
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, receiver, 1 << 20)
-            finally:
-                receiver.close()
-            receiver.check()
-            if not receiver.done:
-                raise IntegrityError(f"package {manifest.id}: its archive does not hold its chunks")
+            with open(part, "rb") as f:
+                chunks.receive_stream(self.chunks, manifest.chunks, f, str(part),
+                                      f"package {manifest.id}: its archive does not hold its chunks")
             self.add_chunked(manifest)
             part.unlink()
             return
