@@ -665,12 +665,12 @@ class PackWriter:
         with self.lock:
             del self.rows[:len(rows)]
 
-    def close(self, durable: bool = True) -> None:
-        """Commit what came and let the pack go; a pack nothing was written to is removed.  When the disk is
-        too full for the index, the pack gives back its last chunks until the rows of the others fit (a
-        full disk then costs the next run those, not the whole download).  ``durable``: the pack's bytes
-        reach the disk (fdatasync: most of them were sent on the way, ``PACK_STRIDE`` at a time), then the
-        index that names them, before this returns; only this download's files are waited for."""
+    def close(self) -> None:
+        """Commit what came, make it durable and let the pack go; a pack nothing was written to is removed.
+        When the disk is too full for the index, the pack gives back its last chunks until the rows of the
+        others fit (a full disk then costs the next run those, not the whole download).  The pack's bytes
+        reach the disk first (fdatasync: most of them were sent on the way, ``PACK_STRIDE`` at a time), then
+        the index that names them; only this download's files are waited for."""
         try:
             room = 1 << 20
             while True:
@@ -689,12 +689,11 @@ class PackWriter:
                 if self.end == 0 or (not self.rows and not self.store.packed_in(self.name)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.store.pack_file(self.name))
-                elif durable:
+                else:
                     os.fdatasync(self.fd)
             finally:
                 os.close(self.fd)
-            if durable:  # the rows committed, whether or not the last of them fitted
-                self.store.sync_index()
+            self.store.sync_index()  # the rows committed, whether or not the last of them fitted
 
     def _give_back(self, room: int) -> None:
         """Cut the pack after its written chunks, less at least ``room`` bytes of them; their rows go."""
